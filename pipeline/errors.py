@@ -1,0 +1,130 @@
+"""The error tree.
+
+Two families never mix: errors of the *user* (a bad job file, bad input, an
+unwritable output), which stop a run before anything is sent, and errors of
+*one request attempt*, which are data: they are retried or become error rows.
+
+    PipelineError
+    ├── UserError                 exit code 2, nothing sent
+    │   ├── JobError              the job file or a CLI override is wrong
+    │   ├── InputError            the input file is missing, unreadable or lacks a column
+    │   └── OutputError           the output path cannot be written
+    ├── BadRowError               one input row cannot become a request (bad_input)
+    └── AttemptError              one HTTP attempt failed; carries ``error_type``
+        ├── RetryableError        the request never completed, or the server asked to wait
+        │   ├── RateLimited       429                         rate_limited
+        │   ├── ServerError       5xx, 409                    server_error
+        │   ├── RequestTimeout    408, client-side timeout    timeout
+        │   ├── ConnectionFailed  refused, reset, dropped     connection
+        │   └── BadResponse       200 with an unusable body   bad_response
+        └── FatalError            the server said no; sending again cannot help
+            ├── BadRequest        400, 422, other 4xx         bad_request
+            ├── AuthFailed        401, 403                    auth
+            └── NotFound          404                         not_found
+
+Retry policy keys on ``RetryableError`` alone: a bug is never retried.
+"""
+
+from __future__ import annotations
+
+from pipeline.records import RateLimitInfo
+
+
+class PipelineError(Exception):
+    """Root of every error the pipeline raises on purpose."""
+
+
+class UserError(PipelineError):
+    """A mistake of the user's: reported in one line, exit code 2."""
+
+
+class JobError(UserError):
+    """The job file (or a CLI override) is invalid."""
+
+
+class InputError(UserError):
+    """The input cannot be read or lacks something the job needs."""
+
+
+class OutputError(UserError):
+    """The output cannot be written."""
+
+
+class BadRowError(PipelineError):
+    """One input row cannot be turned into a request."""
+
+    error_type = "bad_input"
+
+
+class AttemptError(PipelineError):
+    """One HTTP attempt failed."""
+
+    error_type = "unknown"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+        rate_limits: RateLimitInfo | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+        self.rate_limits = rate_limits
+
+
+class RetryableError(AttemptError):
+    """Worth sending again after a wait."""
+
+
+class RateLimited(RetryableError):
+    error_type = "rate_limited"
+
+
+class ServerError(RetryableError):
+    error_type = "server_error"
+
+
+class RequestTimeout(RetryableError):
+    error_type = "timeout"
+
+
+class ConnectionFailed(RetryableError):
+    error_type = "connection"
+
+
+class BadResponse(RetryableError):
+    error_type = "bad_response"
+
+
+class FatalError(AttemptError):
+    """Sending the same request again cannot succeed."""
+
+
+class BadRequest(FatalError):
+    error_type = "bad_request"
+
+
+class AuthFailed(FatalError):
+    error_type = "auth"
+
+
+class NotFound(FatalError):
+    error_type = "not_found"
+
+
+ERROR_TYPES: tuple[str, ...] = (
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "connection",
+    "bad_response",
+    "bad_request",
+    "auth",
+    "not_found",
+    "bad_input",
+)
+"""Every stable ``error_type`` an output row can carry."""

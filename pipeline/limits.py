@@ -1,0 +1,193 @@
+"""Requests/min and tokens/min, paced smoothly, corrected by what the server reports.
+
+Each limit is a token bucket refilled continuously at ``limit / 60`` per second with
+a small capacity (``burst_s`` worth), so a fresh run never fires a minute's quota at
+once. A caller *reserves* capacity and sleeps exactly until its turn (virtual
+scheduling: the level may go negative, which queues later callers behind it), so
+there is no polling. The server is the truth:
+
+* ``settle`` corrects the token bucket once ``usage`` shows what a request really
+  cost (the server's tokenizer, not our four-characters-a-token guess);
+* ``observe`` lowers the buckets to the server's ``x-ratelimit-remaining-*`` and
+  adopts its ``x-ratelimit-limit-*`` when that is lower than the configured limit;
+* ``cooldown`` (after a 429) pauses every caller at once and restarts the refill
+  after the pause, and callers already waiting take a new place in the queue.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from pipeline.records import ChatRequest, RateLimitInfo
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+DEFAULT_BURST_S = 0.25
+_DEFAULT_COMPLETION_GUESS = 256
+_LEARNING_RATE = 0.05
+
+
+class Bucket:
+    """One continuously refilled bucket; ``level`` may go negative (reserved ahead)."""
+
+    def __init__(self, per_minute: float, burst_s: float, now: float) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_s)
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        """Bring the level up to ``now`` (not before ``updated``, which a cooldown may push ahead)."""
+        elapsed = now - self.updated
+        if elapsed > 0:
+            self.level = min(self.capacity, self.level + elapsed * self.rate)
+            self.updated = now
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Take ``amount``; return how long to wait until it is paid for."""
+        self.refill(now)
+        self.level -= amount
+        ready_at = self.updated + max(0.0, -self.level) / self.rate
+        return max(0.0, ready_at - now)
+
+    def adjust(self, delta: float, now: float) -> None:
+        """Give back (positive) or take more (negative) after the fact."""
+        self.refill(now)
+        self.level = min(self.capacity, self.level + delta)
+
+    def clamp(self, remaining: float, now: float) -> None:
+        """The server says only ``remaining`` is left: never believe we have more."""
+        self.refill(now)
+        self.level = min(self.level, remaining)
+
+    def pause_until(self, until: float, now: float) -> None:
+        """Empty the bucket and start refilling only at ``until``."""
+        self.refill(now)
+        self.level = min(self.level, 0.0)
+        self.updated = max(self.updated, until)
+
+
+class TokenEstimator:
+    """Tokens a request will be charged for, learnt from the usage the server reports.
+
+    Providers charge rate-limit tokens as prompt tokens plus ``max_tokens``; our prompt
+    count is a cheap guess scaled by the observed ratio of true to guessed tokens.
+    """
+
+    def __init__(self) -> None:
+        self.prompt_ratio = 1.0
+        self.completion_guess = float(_DEFAULT_COMPLETION_GUESS)
+        self._samples = 0
+
+    def cost(self, request: ChatRequest) -> int:
+        """Estimated rate-limit tokens for ``request``."""
+        prompt = math.ceil(request.estimated_prompt_tokens * self.prompt_ratio)
+        completion = request.max_tokens if request.max_tokens is not None else self.completion_guess
+        return int(prompt + completion)
+
+    @staticmethod
+    def charged(request: ChatRequest, prompt_tokens: int, completion_tokens: int) -> int:
+        """Tokens the server counted against the limit for an answered request."""
+        completion = request.max_tokens if request.max_tokens is not None else completion_tokens
+        return prompt_tokens + completion
+
+    def learn(self, request: ChatRequest, prompt_tokens: int, completion_tokens: int) -> None:
+        """Fold one answer's usage into the estimate (fast at first, then smoothly)."""
+        self._samples += 1
+        weight = max(_LEARNING_RATE, 1.0 / self._samples)
+        if request.estimated_prompt_tokens > 0:
+            ratio = prompt_tokens / request.estimated_prompt_tokens
+            self.prompt_ratio += weight * (ratio - self.prompt_ratio)
+        self.completion_guess += weight * (completion_tokens - self.completion_guess)
+
+
+class RateLimiter:
+    """Shared by all workers of a run: paces attempts under requests/min and tokens/min."""
+
+    def __init__(
+        self,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        *,
+        burst_s: float = DEFAULT_BURST_S,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._burst_s = burst_s
+        now = clock()
+        self.requests = Bucket(requests_per_minute, burst_s, now) if requests_per_minute else None
+        self.tokens = Bucket(tokens_per_minute, burst_s, now) if tokens_per_minute else None
+        self._paused_until = 0.0
+        self._epoch = 0
+
+    def _reserve(self, tokens: int, now: float) -> float:
+        wait = self._paused_until - now
+        if self.requests is not None:
+            wait = max(wait, self.requests.reserve(1, now))
+        if self.tokens is not None:
+            wait = max(wait, self.tokens.reserve(tokens, now))
+        return wait
+
+    def _refund(self, tokens: int, now: float) -> None:
+        if self.requests is not None:
+            self.requests.adjust(1, now)
+        if self.tokens is not None:
+            self.tokens.adjust(tokens, now)
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait for this attempt's turn, paying one request and ``tokens`` tokens."""
+        epoch = self._epoch
+        wait = self._reserve(tokens, self._clock())
+        while wait > 0:
+            await self._sleep(wait)
+            if epoch == self._epoch:
+                return
+            now = self._clock()
+            self._refund(tokens, now)
+            epoch = self._epoch
+            wait = self._reserve(tokens, now)
+
+    def settle(self, reserved: int, charged: int) -> None:
+        """Correct the token bucket once the true charge is known."""
+        if self.tokens is not None and charged != reserved:
+            self.tokens.adjust(reserved - charged, self._clock())
+
+    def observe(self, info: RateLimitInfo) -> None:
+        """Follow the server's own view of its limits."""
+        now = self._clock()
+        self.requests = self._follow(self.requests, info.limit_requests, info.remaining_requests, now)
+        self.tokens = self._follow(self.tokens, info.limit_tokens, info.remaining_tokens, now)
+
+    def _follow(
+        self, bucket: Bucket | None, limit: int | None, remaining: int | None, now: float
+    ) -> Bucket | None:
+        if limit is not None and limit > 0 and (bucket is None or limit < bucket.per_minute):
+            bucket = Bucket(limit, self._burst_s, now)
+        if bucket is not None and remaining is not None:
+            bucket.clamp(remaining, now)
+        return bucket
+
+    def cooldown(self, seconds: float) -> None:
+        """The server said 429: everyone waits ``seconds``, then refills from empty."""
+        now = self._clock()
+        until = now + seconds
+        if until <= self._paused_until:
+            return
+        self._paused_until = until
+        self._epoch += 1
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.pause_until(until, now)
+
+    @property
+    def paused_until(self) -> float:
+        """Monotonic time before which no attempt starts."""
+        return self._paused_until

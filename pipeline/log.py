@@ -1,0 +1,71 @@
+"""structlog setup: console renderer on a terminal, JSON lines otherwise or to ``--log-file``.
+
+Every event passes a redaction processor that replaces known secret values (the
+API key) wherever they appear, so a key can never reach a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+_REDACTED = "***"
+
+
+class Redactor:
+    """Replaces each secret value found in any string field of an event."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = [s for s in secrets if s]
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, _REDACTED)
+        return value
+
+    def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+        if not self.secrets:
+            return event
+        cleaned: MutableMapping[str, Any] = {k: self._clean(v) for k, v in event.items()}
+        return dict(cleaned)
+
+
+def configure_logging(
+    *,
+    secrets: list[str] | None = None,
+    log_file: Path | None = None,
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+) -> TextIO:
+    """Set up structlog for this process; returns the stream events go to."""
+    target: TextIO
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        target = log_file.open("a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    else:
+        target = stream or sys.stderr
+    console = log_file is None and target.isatty()
+    processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        Redactor(secrets or []),
+    ]
+    if console:
+        processors.append(structlog.dev.ConsoleRenderer(colors=True))
+    else:
+        processors.extend([structlog.processors.format_exc_info, structlog.processors.JSONRenderer()])
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(target),
+        cache_logger_on_first_use=False,
+    )
+    return target

@@ -1,0 +1,72 @@
+"""Live counters of a run, and the one-line progress display drawn on a terminal."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TextIO
+
+
+@dataclass
+class RunStats:
+    """Counters the runner updates as rows finish (one event loop: no locks needed)."""
+
+    total: int
+    done: int = 0
+    ok: int = 0
+    error: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors_by_type: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def render(stats: RunStats, width: int = 24) -> str:
+    """``[#####.....] 500/1000 ok 498 err 2 | 85.1 req/s | 41,200 tok/min | ETA 00:06``."""
+    elapsed = max(stats.elapsed_s, 1e-9)
+    fraction = stats.done / stats.total if stats.total else 1.0
+    filled = int(width * min(1.0, fraction))
+    bar = "#" * filled + "." * (width - filled)
+    rate = stats.requests / elapsed
+    tokens_per_min = (stats.prompt_tokens + stats.completion_tokens) / elapsed * 60
+    row_rate = stats.done / elapsed
+    eta = (stats.total - stats.done) / row_rate if row_rate > 0 else 0.0
+    return (
+        f"[{bar}] {stats.done:,}/{stats.total:,} ok {stats.ok:,} err {stats.error:,}"
+        f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | ETA {_clock(eta)}"
+    )
+
+
+class ProgressLine:
+    """Redraws one line in place on a terminal; does nothing elsewhere."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def draw(self, stats: RunStats) -> None:
+        """Draw the current state over the previous line."""
+        if self.enabled:
+            self.stream.write("\r\x1b[2K" + render(stats))
+            self.stream.flush()
+
+    def close(self, stats: RunStats) -> None:
+        """Draw the final state and end the line."""
+        if self.enabled:
+            self.draw(stats)
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,108 @@
+"""Small frozen types shared by the stages: a prompt row, a request, a reply, an outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+Message = dict[str, Any]
+"""One OpenAI chat message: ``{"role": ..., "content": ...}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRow:
+    """One input row, as read: its position, id, the values the request needs, kept columns.
+
+    ``problem`` is set when the row could not even be read (a malformed JSON line);
+    such a row becomes an error row without being sent.
+    """
+
+    seq: int
+    id: str
+    values: dict[str, Any]
+    keep: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+    line: int | None = None
+
+    def where(self, source: str) -> str:
+        """``"file: line N"`` for line-based inputs, ``"file: row N"`` otherwise."""
+        return f"{source}: line {self.line}" if self.line is not None else f"{source}: row {self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A ready-to-send chat-completions body, canonically encoded."""
+
+    body: bytes
+    seed: int
+    request_hash: str
+    estimated_prompt_tokens: int
+    max_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What the server's ``x-ratelimit-*`` headers said (``None`` where absent)."""
+
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful chat-completions answer, reduced to what the output keeps."""
+
+    content: str | None
+    finish_reason: str | None
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    http_status: int
+    latency_ms: float
+    rate_limits: RateLimitInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One output row: the result of a prompt row, ok or error."""
+
+    seq: int
+    id: str
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    attempts: int
+    seed: int | None = None
+    request_hash: str | None = None
+    content: str | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    latency_ms: float | None = None
+    http_status: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    keep: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What a finished run reports: counts, tokens, time, where the output went."""
+
+    output_path: str
+    rows_total: int
+    rows_ok: int
+    rows_error: int
+    errors_by_type: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    requests_sent: int
+    elapsed_s: float

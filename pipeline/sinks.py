@@ -1,0 +1,158 @@
+"""Parquet writing with the fixed output schema.
+
+Results are written as they arrive: the runner hands batches of outcomes to
+``PartWriter.write_part``, which writes each batch, sorted by input position, as a
+part file (temp name, fsync, rename) in ``<output>.parts/``. ``finalize`` merges the
+parts in input order, a window of positions at a time (memory stays flat), into
+the output file, which appears by rename, complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.errors import OutputError
+from pipeline.records import Outcome
+
+_SEQ = "_seq"
+_MERGE_WINDOW = 50_000
+_UTC = pa.timestamp("us", tz="UTC")
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("content", pa.string()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("total_tokens", pa.int64()),
+        pa.field("seed", pa.int64()),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("http_status", pa.int32()),
+        pa.field("error_type", pa.string()),
+        pa.field("error_message", pa.string()),
+        pa.field("started_at", _UTC, nullable=False),
+        pa.field("finished_at", _UTC, nullable=False),
+        pa.field("request_hash", pa.string()),
+    ]
+)
+"""The documented columns every output has, before the kept input columns."""
+
+OUTPUT_COLUMNS: tuple[str, ...] = tuple(OUTPUT_SCHEMA.names)
+
+
+def output_schema(keep: pa.Schema) -> pa.Schema:
+    """The output columns followed by the kept input columns."""
+    schema = OUTPUT_SCHEMA
+    for field in keep:
+        schema = schema.append(field.with_nullable(True))
+    return schema
+
+
+def _column(values: list[Any], kind: pa.DataType) -> pa.Array:
+    """An Arrow array of ``kind``; a value that does not fit becomes null instead of failing."""
+    try:
+        return pa.array(values, type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        fitted = []
+        for value in values:
+            try:
+                pa.array([value], type=kind)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                value = None
+            fitted.append(value)
+        return pa.array(fitted, type=kind)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartWriter:
+    """Writes outcomes as crash-safe part files, then merges them into one output file."""
+
+    def __init__(self, output: Path, keep: pa.Schema) -> None:
+        self.output = output
+        self.parts_dir = output.with_name(output.name + ".parts")
+        self.schema = output_schema(keep)
+        self._part_schema = self.schema.append(pa.field(_SEQ, pa.int64(), nullable=False))
+        self._keep_names = list(keep.names)
+        self._parts = 0
+
+    def prepare(self) -> None:
+        """Create the folders and prove they are writable, before anything is sent."""
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            if self.parts_dir.exists():
+                shutil.rmtree(self.parts_dir)
+            self.parts_dir.mkdir()
+            probe = self.parts_dir / ".probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(f"{self.output}: cannot write output: {exc.strerror or exc}") from None
+
+    def table(self, outcomes: Sequence[Outcome]) -> pa.Table:
+        """Outcomes as an Arrow table in the part schema, sorted by input position."""
+        ordered = sorted(outcomes, key=lambda o: o.seq)
+        arrays: list[pa.Array] = []
+        for field in self.schema:
+            name = field.name
+            if name in OUTPUT_COLUMNS:
+                values = [getattr(o, name) for o in ordered]
+            else:
+                values = [o.keep.get(name) for o in ordered]
+            arrays.append(_column(values, field.type))
+        arrays.append(pa.array([o.seq for o in ordered], type=pa.int64()))
+        return pa.Table.from_arrays(arrays, schema=self._part_schema)
+
+    def write_part(self, outcomes: Sequence[Outcome]) -> None:
+        """One part file, written under a temp name, fsynced, renamed (blocking: run in a thread)."""
+        if not outcomes:
+            return
+        table = self.table(outcomes)
+        self._parts += 1
+        final = self.parts_dir / f"part-{self._parts:06d}.parquet"
+        temp = final.with_suffix(".tmp")
+        try:
+            with temp.open("wb") as handle:
+                pq.write_table(table, handle, compression="zstd")
+                handle.flush()
+                os.fsync(handle.fileno())
+            temp.replace(final)
+        except OSError as exc:
+            raise OutputError(f"{final}: cannot write results: {exc.strerror or exc}") from None
+
+    def finalize(self, rows: int) -> None:
+        """Merge every part into the output in input order; the output appears by rename."""
+        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+        temp = self.output.with_name(f".{self.output.name}.tmp")
+        try:
+            with pq.ParquetWriter(temp, self.schema, compression="zstd") as writer:
+                if parts:
+                    dataset = ds.dataset([str(p) for p in parts], format="parquet", schema=self._part_schema)
+                    for low in range(0, max(rows, 1), _MERGE_WINDOW):
+                        window = (ds.field(_SEQ) >= low) & (ds.field(_SEQ) < low + _MERGE_WINDOW)
+                        table = dataset.to_table(filter=window).sort_by(_SEQ).drop_columns([_SEQ])
+                        if table.num_rows:
+                            writer.write_table(table)
+            temp.replace(self.output)
+            _fsync_dir(self.output.parent)
+        except OSError as exc:
+            raise OutputError(f"{self.output}: cannot write output: {exc.strerror or exc}") from None
+        shutil.rmtree(self.parts_dir, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""JSON Lines input: one object per line; a malformed line becomes a bad row, not a crash."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from pipeline.records import PromptRow
+from pipeline.sources.base import Source
+
+_SNIFF_LINES = 1000
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines with their 1-based line numbers."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            stripped = line.strip()
+            if stripped:
+                yield number, stripped
+
+
+def _parse(line: bytes) -> dict[str, Any] | str:
+    """The line's object, or a description of what is wrong with it."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg})"
+    if not isinstance(value, dict):
+        return "not a JSON object"
+    return value
+
+
+class JsonlSource(Source):
+    """Streams a JSONL file line by line."""
+
+    def _sample(self) -> list[dict[str, Any]]:
+        sample: list[dict[str, Any]] = []
+        for _, line in _lines(self.path):
+            parsed = _parse(line)
+            if isinstance(parsed, dict):
+                sample.append(parsed)
+            if len(sample) >= _SNIFF_LINES:
+                break
+        return sample
+
+    def columns(self) -> list[str]:
+        names: dict[str, None] = {}
+        for record in self._sample():
+            names.update(dict.fromkeys(record))
+        return list(names)
+
+    def keep_schema(self) -> pa.Schema:
+        sample = self._sample()
+        fields = []
+        for name in self.keep_columns:
+            try:
+                kind = pa.array([record.get(name) for record in sample]).type
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                kind = pa.string()
+            fields.append(pa.field(name, pa.string() if pa.types.is_null(kind) else kind))
+        return pa.schema(fields)
+
+    def count_rows(self) -> int:
+        return sum(1 for _ in _lines(self.path))
+
+    def ids(self) -> Iterator[object]:
+        assert self.id_column is not None
+        for number, line in _lines(self.path):
+            parsed = _parse(line)
+            yield parsed.get(self.id_column) if isinstance(parsed, dict) else f"line:{number}"
+
+    def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
+        rows: list[PromptRow] = []
+        for seq, (number, line) in enumerate(_lines(self.path)):
+            if limit is not None and seq >= limit:
+                break
+            rows.append(self._row(seq, number, line))
+            if len(rows) >= self.batch_size:
+                yield rows
+                rows = []
+        if rows:
+            yield rows
+
+    def _row(self, seq: int, number: int, line: bytes) -> PromptRow:
+        parsed = _parse(line)
+        if isinstance(parsed, str):
+            return PromptRow(seq=seq, id=f"line:{number}", values={}, problem=parsed, line=number)
+        row_id = parsed.get(self.id_column) if self.id_column else seq
+        return PromptRow(
+            seq=seq,
+            id=str(row_id),
+            values={name: parsed.get(name) for name in self.value_columns},
+            keep={name: parsed.get(name) for name in self.keep_columns},
+            line=number,
+        )

@@ -1,0 +1,67 @@
+"""Parquet input, read in record batches of only the columns the job needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import InputError
+from pipeline.records import PromptRow
+from pipeline.sources.base import Source
+
+
+class ParquetSource(Source):
+    """Streams a Parquet file batch by batch."""
+
+    def __init__(self, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        try:
+            self._file = pq.ParquetFile(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise InputError(f"{path}: not a readable Parquet file: {exc}") from None
+        self._schema = self._file.schema_arrow
+
+    def columns(self) -> list[str]:
+        return list(self._schema.names)
+
+    def keep_schema(self) -> pa.Schema:
+        return pa.schema([self._schema.field(name) for name in self.keep_columns])
+
+    def count_rows(self) -> int:
+        return int(self._file.metadata.num_rows)
+
+    def ids(self) -> Iterator[object]:
+        assert self.id_column is not None
+        for batch in self._file.iter_batches(batch_size=65536, columns=[self.id_column]):
+            yield from batch.column(0).to_pylist()
+
+    def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
+        wanted = list(dict.fromkeys([*self.value_columns, *self.keep_columns]))
+        if self.id_column:
+            wanted.append(self.id_column)
+        wanted = list(dict.fromkeys(wanted))
+        seq = 0
+        for batch in self._file.iter_batches(batch_size=self.batch_size, columns=wanted):
+            columns = {name: batch.column(name).to_pylist() for name in wanted}
+            rows: list[PromptRow] = []
+            for i in range(batch.num_rows):
+                if limit is not None and seq >= limit:
+                    break
+                row_id = columns[self.id_column][i] if self.id_column else seq
+                rows.append(
+                    PromptRow(
+                        seq=seq,
+                        id=str(row_id),
+                        values={name: columns[name][i] for name in self.value_columns},
+                        keep={name: columns[name][i] for name in self.keep_columns},
+                    )
+                )
+                seq += 1
+            if rows:
+                yield rows
+            if limit is not None and seq >= limit:
+                return
