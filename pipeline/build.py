@@ -119,14 +119,14 @@ class RequestBuilder:
         if self._messages_column is not None:
             return _check_messages(row.values.get(self._messages_column))
         prompt = row.values.get(self._prompt_column) if self._prompt_column else None
+        if prompt is None:
+            raise BadRowError(f"prompt column {self._prompt_column!r} is null")
+        if not str(prompt).strip():
+            raise BadRowError(f"prompt column {self._prompt_column!r} is empty")
         if self._spec.template is not None:
             text = render_template(self._spec.template, row.values)
-        elif prompt is None:
-            raise BadRowError(f"prompt column {self._prompt_column!r} is null")
         else:
             text = str(prompt)
-        if not text.strip():
-            raise BadRowError("prompt is empty")
         messages: list[Message] = []
         if self._spec.system:
             messages.append({"role": "system", "content": self._spec.system})

@@ -10,6 +10,7 @@ Exit codes (stable, documented in the README):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -93,10 +94,18 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key = api_key_for(job)
-    configure_logging(secrets=[api_key] if api_key else [], log_file=args.log_file)
     plan = plan_run(job, input_path=args.input, output_path=args.output, limit=args.limit)
-    runner = Runner(plan, api_key=api_key, progress=ProgressLine(sys.stderr))
-    summary = anyio.run(runner.run, backend="asyncio")
+    with contextlib.ExitStack() as stack:
+        stream = sys.stderr
+        if args.log_file is not None:
+            try:
+                args.log_file.parent.mkdir(parents=True, exist_ok=True)
+                stream = stack.enter_context(args.log_file.open("a", encoding="utf-8"))
+            except OSError as exc:
+                raise JobError(f"--log-file {args.log_file}: cannot write: {exc.strerror}") from None
+        configure_logging(secrets=[api_key] if api_key else [], stream=stream)
+        runner = Runner(plan, api_key=api_key, progress=ProgressLine(sys.stderr))
+        summary = anyio.run(runner.run, backend="asyncio")
     _print_summary(summary)
     return EXIT_OK
 

@@ -11,7 +11,6 @@ CPU per request (see ``tests/bench``).
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import re
 import time
@@ -187,8 +186,10 @@ def parse_reply(body: bytes, status: int, latency_ms: float, rate_limits: RateLi
 
 def _transport_error(exc: BaseException) -> AttemptError:
     """A failure before a full answer arrived -> timeout or connection."""
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout("timed out: no complete answer within endpoint.timeout_s")
     cause = exc.__cause__
-    if isinstance(cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(cause, TimeoutError | aiohttp.ServerTimeoutError):
         return RequestTimeout(f"timed out: {type(cause).__name__}")
     if isinstance(exc, httpx.TimeoutException) and cause is None:
         return RequestTimeout(f"timed out: {type(exc).__name__}")

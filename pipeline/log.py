@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -40,18 +39,12 @@ class Redactor:
 def configure_logging(
     *,
     secrets: list[str] | None = None,
-    log_file: Path | None = None,
-    level: int = logging.INFO,
     stream: TextIO | None = None,
-) -> TextIO:
-    """Set up structlog for this process; returns the stream events go to."""
-    target: TextIO
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        target = log_file.open("a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
-    else:
-        target = stream or sys.stderr
-    console = log_file is None and target.isatty()
+    level: int = logging.INFO,
+) -> None:
+    """Set up structlog for this process: events go to ``stream`` (default stderr)."""
+    target = stream or sys.stderr
+    console = target.isatty()
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

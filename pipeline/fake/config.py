@@ -1,0 +1,126 @@
+"""The fake server's settings and the counters it keeps."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Fault(StrEnum):
+    """An injectable fault; ``FakeConfig`` has a ``<value>_rate`` for each."""
+
+    DROP = "drop"
+    HANG = "hang"
+    RATE_LIMIT = "rate_limit"
+    ERROR_500 = "error_500"
+    ERROR_502 = "error_502"
+    ERROR_503 = "error_503"
+    BAD_REQUEST = "bad_request"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    """How the fake server behaves: latency, OpenAI-style limits, auth and injected faults.
+
+    Rate limits are token buckets of capacity ``limit * limit_window_s / 60`` refilled
+    continuously at ``limit / 60`` per second; a request bigger than the whole capacity is
+    admitted when the bucket is full. Each fault rate is an independent probability per
+    request, drawn from ``random.Random(fault_seed)`` so runs are reproducible.
+    """
+
+    latency_s: float = 0.0
+    latency_jitter_s: float = 0.0
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    limit_window_s: float = 1.0
+    max_concurrency: int | None = None
+    api_key: str | None = field(default=None, repr=False)
+    error_500_rate: float = 0.0
+    error_502_rate: float = 0.0
+    error_503_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    retry_after_s: float = 1.0
+    drop_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_s: float = 3600.0
+    bad_request_rate: float = 0.0
+    malformed_rate: float = 0.0
+    fault_seed: int = 0
+    record_requests: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject settings the server cannot honour."""
+        for name in ("latency_s", "latency_jitter_s", "retry_after_s", "hang_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.limit_window_s <= 0:
+            raise ValueError(f"limit_window_s must be > 0, got {self.limit_window_s}")
+        for fault, rate in self.fault_rates().items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{fault}_rate must be between 0 and 1, got {rate}")
+
+    def fault_rates(self) -> dict[Fault, float]:
+        """Each fault's probability, in the order faults are drawn."""
+        return {
+            Fault.DROP: self.drop_rate,
+            Fault.HANG: self.hang_rate,
+            Fault.RATE_LIMIT: self.rate_limit_rate,
+            Fault.ERROR_500: self.error_500_rate,
+            Fault.ERROR_502: self.error_502_rate,
+            Fault.ERROR_503: self.error_503_rate,
+            Fault.BAD_REQUEST: self.bad_request_rate,
+            Fault.MALFORMED: self.malformed_rate,
+        }
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as received; credential headers are redacted."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (body decoded as UTF-8)."""
+        return {
+            "path": self.path,
+            "headers": self.headers,
+            "body": self.body.decode("utf-8", "replace"),
+        }
+
+
+@dataclass
+class FakeStats:
+    """What the server has seen and answered (monitoring GETs excluded).
+
+    ``completions_by_request`` is keyed by the sha256 hex of the raw request body and
+    ``completions_by_seed`` by the body's ``seed``; both count well-formed 200 answers only.
+    """
+
+    received: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    dropped: int = 0
+    hung: int = 0
+    completions_by_request: Counter[str] = field(default_factory=Counter)
+    completions_by_seed: Counter[int] = field(default_factory=Counter)
+    requests: list[RecordedRequest] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (integer keys become strings)."""
+        return {
+            "received": self.received,
+            "by_status": {str(status): n for status, n in self.by_status.items()},
+            "dropped": self.dropped,
+            "hung": self.hung,
+            "completions_by_request": dict(self.completions_by_request),
+            "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
+            "requests": [request.to_dict() for request in self.requests],
+        }

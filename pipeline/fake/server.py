@@ -1,0 +1,279 @@
+"""The HTTP side: one low-level aiohttp handler, run on the caller's loop or in a thread.
+
+Order of checks per request: auth (401), path (404), body (400), concurrency (429),
+rate limits (429, at arrival), fault draw (a drop closes at once), latency, then the
+drawn fault or the completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+
+import orjson
+from aiohttp import web
+
+from pipeline.fake.config import FakeConfig, FakeStats, Fault, RecordedRequest
+from pipeline.fake.content import (
+    ChatRequest,
+    InvalidRequestError,
+    completion_body,
+    error_body,
+    parse_request,
+)
+from pipeline.fake.ratelimit import RateLimiter, format_duration
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
+_SERVER_ERRORS = {
+    Fault.ERROR_500: (500, "The server had an error while processing your request. Sorry about that!"),
+    Fault.ERROR_502: (502, "Bad gateway."),
+    Fault.ERROR_503: (503, "The server is overloaded or not ready yet."),
+}  # fmt: skip
+_HEALTH = orjson.dumps({"status": "ok"})
+
+
+class FakeServer:
+    """One fake OpenAI-compatible endpoint: its config, its counters and its handler."""
+
+    def __init__(self, config: FakeConfig) -> None:
+        self.config = config
+        self.stats = FakeStats()
+        self._base_url: str | None = None
+        self._bearer = None if config.api_key is None else f"Bearer {config.api_key}"
+        self._limiter = (
+            None
+            if config.requests_per_minute is None and config.tokens_per_minute is None
+            else RateLimiter(
+                config.requests_per_minute,
+                config.tokens_per_minute,
+                config.limit_window_s,
+                time.monotonic(),
+            )
+        )
+        self._fault_rates = tuple(config.fault_rates().items())
+        self._faults_on = any(rate > 0 for _, rate in self._fault_rates)
+        self._fault_rng = random.Random(config.fault_seed)
+        self._jitter_rng = random.Random(f"{config.fault_seed}:jitter")
+        self._in_flight = 0
+        self._closing = asyncio.Event()
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, e.g. ``http://127.0.0.1:54321/v1``."""
+        if self._base_url is None:
+            raise RuntimeError("the fake server has not started")
+        return self._base_url
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one HTTP request."""
+        if request.method == "GET" and request.path == "/stats":
+            return _json(200, orjson.dumps(self.stats.to_dict()))
+        if request.method == "GET" and request.path == "/health":
+            return _json(200, _HEALTH)
+        body = await request.read()
+        self.stats.received += 1
+        if self.config.record_requests:
+            self.stats.requests.append(_record(request, body))
+        response = await self._answer(request, body)
+        if response is None:
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response()  # never sent: the transport is closed
+        self.stats.by_status[response.status] += 1
+        return response
+
+    async def _answer(self, request: web.BaseRequest, body: bytes) -> web.Response | None:
+        """The response to send, or None to close the connection without one."""
+        if self._bearer is not None and not self._authorized(request.headers):
+            return _error(
+                401, "Incorrect API key provided", "invalid_request_error", code="invalid_api_key"
+            )
+        if request.method != "POST" or not request.path.endswith("/chat/completions"):
+            return _error(
+                404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error"
+            )
+        try:
+            chat = parse_request(body)
+        except InvalidRequestError as exc:
+            return _error(400, exc.message, "invalid_request_error", param=exc.param)
+        limit = self.config.max_concurrency
+        if limit is not None and self._in_flight >= limit:
+            return _error(
+                429,
+                f"Too many concurrent requests: limit {limit}",
+                "requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": "1"},
+            )
+        headers: dict[str, str] = {}
+        if self._limiter is not None:
+            admission = self._limiter.admit(chat.cost_tokens, time.monotonic())
+            headers = admission.headers
+            if admission.refused is not None:
+                unit = "RPM" if admission.refused == "requests" else "TPM"
+                return _error(
+                    429,
+                    f"Rate limit reached for {admission.refused} per min ({unit}) on {chat.model}: "
+                    f"Limit {admission.limit}, Requested {admission.requested}. "
+                    f"Please try again in {format_duration(admission.wait_ms / 1000)}.",
+                    admission.refused,
+                    code="rate_limit_exceeded",
+                    headers=headers | _retry_headers(admission.wait_ms),
+                )
+        fault = self._draw_fault() if self._faults_on else None
+        if fault is Fault.DROP:
+            self.stats.dropped += 1
+            return None
+        self._in_flight += 1
+        try:
+            return await self._respond(chat, body, fault, headers)
+        finally:
+            self._in_flight -= 1
+
+    async def _respond(
+        self, chat: ChatRequest, body: bytes, fault: Fault | None, headers: dict[str, str]
+    ) -> web.Response | None:
+        """Wait the configured latency, then answer with the completion or the drawn fault."""
+        delay = self.config.latency_s
+        if self.config.latency_jitter_s:
+            delay += self._jitter_rng.uniform(0, self.config.latency_jitter_s)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if fault is Fault.HANG:
+            self.stats.hung += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.hang_s):
+                    await self._closing.wait()
+            return None
+        if fault is Fault.RATE_LIMIT:
+            return _error(
+                429,
+                "Rate limit reached (injected fault).",
+                "requests",
+                code="rate_limit_exceeded",
+                headers=headers | _retry_headers(round(self.config.retry_after_s * 1000)),
+            )
+        if fault in _SERVER_ERRORS:
+            status, message = _SERVER_ERRORS[fault]
+            return _error(status, message, "server_error", headers=headers)
+        if fault is Fault.BAD_REQUEST:
+            return _error(
+                400, "Invalid request (injected fault).", "invalid_request_error", headers=headers
+            )
+        digest = hashlib.sha256(body).hexdigest()
+        answer = completion_body(chat, f"chatcmpl-{digest[:24]}", int(time.time()))
+        if fault is Fault.MALFORMED:
+            return _json(200, answer[: len(answer) // 2], headers)
+        self.stats.completions_by_request[digest] += 1
+        if chat.seed is not None:
+            self.stats.completions_by_seed[chat.seed] += 1
+        return _json(200, answer, headers)
+
+    def _authorized(self, headers: Mapping[str, str]) -> bool:
+        key = self.config.api_key
+        return headers.get("authorization") == self._bearer or headers.get("x-api-key") == key
+
+    def _draw_fault(self) -> Fault | None:
+        """Draw every fault in order (a fixed number of draws per request); the first hit wins."""
+        hit = None
+        for fault, rate in self._fault_rates:
+            if self._fault_rng.random() < rate and hit is None:
+                hit = fault
+        return hit
+
+    def _bind(self, host: str, port: int) -> None:
+        self._base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+
+    def _close(self) -> None:
+        """Release hanging requests so shutdown is quick."""
+        self._closing.set()
+
+
+@asynccontextmanager
+async def serve(
+    config: FakeConfig, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[FakeServer]:
+    """Run a fake server on the running asyncio loop until the block exits."""
+    server = FakeServer(config)
+    runner = web.ServerRunner(
+        web.Server(server.handle, access_log=None, handler_cancellation=True),
+        shutdown_timeout=config.latency_s + config.latency_jitter_s + 1.0,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        server._bind(host, int(runner.addresses[0][1]))
+        yield server
+    finally:
+        server._close()
+        await runner.cleanup()
+
+
+@contextmanager
+def serve_in_thread(
+    config: FakeConfig, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[FakeServer]:
+    """Run a fake server on its own loop in a daemon thread; return once it listens."""
+    ready: concurrent.futures.Future[tuple[FakeServer, Callable[[], object]]] = (
+        concurrent.futures.Future()
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            async with serve(config, host, port) as server:
+                ready.set_result((server, lambda: loop.call_soon_threadsafe(stop.set)))
+                await stop.wait()
+        except BaseException as exc:
+            if ready.done():
+                raise
+            ready.set_exception(exc)
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), name="fake-server", daemon=True)
+    thread.start()
+    try:
+        server, stop = ready.result()
+    except BaseException:
+        thread.join()
+        raise
+    try:
+        yield server
+    finally:
+        stop()
+        thread.join()
+
+
+def _json(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=body, headers=headers, content_type="application/json")
+
+
+def _error(
+    status: int,
+    message: str,
+    error_type: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    return _json(status, error_body(message, error_type, param, code), headers)
+
+
+def _retry_headers(wait_ms: int) -> dict[str, str]:
+    return {"retry-after": str(-(-wait_ms // 1000)), "retry-after-ms": str(wait_ms)}
+
+
+def _record(request: web.BaseRequest, body: bytes) -> RecordedRequest:
+    headers = {
+        name.lower(): "[redacted]" if name.lower() in _CREDENTIAL_HEADERS else value
+        for name, value in request.headers.items()
+    }
+    return RecordedRequest(request.path, headers, body)
