@@ -167,10 +167,12 @@ def parse_reply(body: bytes, status: int, latency_ms: float, rate_limits: RateLi
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise BadResponse("response has no choices", http_status=status)
-    choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    content = message.get("content")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    choice: dict[str, Any] = choices[0]
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
     return Reply(
         content=content if isinstance(content, str) else None,
         finish_reason=choice.get("finish_reason"),

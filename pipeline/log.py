@@ -61,4 +61,3 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(target),
         cache_logger_on_first_use=False,
     )
-    return target

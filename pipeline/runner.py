@@ -19,8 +19,10 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import httpx
 import structlog
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 from tenacity import AsyncRetrying, RetryCallState
 
 from pipeline import fake
@@ -136,7 +138,14 @@ async def _endpoint_url(job: JobSpec) -> AsyncIterator[str | None]:
 class Runner:
     """One run of one job."""
 
-    def __init__(self, plan: RunPlan, *, api_key: str | None, progress: ProgressLine | None = None) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        *,
+        api_key: str | None,
+        progress: ProgressLine | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         job = plan.job
         self.plan = plan
         self.api_key = api_key
@@ -151,6 +160,7 @@ class Runner:
         self.stats = RunStats(total=plan.rows)
         self.progress = progress
         self.source_name = str(plan.input_path)
+        self._transport = transport
         self._client: ChatClient | None = None
 
     async def run(self) -> RunSummary:
@@ -172,6 +182,7 @@ class Runner:
             api_key=self.api_key,
             max_connections=job.limits.concurrency,
             base_url=base_url,
+            transport=self._transport,
         ) as client:
             self._client = client
             rows_send, rows_receive = anyio.create_memory_object_stream[PromptRow](
@@ -187,7 +198,7 @@ class Runner:
                 tg.start_soon(self._write, out_receive, writer_done)
                 if self.progress is not None and self.progress.enabled:
                     tg.start_soon(self._draw, writer_done)
-        await anyio.to_thread.run_sync(self.writer.finalize, self.plan.rows)
+        await anyio.to_thread.run_sync(self.writer.finalize)
         if self.progress is not None:
             self.progress.close(self.stats)
         summary = RunSummary(
@@ -216,7 +227,7 @@ class Runner:
         )
         return summary
 
-    async def _read(self, send: ObjectSendStream[PromptRow]) -> None:
+    async def _read(self, send: MemoryObjectSendStream[PromptRow]) -> None:
         """Feed rows, a batch at a time from a thread, keeping the buffer ahead of the workers full."""
         batches = self.plan.source.batches(self.plan.limit)
         async with send:
@@ -230,7 +241,7 @@ class Runner:
                     except anyio.WouldBlock:
                         await send.send(row)
 
-    async def _work(self, rows: ObjectReceiveStream[PromptRow], out: ObjectSendStream[Outcome]) -> None:
+    async def _work(self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]) -> None:
         """One worker: take a row, produce its outcome, repeat."""
         async with rows, out:
             async for row in rows:

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError
 from pipeline.records import Outcome
 
 _SEQ = "_seq"
-_MERGE_WINDOW = 50_000
+_MERGE_WINDOW = 20_000
 _UTC = pa.timestamp("us", tz="UTC")
 
 OUTPUT_SCHEMA = pa.schema(
@@ -138,21 +138,44 @@ class PartWriter:
         except OSError as exc:
             raise OutputError(f"{final}: cannot write results: {exc.strerror or exc}") from None
 
-    def finalize(self, rows: int) -> None:
+    def finalize(self) -> None:
         """Merge every part into the output in input order; the output appears by rename."""
-        parts = sorted(self.parts_dir.glob("part-*.parquet"))
         temp = self.output.with_name(f".{self.output.name}.tmp")
         try:
             with pq.ParquetWriter(temp, self.schema, compression="zstd") as writer:
-                if parts:
-                    dataset = ds.dataset([str(p) for p in parts], format="parquet", schema=self._part_schema)
-                    for low in range(0, max(rows, 1), _MERGE_WINDOW):
-                        window = (ds.field(_SEQ) >= low) & (ds.field(_SEQ) < low + _MERGE_WINDOW)
-                        table = dataset.to_table(filter=window).sort_by(_SEQ).drop_columns([_SEQ])
-                        if table.num_rows:
-                            writer.write_table(table)
+                for window in merge_parts(sorted(self.parts_dir.glob("part-*.parquet"))):
+                    writer.write_table(window.drop_columns([_SEQ]))
             temp.replace(self.output)
             _fsync_dir(self.output.parent)
         except OSError as exc:
             raise OutputError(f"{self.output}: cannot write output: {exc.strerror or exc}") from None
         shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+
+def _first_seq(part: Path) -> int:
+    """The smallest input position in a part (parts are sorted, so its first row's)."""
+    return int(pq.ParquetFile(part).read_row_group(0, columns=[_SEQ])[_SEQ][0].as_py())
+
+
+def merge_parts(parts: list[Path], window: int = _MERGE_WINDOW) -> Iterator[pa.Table]:
+    """Tables of rows in input order from sorted parts, reading each part once.
+
+    Parts are taken in order of their first position; rows past the current window
+    wait in ``pending``, so memory holds one window plus the rows that arrived early.
+    """
+    queue = sorted((_first_seq(part), part) for part in parts)
+    pending: pa.Table | None = None
+    index = 0
+    while index < len(queue) or (pending is not None and pending.num_rows):
+        starts = [queue[index][0]] if index < len(queue) else []
+        if pending is not None and pending.num_rows:
+            starts.append(pc.min(pending[_SEQ]).as_py())
+        high = min(starts) + window
+        tables = [pending] if pending is not None else []
+        while index < len(queue) and queue[index][0] < high:
+            tables.append(pq.read_table(queue[index][1], use_threads=False))
+            index += 1
+        merged = pa.concat_tables(tables)
+        early = pc.less(merged[_SEQ], high)
+        yield merged.filter(early).sort_by(_SEQ)
+        pending = merged.filter(pc.invert(early))

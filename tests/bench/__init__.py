@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print numbers (not tests). Run ``python -m tests.bench``."""

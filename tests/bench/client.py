@@ -1,0 +1,68 @@
+"""One benchmarked client run, in its own process: prints a JSON line of measurements.
+
+CPU and peak RSS are this process's own (``getrusage``); CPU is counted around the
+run only, so interpreter start-up and imports are left out of the per-request figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+
+from pipeline.cli import api_key_for
+from pipeline.log import configure_logging
+from pipeline.runner import Runner, plan_run
+from pipeline.spec import load_job
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("job", type=Path)
+    parser.add_argument("--input", type=Path)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--transport", choices=["aiohttp", "httpcore"], default="aiohttp")
+    parser.add_argument("--log", type=Path, required=True)
+    args = parser.parse_args()
+
+    job = load_job(args.job)
+    with args.log.open("w") as log_stream:
+        configure_logging(stream=log_stream)
+        plan = plan_run(job, input_path=args.input, output_path=args.output)
+        transport = None
+        if args.transport == "httpcore":
+            concurrency = job.limits.concurrency
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            )
+        runner = Runner(plan, api_key=api_key_for(job), transport=transport)
+        cpu_before, wall_before = _cpu_s(), time.perf_counter()
+        summary = anyio.run(runner.run, backend="asyncio")
+        cpu, wall = _cpu_s() - cpu_before, time.perf_counter() - wall_before
+    print(
+        json.dumps(
+            {
+                "rows": summary.rows_total,
+                "ok": summary.rows_ok,
+                "errors": summary.errors_by_type,
+                "requests": summary.requests_sent,
+                "cpu_s": cpu,
+                "wall_s": wall,
+                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Benchmarks of the pipeline against the fake server (loopback only). Prints numbers.
+
+    python -m tests.bench              # all scenarios
+    python -m tests.bench a b          # some of them
+
+Each client run is its own process (tests/bench/client.py) so that its CPU time and
+peak RSS are its own; the fake server runs in another process on the other core.
+
+(a) 20,000 requests at zero latency: requests/s and client CPU ms per request,
+    on the aiohttp transport (the one the pipeline uses) and on httpx's default
+    httpcore transport for comparison (fewer requests: it is ten times slower).
+(b) 5,000 requests at 500 ms latency, concurrency 256: wall time vs N x latency / concurrency.
+(c) 4,000 requests, server enforcing 3,000 requests/min and 600,000 tokens/min at
+    300 ms latency: steady-state throughput vs the binding limit, 429s, failed rows.
+(d) peak RSS for 200,000 input rows vs 20,000.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_START_TIMEOUT_S = 30
+RUN_TIMEOUT_S = 900
+
+
+@contextlib.contextmanager
+def fake_server(*args: str) -> Iterator[str]:
+    """A fake server process on a free loopback port; yields its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.fake", "--port", "0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if not line.startswith("fake server listening on "):
+            raise RuntimeError(f"fake server did not start: {line!r}")
+        yield line.removeprefix("fake server listening on ")
+    finally:
+        process.terminate()
+        process.wait(timeout=SERVER_START_TIMEOUT_S)
+
+
+def server_stats(base_url: str) -> dict[str, Any]:
+    """The fake server's counters (read over loopback)."""
+    import httpx
+
+    root = base_url.rsplit("/v1", 1)[0]
+    data: dict[str, Any] = httpx.get(f"{root}/stats", timeout=30).json()
+    return data
+
+
+def make_input(folder: Path, rows: int) -> Path:
+    """A Parquet input of ``rows`` short reviews."""
+    path = folder / f"input-{rows}.parquet"
+    if not path.exists():
+        pl.DataFrame(
+            {
+                "id": [f"row-{i:07d}" for i in range(rows)],
+                "text": [f"Review {i}: sturdy, quiet, a little pricey; arrived in {i % 9 + 1} days." for i in range(rows)],
+            }
+        ).write_parquet(path)
+    return path
+
+
+def write_job(folder: Path, name: str, base_url: str, *, concurrency: int, max_tokens: int, limits: str = "") -> Path:
+    """A benchmark job file."""
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f"""name = "{name}"
+[input]
+path = "unused.parquet"
+id_column = "id"
+prompt_column = "text"
+[request]
+model = "bench-model"
+max_tokens = {max_tokens}
+seed = 1
+[endpoint]
+base_url = "{base_url}"
+timeout_s = 60
+[limits]
+concurrency = {concurrency}
+{limits}
+[retry]
+max_attempts = 8
+initial_backoff_s = 0.5
+max_backoff_s = 10
+"""
+    )
+    return path
+
+
+def run_client(job: Path, source: Path, folder: Path, transport: str = "aiohttp") -> dict[str, Any]:
+    """Run one job in a fresh process; returns its measurements."""
+    output = folder / f"{job.stem}-{transport}-{source.stem}.parquet"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "tests.bench.client", str(job),
+            "--input", str(source), "--output", str(output),
+            "--transport", transport, "--log", str(folder / f"{job.stem}.log"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["output"] = str(output)
+    return result
+
+
+def bench_a(folder: Path) -> None:
+    print("(a) zero latency: client CPU per request")
+    for transport, rows in (("aiohttp", 20_000), ("httpcore", 5_000)):
+        with fake_server() as url:
+            job = write_job(folder, "a", url, concurrency=256, max_tokens=16)
+            r = run_client(job, make_input(folder, rows), folder, transport)
+        print(
+            f"    {transport:9s} {rows:>6,} requests: {r['requests'] / r['wall_s']:8,.0f} req/s,"
+            f" {r['cpu_s'] / r['requests'] * 1000:5.2f} CPU-ms/request"
+            f" (target <= 1.0), ok {r['ok']:,}"
+        )
+
+
+def bench_b(folder: Path) -> None:
+    print("(b) 5,000 requests at 500 ms latency, concurrency 256")
+    with fake_server("--latency-ms", "500") as url:
+        job = write_job(folder, "b", url, concurrency=256, max_tokens=16)
+        r = run_client(job, make_input(folder, 5_000), folder)
+    ideal = 5_000 * 0.5 / 256
+    print(
+        f"    wall {r['wall_s']:.2f} s, ideal {ideal:.2f} s: {r['wall_s'] / ideal:.3f}x (target <= 1.2x),"
+        f" {r['cpu_s'] / r['requests'] * 1000:.2f} CPU-ms/request, ok {r['ok']:,}"
+    )
+
+
+def bench_c(folder: Path) -> None:
+    print("(c) 4,000 requests under 3,000 rpm / 600,000 tpm enforced by the server, 300 ms latency")
+    rpm, tpm, max_tokens = 3000, 600_000, 256
+    with fake_server("--latency-ms", "300", "--rpm", str(rpm), "--tpm", str(tpm)) as url:
+        limits = f"requests_per_minute = {rpm}\ntokens_per_minute = {tpm}"
+        job = write_job(folder, "c", url, concurrency=128, max_tokens=max_tokens, limits=limits)
+        r = run_client(job, make_input(folder, 4_000), folder)
+        stats = server_stats(url)
+    df = pl.read_parquet(r["output"])
+    charged = df["prompt_tokens"].mean() + max_tokens
+    binding = min(rpm, tpm / charged)
+    done = df.sort("finished_at")["finished_at"]
+    lo, hi = int(len(done) * 0.1), int(len(done) * 0.9)
+    span_s = (done[hi] - done[lo]).total_seconds()
+    steady = (hi - lo) / span_s * 60
+    received = stats["received"]
+    limited = int(stats["by_status"].get("429", 0))
+    print(
+        f"    binding limit {binding:,.0f} req/min (tokens: {charged:.0f} charged per request);"
+        f" steady state {steady:,.0f} req/min = {steady / binding:.1%} (target >= 95%)"
+    )
+    print(
+        f"    429s {limited} of {received:,} sent = {limited / received:.2%} (target < 1%);"
+        f" failed rows {r['rows'] - r['ok']}; wall {r['wall_s']:.1f} s"
+    )
+
+
+def bench_d(folder: Path) -> None:
+    print("(d) peak RSS vs input size (zero latency)")
+    rss = {}
+    for rows in (20_000, 200_000):
+        with fake_server() as url:
+            job = write_job(folder, "d", url, concurrency=256, max_tokens=16)
+            r = run_client(job, make_input(folder, rows), folder)
+        rss[rows] = r["max_rss_mb"]
+        print(f"    {rows:>7,} rows: peak RSS {r['max_rss_mb']:.0f} MB, {r['wall_s']:.1f} s, ok {r['ok']:,}")
+    print(f"    ratio {rss[200_000] / rss[20_000]:.3f} (target <= 1.2)")
+
+
+SCENARIOS = {"a": bench_a, "b": bench_b, "c": bench_c, "d": bench_d}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(SCENARIOS)
+    with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
+        folder = Path(tmp)
+        print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+        for name in chosen:
+            SCENARIOS[name](folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,224 @@
+"""Tests of the part-file writer and its merge into one Parquet output."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import OutputError
+from pipeline.records import Outcome
+from pipeline.sinks import OUTPUT_COLUMNS, OUTPUT_SCHEMA, PartWriter, merge_parts, output_schema
+
+T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+KEEP = pa.schema([("product_id", pa.string()), ("stars", pa.int32()), ("price", pa.float64())])
+
+
+def outcome(seq: int, **fields: Any) -> Outcome:
+    ok = seq % 4 != 3
+    defaults: dict[str, Any] = {
+        "seq": seq,
+        "id": f"r{seq:04d}",
+        "status": "ok" if ok else "error",
+        "started_at": T0 + timedelta(seconds=seq),
+        "finished_at": T0 + timedelta(seconds=seq, milliseconds=250),
+        "attempts": 1 if ok else 3,
+        "seed": 1000 + seq,
+        "request_hash": f"{seq:064x}",
+        "content": f"answer {seq}" if ok else None,
+        "finish_reason": "stop" if ok else None,
+        "model": "gpt-4o-mini" if ok else None,
+        "prompt_tokens": 10 + seq if ok else None,
+        "completion_tokens": 5 if ok else None,
+        "total_tokens": 15 + seq if ok else None,
+        "latency_ms": 12.5,
+        "http_status": 200 if ok else 503,
+        "error_type": None if ok else "server_error",
+        "error_message": None if ok else "HTTP 503: busy",
+        "keep": {"product_id": f"P{seq % 3}", "stars": seq % 5, "price": seq / 2},
+    }
+    return Outcome(**{**defaults, **fields})
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.endswith(".tmp"))
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> PartWriter:
+    sink = PartWriter(tmp_path / "out" / "result.parquet", KEEP)
+    sink.prepare()
+    return sink
+
+
+def test_output_schema_appends_nullable_keep_columns() -> None:
+    keep = pa.schema([pa.field("sku", pa.string(), nullable=False), ("n", pa.int64())])
+    schema = output_schema(keep)
+    assert schema.names == [*OUTPUT_COLUMNS, "sku", "n"]
+    assert schema.field("sku").nullable
+    assert schema.field("sku").type == pa.string()
+
+
+def test_output_columns_are_documented() -> None:
+    assert dict(zip(OUTPUT_SCHEMA.names, OUTPUT_SCHEMA.types, strict=True)) == {
+        "id": pa.string(),
+        "status": pa.string(),
+        "content": pa.string(),
+        "finish_reason": pa.string(),
+        "model": pa.string(),
+        "prompt_tokens": pa.int64(),
+        "completion_tokens": pa.int64(),
+        "total_tokens": pa.int64(),
+        "seed": pa.int64(),
+        "attempts": pa.int32(),
+        "latency_ms": pa.float64(),
+        "http_status": pa.int32(),
+        "error_type": pa.string(),
+        "error_message": pa.string(),
+        "started_at": pa.timestamp("us", tz="UTC"),
+        "finished_at": pa.timestamp("us", tz="UTC"),
+        "request_hash": pa.string(),
+    }
+
+
+def test_out_of_order_parts_come_back_in_input_order(writer: PartWriter, tmp_path: Path) -> None:
+    outcomes = [outcome(seq) for seq in range(23)]
+    shuffled = outcomes[:]
+    random.Random(7).shuffle(shuffled)
+    for part in (shuffled[0:5], shuffled[5:6], shuffled[6:15], [], shuffled[15:]):
+        writer.write_part(part)
+    assert len(list(writer.parts_dir.glob("part-*.parquet"))) == 4
+    assert leftovers(tmp_path) == []
+
+    writer.finalize()
+
+    table = pq.read_table(writer.output)
+    assert table.schema.names == [*OUTPUT_COLUMNS, "product_id", "stars", "price"]
+    assert table.schema.types == [*OUTPUT_SCHEMA.types, pa.string(), pa.int32(), pa.float64()]
+    assert [f.nullable for f in table.schema][:2] == [False, False]
+    assert table.num_rows == 23
+    assert table.column("id").to_pylist() == [f"r{seq:04d}" for seq in range(23)]
+    assert table.column("status").to_pylist()[:4] == ["ok", "ok", "ok", "error"]
+    assert table.column("started_at").to_pylist() == [
+        T0 + timedelta(seconds=seq) for seq in range(23)
+    ]
+    assert table.column("attempts").to_pylist()[3] == 3
+    assert table.column("error_type").to_pylist()[3] == "server_error"
+    assert table.column("content").to_pylist()[3] is None
+    assert table.column("prompt_tokens").to_pylist()[:3] == [10, 11, 12]
+    assert table.column("stars").to_pylist() == [seq % 5 for seq in range(23)]
+    assert table.column("price").to_pylist()[5] == 2.5
+    assert "_seq" not in table.schema.names
+
+    assert not writer.parts_dir.exists()
+    assert leftovers(tmp_path) == []
+    assert sorted(p.name for p in writer.output.parent.iterdir()) == ["result.parquet"]
+
+
+def test_rows_round_trip_exactly(writer: PartWriter) -> None:
+    original = outcome(0, content="héllo ✓", latency_ms=0.125, http_status=200)
+    writer.write_part([original])
+    writer.finalize()
+
+    (row,) = pq.read_table(writer.output).to_pylist()
+    for name in OUTPUT_COLUMNS:
+        assert row[name] == getattr(original, name), name
+    assert {k: row[k] for k in KEEP.names} == original.keep
+
+
+def test_value_that_does_not_fit_its_keep_type_becomes_null(writer: PartWriter) -> None:
+    writer.write_part(
+        [
+            outcome(0, keep={"product_id": "P0", "stars": 4, "price": 1.0}),
+            outcome(1, keep={"product_id": "P1", "stars": "five", "price": 2.0}),
+            outcome(2, keep={"product_id": "P2", "stars": 2**40, "price": "cheap"}),
+            outcome(3, keep={"product_id": "P3"}),
+        ]
+    )
+    writer.finalize()
+
+    table = pq.read_table(writer.output)
+    assert table.column("stars").to_pylist() == [4, None, None, None]
+    assert table.column("price").to_pylist() == [1.0, 2.0, None, None]
+    assert table.column("product_id").to_pylist() == ["P0", "P1", "P2", "P3"]
+    assert table.schema.field("stars").type == pa.int32()
+
+
+def test_finalize_without_parts_writes_an_empty_file(writer: PartWriter) -> None:
+    writer.finalize()
+
+    table = pq.read_table(writer.output)
+    assert table.num_rows == 0
+    assert table.schema.types == [*OUTPUT_SCHEMA.types, *KEEP.types]
+    assert not writer.parts_dir.exists()
+
+
+def test_finalize_replaces_an_existing_output(writer: PartWriter) -> None:
+    writer.output.write_bytes(b"old")
+    writer.write_part([outcome(0)])
+    writer.finalize()
+    assert pq.read_table(writer.output).num_rows == 1
+
+
+def test_prepare_creates_folders_and_clears_old_parts(tmp_path: Path) -> None:
+    output = tmp_path / "a" / "b" / "out.parquet"
+    stale = output.with_name("out.parquet.parts")
+    stale.mkdir(parents=True)
+    (stale / "part-000001.parquet").write_bytes(b"stale")
+
+    sink = PartWriter(output, pa.schema([]))
+    sink.prepare()
+
+    assert sink.parts_dir == stale
+    assert sink.parts_dir.is_dir()
+    assert list(sink.parts_dir.iterdir()) == []
+
+
+def test_prepare_under_a_regular_file_is_an_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("I am a file", encoding="utf-8")
+    output = blocker / "out" / "result.parquet"
+
+    with pytest.raises(OutputError) as info:
+        PartWriter(output, KEEP).prepare()
+
+    message = str(info.value)
+    assert message.startswith(f"{output}: cannot write output: ")
+    assert "\n" not in message
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permissions")
+def test_prepare_in_a_read_only_folder_is_an_output_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="cannot write output"):
+            PartWriter(folder / "result.parquet", KEEP).prepare()
+    finally:
+        folder.chmod(0o700)
+
+
+def test_table_is_sorted_by_seq(writer: PartWriter) -> None:
+    table = writer.table([outcome(5), outcome(2), outcome(9)])
+    assert table.column("_seq").to_pylist() == [2, 5, 9]
+    assert table.column("id").to_pylist() == ["r0002", "r0005", "r0009"]
+
+
+def test_merge_parts_windows_reads_each_part_once_and_keeps_order(tmp_path: Path) -> None:
+    writer = PartWriter(tmp_path / "out.parquet", KEEP)
+    writer.prepare()
+    order = list(range(97))
+    chunks = [order[40:60], order[0:25], order[60:97], order[25:40]]
+    for chunk in chunks:
+        writer.write_part([outcome(seq) for seq in reversed(chunk)])
+    windows = list(merge_parts(sorted(writer.parts_dir.glob("part-*.parquet")), window=10))
+    seqs = [s for table in windows for s in table["_seq"].to_pylist()]
+    assert seqs == order
+    assert all(table.num_rows <= 40 for table in windows)
