@@ -123,10 +123,12 @@ class RequestBuilder:
             raise BadRowError(f"prompt column {self._prompt_column!r} is null")
         if not str(prompt).strip():
             raise BadRowError(f"prompt column {self._prompt_column!r} is empty")
-        if self._spec.template is not None:
-            text = render_template(self._spec.template, row.values)
-        else:
+        if self._spec.template is None:
             text = str(prompt)
+        else:
+            text = render_template(self._spec.template, row.values)
+            if not text.strip():
+                raise BadRowError("the template renders an empty prompt for this row")
         messages: list[Message] = []
         if self._spec.system:
             messages.append({"role": "system", "content": self._spec.system})

@@ -96,7 +96,7 @@ def _int_header(headers: httpx.Headers, name: str) -> int | None:
         return None
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
@@ -248,6 +248,8 @@ class ChatClient:
         try:
             with anyio.fail_after(self._timeout_s):
                 response = await self._http.post(self.url, content=request.body)
+        except httpx.DecodingError as exc:
+            raise BadResponse(f"response body could not be decoded: {exc}"[:_MAX_MESSAGE]) from None
         except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
             error = _transport_error(exc)
             raise type(error)(self._scrub(error.message)) from None
@@ -256,7 +258,7 @@ class ChatClient:
         if response.status_code != 200:
             raise error_for_status(
                 response.status_code,
-                self._scrub(_server_message(response.content)[:_MAX_MESSAGE]),
+                self._scrub(_server_message(response.content))[:_MAX_MESSAGE],
                 parse_retry_after(response.headers),
                 rate_limits,
             )

@@ -10,8 +10,8 @@ there is no polling. The server is the truth:
   cost (the server's tokenizer, not our four-characters-a-token guess);
 * ``observe`` lowers the buckets to the server's ``x-ratelimit-remaining-*`` and
   adopts its ``x-ratelimit-limit-*`` when that is lower than the configured limit;
-* ``cooldown`` (after a 429) pauses every caller at once and restarts the refill
-  after the pause, and callers already waiting take a new place in the queue.
+* ``cooldown`` (after a 429) pauses every caller at once and restarts the refill,
+  from empty, after the pause; callers already waiting take a new place in the queue.
 """
 
 from __future__ import annotations
@@ -66,11 +66,19 @@ class Bucket:
         self.refill(now)
         self.level = min(self.level, remaining)
 
-    def pause_until(self, until: float, now: float) -> None:
-        """Empty the bucket and start refilling only at ``until``."""
-        self.refill(now)
-        self.level = min(self.level, 0.0)
+    def pause_until(self, until: float) -> None:
+        """Empty the bucket and start refilling only at ``until``.
+
+        Reservations still waiting are forgotten: their callers reserve again.
+        """
+        self.level = 0.0
         self.updated = max(self.updated, until)
+
+    def replaced(self, per_minute: float, burst_s: float) -> Bucket:
+        """A bucket at another rate that keeps this one's level (and so its queue)."""
+        bucket = Bucket(per_minute, burst_s, self.updated)
+        bucket.level = min(self.level, bucket.capacity)
+        return bucket
 
 
 class TokenEstimator:
@@ -136,12 +144,6 @@ class RateLimiter:
             wait = max(wait, self.tokens.reserve(tokens, now))
         return wait
 
-    def _refund(self, tokens: int, now: float) -> None:
-        if self.requests is not None:
-            self.requests.adjust(1, now)
-        if self.tokens is not None:
-            self.tokens.adjust(tokens, now)
-
     async def acquire(self, tokens: int) -> None:
         """Wait for this attempt's turn, paying one request and ``tokens`` tokens."""
         epoch = self._epoch
@@ -150,10 +152,8 @@ class RateLimiter:
             await self._sleep(wait)
             if epoch == self._epoch:
                 return
-            now = self._clock()
-            self._refund(tokens, now)
             epoch = self._epoch
-            wait = self._reserve(tokens, now)
+            wait = self._reserve(tokens, self._clock())
 
     def settle(self, reserved: int, charged: int) -> None:
         """Correct the token bucket once the true charge is known."""
@@ -169,8 +169,11 @@ class RateLimiter:
     def _follow(
         self, bucket: Bucket | None, limit: int | None, remaining: int | None, now: float
     ) -> Bucket | None:
-        if limit is not None and limit > 0 and (bucket is None or limit < bucket.per_minute):
-            bucket = Bucket(limit, self._burst_s, now)
+        if limit is not None and limit > 0:
+            if bucket is None:
+                bucket = Bucket(limit, self._burst_s, now)
+            elif limit < bucket.per_minute:
+                bucket = bucket.replaced(limit, self._burst_s)
         if bucket is not None and remaining is not None:
             bucket.clamp(remaining, now)
         return bucket
@@ -185,7 +188,7 @@ class RateLimiter:
         self._epoch += 1
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
-                bucket.pause_until(until, now)
+                bucket.pause_until(until)
 
     @property
     def paused_until(self) -> float:

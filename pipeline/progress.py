@@ -44,10 +44,10 @@ def render(stats: RunStats, width: int = 24) -> str:
     rate = stats.requests / elapsed
     tokens_per_min = (stats.prompt_tokens + stats.completion_tokens) / elapsed * 60
     row_rate = stats.done / elapsed
-    eta = (stats.total - stats.done) / row_rate if row_rate > 0 else 0.0
+    eta = _clock((stats.total - stats.done) / row_rate) if row_rate > 0 else "--:--"
     return (
         f"[{bar}] {stats.done:,}/{stats.total:,} ok {stats.ok:,} err {stats.error:,}"
-        f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | ETA {_clock(eta)}"
+        f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | ETA {eta}"
     )
 
 

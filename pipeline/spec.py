@@ -7,6 +7,7 @@ bad value becomes one ``JobError`` line naming the key. API keys never live here
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -62,21 +64,29 @@ class RequestSpec(_Section):
 
     @model_validator(mode="after")
     def _params_do_not_shadow(self) -> RequestSpec:
-        clash = sorted(_RESERVED_BODY_KEYS & self.params.keys())
-        if clash:
-            raise ValueError(f"params may not set {clash[0]!r}: use the [request] key of that name")
+        for table, keys in (("params", self.params.keys()), ("extra_body", self.extra_body.keys())):
+            clash = sorted(_RESERVED_BODY_KEYS & keys)
+            if clash:
+                raise ValueError(f"{table} may not set {clash[0]!r}: use the [request] key of that name")
         return self
 
 
 class EndpointSpec(_Section):
     """Where requests go and how they authenticate."""
 
-    base_url: str = Field(min_length=1)
+    base_url: str
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     auth: Literal["bearer", "x-api-key", "api-key", "none"] = "bearer"
     headers: dict[str, str] = Field(default_factory=dict)
     query: dict[str, str] = Field(default_factory=dict)
     timeout_s: PositiveFloat = 120.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url_or_fake(cls, value: str) -> str:
+        if value != "fake" and not re.fullmatch(r"https?://[^\s/]+\S*", value):
+            raise ValueError('must be an http:// or https:// URL, or "fake" for the built-in server')
+        return value
 
     @property
     def is_fake(self) -> bool:

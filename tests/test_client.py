@@ -458,14 +458,6 @@ async def test_api_key_in_error_body_is_scrubbed(body: bytes) -> None:
     assert "***" in str(error)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: client.ChatClient.send truncates the server message to 300 chars before "
-        "scrubbing it, so a key cut by the truncation is not recognised and its first "
-        "characters leak into error_message"
-    ),
-    strict=True,
-)
 @pytest.mark.anyio
 async def test_api_key_cut_by_truncation_does_not_leak() -> None:
     message = "x" * (300 - 12) + KEY  # the key straddles the 300-character cut
@@ -552,13 +544,6 @@ async def test_client_side_deadline_is_request_timeout() -> None:
     assert "endpoint.timeout_s" in str(error)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: client.ChatClient.send catches httpx.TransportError only; httpx.DecodingError "
-        "(a RequestError, e.g. a corrupt gzip body) escapes untranslated and aborts the run"
-    ),
-    strict=True,
-)
 @pytest.mark.anyio
 async def test_undecodable_body_is_an_attempt_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
@@ -573,13 +558,6 @@ async def test_undecodable_body_is_an_attempt_error() -> None:
     assert isinstance(error, RetryableError)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: client._int_header catches ValueError only; a header such as "
-        "x-ratelimit-remaining-requests: inf raises OverflowError out of ChatClient.send"
-    ),
-    strict=True,
-)
 @pytest.mark.anyio
 @pytest.mark.parametrize("value", ["inf", "1e400"])
 async def test_unparseable_rate_limit_header_is_ignored(value: str) -> None:

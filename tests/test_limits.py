@@ -167,7 +167,7 @@ def test_bucket_adjust_and_clamp() -> None:
 
 def test_bucket_pause_empties_and_delays_refill() -> None:
     bucket = Bucket(600, burst_s=0.25, now=0.0)
-    bucket.pause_until(2.0, now=0.0)
+    bucket.pause_until(2.0)
     assert bucket.level == pytest.approx(0.0)
     bucket.refill(1.5)
     assert bucket.level == pytest.approx(0.0)
@@ -393,14 +393,6 @@ async def test_lower_server_limit_paces_later_callers() -> None:
     assert time.now == pytest.approx(3.0)  # one a second
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: limits.RateLimiter._follow: adopting a lower server limit builds a fresh, full "
-        "Bucket and drops the reservations already queued (level -7.5 becomes +1.25), so a "
-        "new caller starts at once, ahead of callers that are still waiting"
-    ),
-    strict=True,
-)
 @pytest.mark.anyio
 async def test_lower_server_limit_keeps_callers_already_queued() -> None:
     time = SteppingClock()
@@ -479,14 +471,6 @@ async def test_cooldown_makes_sleeping_callers_wait_too() -> None:
     assert all(t >= until - EPS for t in later)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: limits.RateLimiter.acquire/cooldown: callers already sleeping when cooldown() "
-        "runs refund and re-reserve against a level that still holds their own reservations, "
-        "so every one of them computes the same ready time and they all start at once"
-    ),
-    strict=True,
-)
 @pytest.mark.anyio
 async def test_cooldown_requeued_callers_do_not_start_at_once() -> None:
     starts, until = await _cooldown_while_callers_sleep(10)

@@ -72,6 +72,7 @@ def test_render_before_any_row_is_done() -> None:
     assert re.search(r"\b0/100 ok 0 err 0\b", line)
     assert "0.0 req/s" in line
     assert line.startswith("[" + "." * 24 + "]")
+    assert line.endswith("ETA --:--")
 
 
 def test_render_at_the_very_start_does_not_divide_by_zero() -> None:

@@ -163,7 +163,8 @@ def test_duplicate_id_names_the_row(tmp_path: Path, kind: str) -> None:
     columns["review_id"] = ["a", "b", "c", "b", "e"]
     source = open_input(make_input(tmp_path, kind, columns))
 
-    with pytest.raises(InputError, match=r"row 3: duplicate id 'b' in column 'review_id'"):
+    where = "row 3" if kind == "parquet" else "line 4"
+    with pytest.raises(InputError, match=rf"{where}: duplicate id 'b' in column 'review_id'"):
         source.preflight()
 
 
@@ -172,7 +173,8 @@ def test_null_id_names_the_row(tmp_path: Path, kind: str) -> None:
     columns["review_id"] = ["a", "b", None, "d"]
     source = open_input(make_input(tmp_path, kind, columns))
 
-    with pytest.raises(InputError, match=r"row 2: id column 'review_id' is null"):
+    where = "row 2" if kind == "parquet" else "line 3"
+    with pytest.raises(InputError, match=rf"{where}: id column 'review_id' is null"):
         source.preflight()
 
 
@@ -345,7 +347,7 @@ def test_jsonl_missing_value_is_none(tmp_path: Path) -> None:
 
 def test_jsonl_missing_id_is_a_null_id(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [{"review_id": "a", "text": "x"}, {"text": "y"}])
-    with pytest.raises(InputError, match=r"row 1: id column 'review_id' is null"):
+    with pytest.raises(InputError, match=r"line 2: id column 'review_id' is null"):
         open_input(path).preflight()
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import InputError
 from pipeline.records import PromptRow
+
+_ID_CHUNK = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +51,12 @@ class Source(ABC):
         """Arrow types of the kept columns, in ``keep_columns`` order."""
 
     @abstractmethod
-    def ids(self) -> Iterator[object]:
-        """Every row's raw id value, in order (only called with an id column)."""
+    def id_batches(self) -> Iterator[list[object]]:
+        """Every row's raw id value, in order, a batch at a time (only with an id column)."""
+
+    @abstractmethod
+    def id_records(self) -> Iterator[tuple[str, object]]:
+        """``("row N" or "line N", raw id)`` for every row: the slow path, for error messages."""
 
     @abstractmethod
     def count_rows(self) -> int:
@@ -72,20 +80,46 @@ class Source(ABC):
         if self.id_column is None:
             rows = self.count_rows()
             return Preflight(rows if limit is None else min(rows, limit))
-        return Preflight(check_ids(self.path, self.id_column, self.ids(), limit))
+        return Preflight(self._check_ids(limit))
 
+    def _check_ids(self, limit: int | None) -> int:
+        """Count ids; fail on the first null or repeated one.
 
-def check_ids(path: Path, column: str, ids: Iterable[object], limit: int | None) -> int:
-    """Count ids, failing on the first null or repeated one."""
-    seen: set[str] = set()
-    count = 0
-    for count, value in enumerate(ids, start=1):
-        if limit is not None and count > limit:
-            return limit
-        if value is None:
-            raise InputError(f"{path}: row {count - 1}: id column {column!r} is null")
-        key = str(value)
-        if key in seen:
-            raise InputError(f"{path}: row {count - 1}: duplicate id {key!r} in column {column!r}")
-        seen.add(key)
-    return count
+        Ids are kept as 64-bit hashes in a polars series (8 bytes a row, not a Python
+        set of strings); only when a null or a repeated hash turns up is the input
+        read again, slowly, to name the offending row exactly.
+        """
+        hashes: list[pl.Series] = []
+        count = 0
+        suspect = False
+        for values in self.id_batches():
+            if limit is not None:
+                values = values[: limit - count]
+            suspect = suspect or None in values
+            hashes.append(pl.Series([str(v) for v in values], dtype=pl.String).hash(seed=0))
+            count += len(values)
+            if limit is not None and count >= limit:
+                break
+        repeated: set[int] = set()
+        if hashes:
+            ordered = pl.concat(hashes).sort()
+            repeated = set(ordered.filter(ordered == ordered.shift(1)).to_list())
+        if suspect or repeated:
+            self._name_bad_id(count, repeated)
+        return count
+
+    def _name_bad_id(self, count: int, repeated: set[int]) -> None:
+        """Find and report the first null id or exact repeat among the suspects."""
+        seen: set[str] = set()
+        records = itertools.islice(self.id_records(), count)
+        while chunk := list(itertools.islice(records, _ID_CHUNK)):
+            keys = [str(value) for _, value in chunk]
+            hashed = pl.Series(keys, dtype=pl.String).hash(seed=0).to_list()
+            for (where, value), key, digest in zip(chunk, keys, hashed, strict=True):
+                if value is None:
+                    raise InputError(f"{self.path}: {where}: id column {self.id_column!r} is null")
+                if digest not in repeated:
+                    continue
+                if key in seen:
+                    raise InputError(f"{self.path}: {where}: duplicate id {key!r} in column {self.id_column!r}")
+                seen.add(key)

@@ -13,6 +13,7 @@ from pipeline.records import PromptRow
 from pipeline.sources.base import Source
 
 _SNIFF_LINES = 1000
+_ID_BATCH = 65536
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -68,11 +69,22 @@ class JsonlSource(Source):
     def count_rows(self) -> int:
         return sum(1 for _ in _lines(self.path))
 
-    def ids(self) -> Iterator[object]:
+    def id_batches(self) -> Iterator[list[object]]:
+        batch: list[object] = []
+        for _, value in self.id_records():
+            batch.append(value)
+            if len(batch) >= _ID_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def id_records(self) -> Iterator[tuple[str, object]]:
         assert self.id_column is not None
         for number, line in _lines(self.path):
             parsed = _parse(line)
-            yield parsed.get(self.id_column) if isinstance(parsed, dict) else f"line:{number}"
+            value = parsed.get(self.id_column) if isinstance(parsed, dict) else f"line:{number}"
+            yield f"line {number}", value
 
     def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
         rows: list[PromptRow] = []

@@ -34,10 +34,17 @@ class ParquetSource(Source):
     def count_rows(self) -> int:
         return int(self._file.metadata.num_rows)
 
-    def ids(self) -> Iterator[object]:
+    def id_batches(self) -> Iterator[list[object]]:
         assert self.id_column is not None
         for batch in self._file.iter_batches(batch_size=65536, columns=[self.id_column]):
-            yield from batch.column(0).to_pylist()
+            yield batch.column(0).to_pylist()
+
+    def id_records(self) -> Iterator[tuple[str, object]]:
+        index = 0
+        for values in self.id_batches():
+            for value in values:
+                yield f"row {index}", value
+                index += 1
 
     def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
         wanted = list(dict.fromkeys([*self.value_columns, *self.keep_columns]))
