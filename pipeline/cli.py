@@ -1,10 +1,14 @@
 """argv -> load job -> configure logging -> run; maps errors to exit codes.
 
 Exit codes (stable, documented in the README):
-    0   success
+    0   success: the output is complete (or already was)
     1   an internal error (a bug): the traceback is printed
     2   a user error (bad job, bad input, unwritable output) before anything was sent
-    130 interrupted (Ctrl-C)
+    3   the run finished, but more rows failed than ``limits.max_error_rate`` allows
+    4   aborted: the endpoint refused every request (bad key, unknown model or path)
+    5   results could not be written mid-run (disk full?); what was written is kept
+    75  another run is writing the same output (locked)
+    130 interrupted by SIGINT or SIGTERM; run the same command again to resume
 """
 
 from __future__ import annotations
@@ -13,21 +17,35 @@ import argparse
 import contextlib
 import os
 import sys
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import anyio
+import structlog
 
-from pipeline import fake
-from pipeline.errors import JobError, UserError
+from pipeline import __version__, fake
+from pipeline.errors import JobError, OutputError, UserError
+from pipeline.lock import LockedError, OutputLock
 from pipeline.log import configure_logging
+from pipeline.manifest import (
+    Manifest,
+    file_sha256,
+    input_fingerprint,
+    read_manifest,
+    write_manifest,
+)
 from pipeline.progress import ProgressLine
 from pipeline.records import RunSummary
-from pipeline.runner import Runner, plan_run
+from pipeline.runner import DEFAULT_GRACE_S, Runner, plan_run
 from pipeline.spec import JobSpec, load_job
 
 EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_USER_ERROR = 2
+EXIT_TOO_MANY_ERRORS = 3
+EXIT_ABORTED = 4
+EXIT_WRITE_FAILED = 5
+EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
 
@@ -39,6 +57,13 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--limit", type=_positive_int, help="only the first N rows")
         return sub
 
-    run = job_command("run", "run a job")
+    run = job_command("run", "run a job (or resume it: run the same command again)")
     run.add_argument("--output", type=Path, help="write here instead of [output] path")
     run.add_argument("--log-file", type=Path, help="write JSON log events to this file")
+    run.add_argument("--date", type=_day, help="fill {date} in the output path with this day (YYYY-MM-DD)")
+    run.add_argument("--fresh", action="store_true", help="ignore earlier results: send every row again")
+    run.add_argument("--retry-errors", action="store_true", help="send again the rows whose last result was an error")
+    run.add_argument("--force", action="store_true", help="run even when the output is already complete")
+    run.add_argument(
+        "--grace-s", type=float, default=DEFAULT_GRACE_S, help="on SIGINT/SIGTERM, how long in-flight requests may finish"
+    )
     job_command("validate", "check a job and its input without sending anything")
     commands.add_parser("fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False)
     return parser
@@ -74,13 +106,28 @@ def api_key_for(job: JobSpec) -> str | None:
 
 def _print_summary(summary: RunSummary) -> None:
     errors = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
+    reused = f" ({summary.rows_reused} from earlier runs)" if summary.rows_reused else ""
     print(
-        f"{summary.rows_total} rows: {summary.rows_ok} ok, {summary.rows_error} error"
+        f"{summary.rows_total} rows{reused}: {summary.rows_ok} ok, {summary.rows_error} error"
         + (f" ({errors})" if errors else "")
         + f"; {summary.prompt_tokens + summary.completion_tokens:,} tokens;"
         + f" {summary.requests_sent} requests in {summary.elapsed_s:.1f}s"
     )
-    print(f"output: {summary.output_path}")
+    if summary.complete:
+        print(f"output: {summary.output_path}")
+
+
+def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
+    """The exit code of a run that got to its end, and the reason in words."""
+    if summary.ended == "interrupted":
+        return EXIT_INTERRUPTED, summary.reason or "interrupted"
+    if summary.ended == "aborted":
+        return EXIT_ABORTED, summary.reason or "aborted"
+    limit = job.limits.max_error_rate
+    if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
+        rate = summary.rows_error / summary.rows_total
+        return EXIT_TOO_MANY_ERRORS, f"{rate:.1%} of rows failed, above limits.max_error_rate {limit:.1%}"
+    return EXIT_OK, "complete"
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -94,7 +141,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key = api_key_for(job)
-    plan = plan_run(job, input_path=args.input, output_path=args.output, limit=args.limit)
+    plan = plan_run(job, input_path=args.input, output_path=args.output, limit=args.limit, day=args.date)
+    job_sha256 = file_sha256(args.job)
+    fingerprint = input_fingerprint(plan.input_path)
     with contextlib.ExitStack() as stack:
         stream = sys.stderr
         if args.log_file is not None:
@@ -104,10 +153,71 @@ def _run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise JobError(f"--log-file {args.log_file}: cannot write: {exc.strerror}") from None
         configure_logging(secrets=[api_key] if api_key else [], stream=stream)
-        runner = Runner(plan, api_key=api_key, progress=ProgressLine(sys.stderr))
-        summary = anyio.run(runner.run, backend="asyncio")
+        try:
+            lock = stack.enter_context(OutputLock(plan.output_path))
+        except OSError as exc:
+            raise OutputError(f"{plan.output_path}: cannot write output: {exc.strerror}") from None
+        if lock.previous is not None:
+            structlog.get_logger("pipeline").warning("lock.taken_over", previous=lock.previous)
+        earlier = read_manifest(plan.output_path)
+        if (
+            not (args.force or args.fresh)
+            and earlier is not None
+            and plan.output_path.exists()
+            and earlier.same_work(job_sha256, fingerprint, args.limit)
+        ):
+            print(f"already complete (run {earlier.run_id}): {plan.output_path}; --force to run again")
+            return EXIT_OK
+        runner = Runner(
+            plan,
+            api_key=api_key,
+            progress=ProgressLine(sys.stderr),
+            fresh=args.fresh,
+            retry_errors=args.retry_errors,
+            grace_s=args.grace_s,
+            handle_signals=True,
+        )
+        started = datetime.now(UTC)
+        try:
+            summary = anyio.run(runner.run, backend="asyncio")
+        except OutputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            print("every row written before this is kept; run the same command again to resume", file=sys.stderr)
+            return EXIT_WRITE_FAILED
+        code, reason = _exit_code(job, summary)
+        write_manifest(
+            plan.output_path,
+            Manifest(
+                run_id=plan.run_id,
+                job_name=job.name,
+                job_file=str(args.job),
+                job_sha256=job_sha256,
+                input=fingerprint,
+                input_rows=plan.rows,
+                limit=args.limit,
+                output=str(plan.output_path),
+                complete=summary.complete,
+                exit_code=code,
+                exit_reason=reason,
+                rows_by_status={"ok": summary.rows_ok, "error": summary.rows_error},
+                rows_by_error_type=summary.errors_by_type,
+                rows_sent=summary.rows_total - summary.rows_reused,
+                rows_reused=summary.rows_reused,
+                requests_sent=summary.requests_sent,
+                prompt_tokens=summary.prompt_tokens,
+                completion_tokens=summary.completion_tokens,
+                duration_s=round(summary.elapsed_s, 3),
+                started_at=started.isoformat(),
+                finished_at=datetime.now(UTC).isoformat(),
+                pipeline_version=__version__,
+            ),
+        )
     _print_summary(summary)
-    return EXIT_OK
+    if code != EXIT_OK:
+        print(f"{'stopped' if not summary.complete else 'finished'}: {reason}", file=sys.stderr)
+    if not summary.complete:
+        print(f"{summary.rows_total} of {plan.rows} rows done; run the same command again to resume", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except LockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

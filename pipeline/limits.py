@@ -3,8 +3,9 @@
 Each limit is a token bucket refilled continuously at ``limit / 60`` per second with
 a small capacity (``burst_s`` worth), so a fresh run never fires a minute's quota at
 once. A caller *reserves* capacity and sleeps exactly until its turn (virtual
-scheduling: the level may go negative, which queues later callers behind it), so
-there is no polling. The server is the truth:
+scheduling: both buckets are charged at the one time both have room, so the level
+may go negative and later callers queue behind), so there is no polling. A request
+larger than a bucket's capacity starts when that bucket is full. The server is the truth:
 
 * ``settle`` corrects the token bucket once ``usage`` shows what a request really
   cost (the server's tokenizer, not our four-characters-a-token guess);
@@ -49,12 +50,24 @@ class Bucket:
             self.level = min(self.capacity, self.level + elapsed * self.rate)
             self.updated = now
 
-    def reserve(self, amount: float, now: float) -> float:
-        """Take ``amount``; return how long to wait until it is paid for."""
+    def ready_at(self, amount: float, now: float) -> float:
+        """The earliest time ``amount`` fits: the level reaches it (or the bucket is full, if larger)."""
         self.refill(now)
+        need = min(amount, self.capacity)
+        return max(now, self.updated) + max(0.0, need - self.level) / self.rate
+
+    def charge(self, amount: float, at: float) -> None:
+        """Take ``amount`` at time ``at`` (not before ``ready_at``); the level may go negative."""
+        if at > self.updated:
+            self.level = min(self.capacity, self.level + (at - self.updated) * self.rate)
+            self.updated = at
         self.level -= amount
-        ready_at = self.updated + max(0.0, -self.level) / self.rate
-        return max(0.0, ready_at - now)
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Take ``amount`` at its earliest time; return how long to wait until then."""
+        at = self.ready_at(amount, now)
+        self.charge(amount, at)
+        return at - now
 
     def adjust(self, delta: float, now: float) -> None:
         """Give back (positive) or take more (negative) after the fact."""
@@ -72,7 +85,7 @@ class Bucket:
         Reservations still waiting are forgotten: their callers reserve again.
         """
         self.level = 0.0
-        self.updated = max(self.updated, until)
+        self.updated = until
 
     def replaced(self, per_minute: float, burst_s: float) -> Bucket:
         """A bucket at another rate that keeps this one's level (and so its queue)."""
@@ -137,12 +150,17 @@ class RateLimiter:
         self._epoch = 0
 
     def _reserve(self, tokens: int, now: float) -> float:
-        wait = self._paused_until - now
+        """Charge both buckets at the one time both have room; return the wait until then."""
+        start = max(now, self._paused_until)
         if self.requests is not None:
-            wait = max(wait, self.requests.reserve(1, now))
+            start = max(start, self.requests.ready_at(1, now))
         if self.tokens is not None:
-            wait = max(wait, self.tokens.reserve(tokens, now))
-        return wait
+            start = max(start, self.tokens.ready_at(tokens, now))
+        if self.requests is not None:
+            self.requests.charge(1, start)
+        if self.tokens is not None:
+            self.tokens.charge(tokens, start)
+        return start - now
 
     async def acquire(self, tokens: int) -> None:
         """Wait for this attempt's turn, paying one request and ``tokens`` tokens."""

@@ -95,7 +95,11 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """What a finished run reports: counts, tokens, time, where the output went."""
+    """What a run reports: counts, tokens, time, where the output went, how it ended.
+
+    ``ended`` is ``"complete"``, ``"interrupted"`` (a signal) or ``"aborted"`` (the
+    endpoint refused everything; ``reason`` says why).
+    """
 
     output_path: str
     rows_total: int
@@ -106,3 +110,11 @@ class RunSummary:
     completion_tokens: int
     requests_sent: int
     elapsed_s: float
+    rows_reused: int = 0
+    ended: str = "complete"
+    reason: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row was processed and the output written."""
+        return self.ended == "complete"

@@ -10,11 +10,13 @@ Rows that fail are data: every input row produces exactly one outcome.
 
 from __future__ import annotations
 
+import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 
@@ -28,10 +30,19 @@ from tenacity import AsyncRetrying, RetryCallState
 from pipeline import fake
 from pipeline.build import RequestBuilder, template_fields
 from pipeline.client import ChatClient
-from pipeline.errors import AttemptError, BadRowError, JobError, RateLimited
+from pipeline.errors import (
+    AttemptError,
+    AuthFailed,
+    BadRowError,
+    JobError,
+    NotFound,
+    OutputError,
+    RateLimited,
+)
 from pipeline.limits import RateLimiter, TokenEstimator
 from pipeline.progress import ProgressLine, RunStats
 from pipeline.records import ChatRequest, Outcome, PromptRow, Reply, RunSummary
+from pipeline.resume import DoneIndex, completion_key
 from pipeline.retry import make_retrying
 from pipeline.sinks import OUTPUT_COLUMNS, PartWriter
 from pipeline.sources import Source, open_source
@@ -42,6 +53,8 @@ log = structlog.get_logger("pipeline")
 FLUSH_ROWS = 500
 FLUSH_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 0.5
+DEFAULT_GRACE_S = 30.0
+FATAL_STREAK = 5
 _ROW_BUFFER = 4096
 
 
@@ -55,16 +68,30 @@ class RunPlan:
     source: Source
     rows: int
     limit: int | None
+    run_id: str
 
 
-def resolve_output(template: str, name: str, today: datetime | None = None) -> Path:
-    """Fill ``{name}`` and ``{date}`` (UTC, YYYY-MM-DD) in the output path."""
-    now = today or datetime.now(UTC)
-    values = {"name": name, "date": now.strftime("%Y-%m-%d")}
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id that sorts by time: ``20261123T010203Z-1a2b3c``."""
+    moment = now or datetime.now(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def resolve_output(template: str, name: str, *, run_id: str, day: date | None = None) -> Path:
+    """Fill ``{name}``, ``{date}`` (UTC today, or ``day``), ``{datetime}`` and ``{run_id}``."""
+    now = datetime.now(UTC)
+    values = {
+        "name": name,
+        "date": (day or now.date()).isoformat(),
+        "datetime": now.strftime("%Y-%m-%dT%H%M%SZ"),
+        "run_id": run_id,
+    }
     try:
         return Path(template.format_map(values))
     except (KeyError, ValueError) as exc:
-        raise JobError(f"[output] path: unknown placeholder {exc} (use {{name}} or {{date}})") from None
+        raise JobError(
+            f"[output] path: unknown placeholder {exc} (use {{name}}, {{date}}, {{datetime}} or {{run_id}})"
+        ) from None
 
 
 def value_columns(job: JobSpec) -> list[str]:
@@ -85,6 +112,7 @@ def plan_run(
     input_path: Path | None = None,
     output_path: Path | None = None,
     limit: int | None = None,
+    day: date | None = None,
 ) -> RunPlan:
     """Open and check the input, resolve the output; raises ``UserError`` on any mistake."""
     clash = sorted(set(job.input.keep_columns) & set(OUTPUT_COLUMNS))
@@ -99,8 +127,9 @@ def plan_run(
         batch_size=job.input.batch_size,
     )
     preflight = source.preflight(limit)
-    output = output_path or resolve_output(job.output.path, job.name)
-    return RunPlan(job, source_path, output, source, preflight.rows, limit)
+    run_id = new_run_id()
+    output = output_path or resolve_output(job.output.path, job.name, run_id=run_id, day=day)
+    return RunPlan(job, source_path, output, source, preflight.rows, limit, run_id)
 
 
 def _now() -> datetime:
@@ -135,6 +164,10 @@ async def _endpoint_url(job: JobSpec) -> AsyncIterator[str | None]:
         yield server.base_url
 
 
+class _Stopped(Exception):
+    """Raised inside a row when the run is stopping: the row is left for the next run."""
+
+
 class Runner:
     """One run of one job."""
 
@@ -145,6 +178,10 @@ class Runner:
         api_key: str | None,
         progress: ProgressLine | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        fresh: bool = False,
+        retry_errors: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+        handle_signals: bool = False,
     ) -> None:
         job = plan.job
         self.plan = plan
@@ -160,23 +197,67 @@ class Runner:
         self.stats = RunStats(total=plan.rows)
         self.progress = progress
         self.source_name = str(plan.input_path)
+        self.fresh = fresh
+        self.retry_errors = retry_errors
+        self.grace_s = grace_s
+        self.handle_signals = handle_signals
+        self.done: DoneIndex | None = None
         self._transport = transport
         self._client: ChatClient | None = None
+        self._stopping = anyio.Event()
+        self._ended = "complete"
+        self._reason: str | None = None
+        self._fatal_streak = 0
+        self._work_scope: anyio.CancelScope | None = None
+
+    def stop(self, ended: str, reason: str) -> None:
+        """Stop taking rows; in-flight requests get ``grace_s`` to finish."""
+        if self._stopping.is_set():
+            return
+        self._ended, self._reason = ended, reason
+        self._stopping.set()
+        log.warning("job.stopping", reason=reason, grace_s=self.grace_s)
 
     async def run(self) -> RunSummary:
-        """Send every row, write every outcome, merge the output; returns the summary."""
+        """Send every row not already done, write every outcome, merge the output."""
         job = self.plan.job
-        await anyio.to_thread.run_sync(self.writer.prepare)
+        await anyio.to_thread.run_sync(partial(self.writer.prepare, fresh=self.fresh))
+        earlier = [] if self.fresh else self.writer.earlier_results()
+        if earlier:
+            self.done = await anyio.to_thread.run_sync(DoneIndex.load, earlier)
         workers = 2 * job.limits.concurrency
         log.info(
             "job.started",
             job=job.name,
+            run_id=self.plan.run_id,
             rows=self.plan.rows,
             input=self.source_name,
             output=str(self.plan.output_path),
             model=job.request.model,
             concurrency=job.limits.concurrency,
+            earlier_results=len(self.done) if self.done is not None else 0,
         )
+        try:
+            await self._run_stages(workers)
+        except BaseExceptionGroup as group:
+            output_errors = group.subgroup(OutputError)
+            if output_errors is not None and output_errors.exceptions:
+                raise _first_leaf(output_errors) from None
+            raise
+        if not self._stopping.is_set():
+            carried = None
+            if self.done is not None:
+                carried = [
+                    (path, self.done.carried.selected[i], {row: seq for (src, row), seq in self.done.carried.moved.items() if src == i})
+                    for i, path in enumerate(self.done.sources)
+                ]
+            await anyio.to_thread.run_sync(self.writer.finalize, carried)
+        if self.progress is not None:
+            self.progress.close(self.stats)
+        return self._summary()
+
+    async def _run_stages(self, workers: int) -> None:
+        job = self.plan.job
         async with _endpoint_url(job) as base_url, ChatClient(
             job.endpoint,
             api_key=self.api_key,
@@ -189,18 +270,45 @@ class Runner:
                 max(_ROW_BUFFER, 2 * workers)
             )
             out_send, out_receive = anyio.create_memory_object_stream[Outcome](max(1024, 2 * workers))
+            writer_done = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read, rows_send)
-                async with out_send, rows_receive:
-                    for _ in range(workers):
-                        tg.start_soon(self._work, rows_receive.clone(), out_send.clone())
-                writer_done = anyio.Event()
                 tg.start_soon(self._write, out_receive, writer_done)
                 if self.progress is not None and self.progress.enabled:
-                    tg.start_soon(self._draw, writer_done)
-        await anyio.to_thread.run_sync(self.writer.finalize)
-        if self.progress is not None:
-            self.progress.close(self.stats)
+                    tg.start_soon(self._draw)
+                if self.handle_signals:
+                    tg.start_soon(self._watch_signals)
+                tg.start_soon(self._enforce_grace)
+                async with anyio.create_task_group() as work:
+                    self._work_scope = work.cancel_scope
+                    work.start_soon(self._read, rows_send)
+                    async with out_send, rows_receive:
+                        for _ in range(workers):
+                            work.start_soon(self._work, rows_receive.clone(), out_send.clone())
+                await writer_done.wait()
+                tg.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        """First SIGINT/SIGTERM: stop gracefully. Second: cancel in-flight requests now."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self._stopping.is_set():
+                    log.warning("job.stopping_now", signal=name)
+                    self._cancel_work()
+                else:
+                    self.stop("interrupted", f"received {name}")
+
+    async def _enforce_grace(self) -> None:
+        """Once stopping, give in-flight requests ``grace_s``, then cancel them."""
+        await self._stopping.wait()
+        await anyio.sleep(self.grace_s)
+        self._cancel_work()
+
+    def _cancel_work(self) -> None:
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    def _summary(self) -> RunSummary:
         summary = RunSummary(
             output_path=str(self.plan.output_path),
             rows_total=self.stats.done,
@@ -211,14 +319,21 @@ class Runner:
             completion_tokens=self.stats.completion_tokens,
             requests_sent=self.stats.requests,
             elapsed_s=self.stats.elapsed_s,
+            rows_reused=self.stats.reused,
+            ended=self._ended if self._stopping.is_set() else "complete",
+            reason=self._reason,
         )
         log.info(
             "job.finished",
-            job=job.name,
+            job=self.plan.job.name,
+            run_id=self.plan.run_id,
+            ended=summary.ended,
+            reason=summary.reason,
             output=summary.output_path,
             rows=summary.rows_total,
             ok=summary.rows_ok,
             error=summary.rows_error,
+            reused=summary.rows_reused,
             errors_by_type=summary.errors_by_type,
             prompt_tokens=summary.prompt_tokens,
             completion_tokens=summary.completion_tokens,
@@ -231,7 +346,7 @@ class Runner:
         """Feed rows, a batch at a time from a thread, keeping the buffer ahead of the workers full."""
         batches = self.plan.source.batches(self.plan.limit)
         async with send:
-            while True:
+            while not self._stopping.is_set():
                 batch = await anyio.to_thread.run_sync(next, batches, None)
                 if batch is None:
                     return
@@ -242,16 +357,41 @@ class Runner:
                         await send.send(row)
 
     async def _work(self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]) -> None:
-        """One worker: take a row, produce its outcome, repeat."""
+        """One worker: take a row, produce its outcome, repeat, until the rows run out or the run stops."""
         async with rows, out:
             async for row in rows:
-                outcome = await self._process(row)
+                if self._stopping.is_set():
+                    return
+                try:
+                    outcome = await self._process(row)
+                except _Stopped:
+                    return
+                if outcome is None:
+                    continue
                 try:
                     out.send_nowait(outcome)
                 except anyio.WouldBlock:
                     await out.send(outcome)
 
-    async def _process(self, row: PromptRow) -> Outcome:
+    def _reuse(self, row: PromptRow, request: ChatRequest) -> bool:
+        """Whether an earlier run already finished this row with this exact request."""
+        if self.done is None:
+            return False
+        index = self.done.find(completion_key(row.id, request.request_hash), retry_errors=self.retry_errors)
+        if index is None:
+            return False
+        self.done.carry(index, row.seq)
+        stats = self.stats
+        stats.done += 1
+        stats.reused += 1
+        if self.done.ok(index):
+            stats.ok += 1
+        else:
+            stats.error += 1
+            stats.errors_by_type[self.done.error_type(index) or "unknown"] += 1
+        return True
+
+    async def _process(self, row: PromptRow) -> Outcome | None:
         started = _now()
         try:
             request = self.builder.build(row)
@@ -267,11 +407,14 @@ class Runner:
                 error_message=f"{row.where(self.source_name)}: {exc}",
                 keep=row.keep,
             )
+        if self._reuse(row, request):
+            return None
         attempts = [0]
         retrying: AsyncRetrying = self.retrying.copy(before_sleep=partial(self._log_retry, row.id))
         try:
             reply: Reply = await retrying(self._attempt, request, attempts)
         except AttemptError as exc:
+            self._note_fatal(exc)
             return Outcome(
                 seq=row.seq,
                 id=row.id,
@@ -286,6 +429,7 @@ class Runner:
                 error_message=exc.message,
                 keep=row.keep,
             )
+        self._fatal_streak = 0
         return Outcome(
             seq=row.seq,
             id=row.id,
@@ -306,9 +450,21 @@ class Runner:
             keep=row.keep,
         )
 
+    def _note_fatal(self, exc: AttemptError) -> None:
+        """Stop the run when the endpoint refuses everything (bad key, unknown model or path)."""
+        if not isinstance(exc, AuthFailed | NotFound):
+            self._fatal_streak = 0
+            return
+        self._fatal_streak += 1
+        model_missing = isinstance(exc, NotFound) and "model" in exc.message.lower()
+        if model_missing or self._fatal_streak >= FATAL_STREAK:
+            self.stop("aborted", f"the endpoint refuses every request: {exc.message}")
+
     async def _attempt(self, request: ChatRequest, attempts: list[int]) -> Reply:
         """One attempt: pay the rate limiter, hold an in-flight slot, send."""
         assert self._client is not None
+        if self._stopping.is_set():
+            raise _Stopped
         cost = self.estimator.cost(request)
         await self.limiter.acquire(cost)
         attempts[0] += 1
@@ -378,10 +534,15 @@ class Runner:
         stats.prompt_tokens += outcome.prompt_tokens or 0
         stats.completion_tokens += outcome.completion_tokens or 0
 
-    async def _draw(self, done: anyio.Event) -> None:
-        """Redraw the progress line until the writer is done."""
+    async def _draw(self) -> None:
+        """Redraw the progress line until the run ends."""
         assert self.progress is not None
-        while not done.is_set():
+        while True:
             self.progress.draw(self.stats)
-            with anyio.move_on_after(PROGRESS_INTERVAL_S):
-                await done.wait()
+            await anyio.sleep(PROGRESS_INTERVAL_S)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first non-group exception inside a (nested) exception group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

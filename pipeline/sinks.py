@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,29 +84,106 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A slice of a results file to merge: a whole part, or one row group of an older file.
+
+    ``keep`` (a 0/1 mask over the slice's rows) and ``moved`` (row -> new position) apply
+    to earlier results carried into this run.
+    """
+
+    path: Path
+    row_group: int | None = None
+    keep: bytes | None = None
+    moved: dict[int, int] | None = None
+
+    def load(self, schema: pa.Schema) -> pa.Table:
+        """The slice's kept rows in ``schema`` plus ``_seq``, sorted by position."""
+        file = pq.ParquetFile(self.path)
+        table = file.read() if self.row_group is None else file.read_row_group(self.row_group)
+        if _SEQ not in table.column_names:
+            start = sum(file.metadata.row_group(i).num_rows for i in range(self.row_group or 0))
+            table = table.append_column(_SEQ, pa.array(range(start, start + table.num_rows), type=pa.int64()))
+        if self.moved:
+            seqs = table[_SEQ].to_pylist()
+            for row, seq in self.moved.items():
+                seqs[row] = seq
+            table = table.set_column(table.schema.get_field_index(_SEQ), _SEQ, pa.array(seqs, type=pa.int64()))
+        if self.keep is not None:
+            table = table.filter(pa.array([bool(b) for b in self.keep]))
+        return conform(table, schema).sort_by(_SEQ)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: missing ones null, others cast."""
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            arrays.append(table[field.name].cast(field.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def carried_pieces(path: Path, keep: bytearray, moved: dict[int, int]) -> list[Piece]:
+    """One piece per row group of an earlier results file that has rows to keep."""
+    pieces = []
+    metadata = pq.ParquetFile(path).metadata
+    start = 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        mask = bytes(keep[start : start + rows])
+        if any(mask):
+            local = {row - start: seq for row, seq in moved.items() if start <= row < start + rows}
+            pieces.append(Piece(path, group, mask, local or None))
+        start += rows
+    return pieces
+
+
 class PartWriter:
-    """Writes outcomes as crash-safe part files, then merges them into one output file."""
+    """Writes outcomes as crash-safe part files, then merges them into one output file.
+
+    Part files are named ``part-<run>-<n>.parquet``: a resumed run writes under a new
+    run number and can tell its own parts from those of interrupted earlier runs.
+    """
 
     def __init__(self, output: Path, keep: pa.Schema) -> None:
         self.output = output
         self.parts_dir = output.with_name(output.name + ".parts")
         self.schema = output_schema(keep)
         self._part_schema = self.schema.append(pa.field(_SEQ, pa.int64(), nullable=False))
-        self._keep_names = list(keep.names)
         self._parts = 0
+        self.run_number = 1
 
-    def prepare(self) -> None:
-        """Create the folders and prove they are writable, before anything is sent."""
+    def prepare(self, *, fresh: bool = False) -> None:
+        """Create the folders and prove them writable, before anything is sent.
+
+        Earlier parts stay (they are what a resumed run reuses) unless ``fresh``;
+        half-written temp files of a crashed run are removed.
+        """
         try:
             self.output.parent.mkdir(parents=True, exist_ok=True)
-            if self.parts_dir.exists():
+            if fresh and self.parts_dir.exists():
                 shutil.rmtree(self.parts_dir)
-            self.parts_dir.mkdir()
+            self.parts_dir.mkdir(exist_ok=True)
+            for temp in self.parts_dir.glob("*.tmp"):
+                temp.unlink()
             probe = self.parts_dir / ".probe"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
             raise OutputError(f"{self.output}: cannot write output: {exc.strerror or exc}") from None
+        runs = [int(p.name.split("-")[1]) for p in self.parts_dir.glob("part-*-*.parquet")]
+        self.run_number = max(runs, default=0) + 1
+
+    def earlier_results(self) -> list[Path]:
+        """Files holding results of earlier runs, oldest first: the output, then old parts."""
+        files = [self.output] if self.output.exists() else []
+        return files + sorted(self.parts_dir.glob("part-*-*.parquet"))
+
+    def own_parts(self) -> list[Path]:
+        """This run's part files."""
+        return sorted(self.parts_dir.glob(f"part-{self.run_number:04d}-*.parquet"))
 
     def table(self, outcomes: Sequence[Outcome]) -> pa.Table:
         """Outcomes as an Arrow table in the part schema, sorted by input position."""
@@ -127,7 +205,7 @@ class PartWriter:
             return
         table = self.table(outcomes)
         self._parts += 1
-        final = self.parts_dir / f"part-{self._parts:06d}.parquet"
+        final = self.parts_dir / f"part-{self.run_number:04d}-{self._parts:06d}.parquet"
         temp = final.with_suffix(".tmp")
         try:
             with temp.open("wb") as handle:
@@ -138,32 +216,42 @@ class PartWriter:
         except OSError as exc:
             raise OutputError(f"{final}: cannot write results: {exc.strerror or exc}") from None
 
-    def finalize(self) -> None:
-        """Merge every part into the output in input order; the output appears by rename."""
+    def finalize(self, carried: list[tuple[Path, bytearray, dict[int, int]]] | None = None) -> None:
+        """Merge this run's parts and the carried earlier results into the output, in input order.
+
+        The output appears by rename, complete; the parts folder is removed after.
+        """
+        pieces = [Piece(part) for part in self.own_parts()]
+        for path, keep, moved in carried or []:
+            pieces.extend(carried_pieces(path, keep, moved))
         temp = self.output.with_name(f".{self.output.name}.tmp")
         try:
             with pq.ParquetWriter(temp, self.schema, compression="zstd") as writer:
-                for window in merge_parts(sorted(self.parts_dir.glob("part-*.parquet"))):
+                for window in merge_pieces(pieces, self._part_schema):
                     writer.write_table(window.drop_columns([_SEQ]))
             temp.replace(self.output)
             _fsync_dir(self.output.parent)
         except OSError as exc:
+            temp.unlink(missing_ok=True)
             raise OutputError(f"{self.output}: cannot write output: {exc.strerror or exc}") from None
         shutil.rmtree(self.parts_dir, ignore_errors=True)
 
 
-def _first_seq(part: Path) -> int:
-    """The smallest input position in a part (parts are sorted, so its first row's)."""
-    return int(pq.ParquetFile(part).read_row_group(0, columns=[_SEQ])[_SEQ][0].as_py())
+def _first_seq(piece: Piece, schema: pa.Schema) -> int:
+    """The smallest input position in a piece (own parts are sorted: their first row's)."""
+    if piece.row_group is None and piece.keep is None:
+        file = pq.ParquetFile(piece.path)
+        return int(file.read_row_group(0, columns=[_SEQ])[_SEQ][0].as_py())
+    return int(piece.load(schema)[_SEQ][0].as_py())
 
 
-def merge_parts(parts: list[Path], window: int = _MERGE_WINDOW) -> Iterator[pa.Table]:
-    """Tables of rows in input order from sorted parts, reading each part once.
+def merge_pieces(pieces: list[Piece], schema: pa.Schema, window: int = _MERGE_WINDOW) -> Iterator[pa.Table]:
+    """Tables of rows in input order from sorted pieces, reading each piece once.
 
-    Parts are taken in order of their first position; rows past the current window
+    Pieces are taken in order of their first position; rows past the current window
     wait in ``pending``, so memory holds one window plus the rows that arrived early.
     """
-    queue = sorted((_first_seq(part), part) for part in parts)
+    queue = sorted(((_first_seq(piece, schema), index) for index, piece in enumerate(pieces)))
     pending: pa.Table | None = None
     index = 0
     while index < len(queue) or (pending is not None and pending.num_rows):
@@ -173,7 +261,7 @@ def merge_parts(parts: list[Path], window: int = _MERGE_WINDOW) -> Iterator[pa.T
         high = min(starts) + window
         tables = [pending] if pending is not None else []
         while index < len(queue) and queue[index][0] < high:
-            tables.append(pq.read_table(queue[index][1], use_threads=False))
+            tables.append(pieces[queue[index][1]].load(schema))
             index += 1
         merged = pa.concat_tables(tables)
         early = pc.less(merged[_SEQ], high)

@@ -100,6 +100,7 @@ class LimitsSpec(_Section):
     concurrency: PositiveInt = 16
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
 
 
 class RetrySpec(_Section):

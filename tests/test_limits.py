@@ -123,7 +123,9 @@ def test_bucket_reserve_queues_behind_capacity() -> None:
     waits = [bucket.reserve(1, now=0.0) for _ in range(6)]
 
     assert waits == pytest.approx([0.0, 0.0, 0.05, 0.15, 0.25, 0.35])
-    assert bucket.level == pytest.approx(-3.5)
+    # the level is kept as of the last reservation's start: empty at 0.35 s
+    assert bucket.updated == pytest.approx(0.35)
+    assert bucket.level == pytest.approx(0.0)
 
 
 def test_bucket_refills_continuously_up_to_capacity() -> None:
@@ -148,7 +150,8 @@ def test_bucket_refill_never_goes_back_in_time() -> None:
 def test_bucket_wait_pays_for_the_reservation() -> None:
     bucket = Bucket(60_000, burst_s=0.25, now=0.0)  # 1000/s, capacity 250
     assert bucket.reserve(250, now=0.0) == 0.0
-    assert bucket.reserve(500, now=0.0) == pytest.approx(0.5)
+    # more than the capacity starts once the bucket is full again, then leaves a debt
+    assert bucket.reserve(500, now=0.0) == pytest.approx(0.25)
     assert bucket.reserve(100, now=0.2) == pytest.approx(0.4)  # ready at 0.6
 
 
@@ -259,8 +262,9 @@ async def test_token_cost_decides_the_wait() -> None:
     await limiter.acquire(10)
     cheap = time.now - before
 
-    assert expensive == pytest.approx(2.0)
-    assert cheap == pytest.approx(0.01)
+    # the big request starts when the bucket is full; the debt it leaves delays the next
+    assert expensive == pytest.approx(0.25)
+    assert cheap == pytest.approx(1.76)
 
 
 @pytest.mark.anyio
@@ -269,8 +273,9 @@ async def test_both_limits_the_stricter_wins() -> None:
     limiter = RateLimiter(6000, 6000, clock=time.clock, sleep=time.sleep)  # 100 req/s, 100 tok/s
     for _ in range(10):
         await limiter.acquire(50)
-    # tokens are the bottleneck: 500 tokens, 25 of burst, 100/s
-    assert time.now == pytest.approx(4.75)
+    # tokens are the bottleneck: each 50-token request is twice the 25-token capacity,
+    # so each starts when the bucket is full again, 0.5 s after the one before
+    assert time.now == pytest.approx(4.5)
 
 
 # ---- settle and observe -----------------------------------------------------------------

@@ -56,22 +56,28 @@ def test_thousand_rows_with_faults_all_end_ok_exactly_once(
     assert not out.with_name(out.name + ".parts").exists()
 
 
-def test_wrong_api_key_gives_auth_rows_without_retries(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], monkeypatch: pytest.MonkeyPatch
+def test_wrong_api_key_gives_auth_rows_without_retries_then_aborts(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    server = fake_server(api_key="sk-right-key")
+    server = fake_server(api_key="sk-right-key", latency_s=0.02)
     monkeypatch.setenv("TEST_API_KEY", "sk-wrong-key-123456")
     out = tmp_path / "out.parquet"
-    job = write_job(tmp_path, make_job(reviews(20), server.base_url, out, endpoint={"api_key_env": "TEST_API_KEY"}))
+    job = make_job(reviews(400), server.base_url, out, endpoint={"api_key_env": "TEST_API_KEY"}, limits={"concurrency": 4})
 
-    assert run_cli("run", str(job)) == 0
+    assert run_cli("run", str(write_job(tmp_path, job))) == 4
 
-    df = read(out)
-    assert df["status"].unique().to_list() == ["error"]
-    assert df["error_type"].unique().to_list() == ["auth"]
-    assert df["attempts"].unique().to_list() == [1]
-    assert df["http_status"].unique().to_list() == [401]
-    assert server.stats.received == 20
+    assert "the endpoint refuses every request" in capsys.readouterr().err
+    assert not out.exists()
+    parts = pl.read_parquet(out.with_name(out.name + ".parts"))
+    assert parts["error_type"].unique().to_list() == ["auth"]
+    assert parts["attempts"].unique().to_list() == [1]
+    assert parts["http_status"].unique().to_list() == [401]
+    assert server.stats.received == parts.height
+    assert server.stats.received < 5 + 2 * 4 * 2  # stopped after a handful, plus what was in flight
 
 
 def test_right_api_key_in_each_auth_style(

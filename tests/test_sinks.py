@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.errors import OutputError
 from pipeline.records import Outcome
-from pipeline.sinks import OUTPUT_COLUMNS, OUTPUT_SCHEMA, PartWriter, merge_parts, output_schema
+from pipeline.sinks import OUTPUT_COLUMNS, OUTPUT_SCHEMA, PartWriter, Piece, merge_pieces, output_schema
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 KEEP = pa.schema([("product_id", pa.string()), ("stars", pa.int32()), ("price", pa.float64())])
@@ -166,18 +166,52 @@ def test_finalize_replaces_an_existing_output(writer: PartWriter) -> None:
     assert pq.read_table(writer.output).num_rows == 1
 
 
-def test_prepare_creates_folders_and_clears_old_parts(tmp_path: Path) -> None:
+def test_prepare_keeps_earlier_parts_drops_temp_files_and_numbers_the_run(tmp_path: Path) -> None:
     output = tmp_path / "a" / "b" / "out.parquet"
-    stale = output.with_name("out.parquet.parts")
-    stale.mkdir(parents=True)
-    (stale / "part-000001.parquet").write_bytes(b"stale")
+    earlier = PartWriter(output, KEEP)
+    earlier.prepare()
+    earlier.write_part([outcome(0), outcome(1)])
+    (earlier.parts_dir / "part-0001-000002.tmp").write_bytes(b"torn")
 
-    sink = PartWriter(output, pa.schema([]))
+    sink = PartWriter(output, KEEP)
     sink.prepare()
 
-    assert sink.parts_dir == stale
-    assert sink.parts_dir.is_dir()
+    assert sink.run_number == 2
+    assert leftovers(tmp_path) == []
+    assert [p.name for p in sink.earlier_results()] == ["part-0001-000001.parquet"]
+    assert sink.own_parts() == []
+
+
+def test_prepare_fresh_clears_earlier_parts(tmp_path: Path) -> None:
+    output = tmp_path / "out.parquet"
+    earlier = PartWriter(output, KEEP)
+    earlier.prepare()
+    earlier.write_part([outcome(0)])
+
+    sink = PartWriter(output, KEEP)
+    sink.prepare(fresh=True)
+
+    assert sink.run_number == 1
     assert list(sink.parts_dir.iterdir()) == []
+
+
+def test_finalize_carries_selected_earlier_rows_to_their_new_positions(tmp_path: Path) -> None:
+    output = tmp_path / "out.parquet"
+    first = PartWriter(output, KEEP)
+    first.prepare()
+    first.write_part([outcome(seq) for seq in range(6)])
+    first.finalize()
+
+    second = PartWriter(output, KEEP)
+    second.prepare()
+    second.write_part([outcome(2, content="new"), outcome(6, content="added")])
+    keep = bytearray([1, 1, 0, 1, 0, 1])  # rows 2 and 4 of the earlier output are not kept
+    second.finalize([(output, keep, {5: 4})])  # earlier row 5 now sits at position 4
+
+    table = pq.read_table(output)
+    assert table["id"].to_pylist() == ["r0000", "r0001", "r0002", "r0003", "r0005", "r0006"]
+    assert table["content"].to_pylist()[2] == "new"
+    assert table["content"].to_pylist()[-1] == "added"
 
 
 def test_prepare_under_a_regular_file_is_an_output_error(tmp_path: Path) -> None:
@@ -211,14 +245,15 @@ def test_table_is_sorted_by_seq(writer: PartWriter) -> None:
     assert table.column("id").to_pylist() == ["r0002", "r0005", "r0009"]
 
 
-def test_merge_parts_windows_reads_each_part_once_and_keeps_order(tmp_path: Path) -> None:
+def test_merge_pieces_windows_reads_each_part_once_and_keeps_order(tmp_path: Path) -> None:
     writer = PartWriter(tmp_path / "out.parquet", KEEP)
     writer.prepare()
     order = list(range(97))
     chunks = [order[40:60], order[0:25], order[60:97], order[25:40]]
     for chunk in chunks:
         writer.write_part([outcome(seq) for seq in reversed(chunk)])
-    windows = list(merge_parts(sorted(writer.parts_dir.glob("part-*.parquet")), window=10))
+    pieces = [Piece(part) for part in writer.own_parts()]
+    windows = list(merge_pieces(pieces, writer.table([outcome(0)]).schema, window=10))
     seqs = [s for table in windows for s in table["_seq"].to_pylist()]
     assert seqs == order
     assert all(table.num_rows <= 40 for table in windows)

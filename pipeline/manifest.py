@@ -1,0 +1,89 @@
+"""The run manifest: a JSON file beside the output that monitoring can read.
+
+Written atomically at the end of every run, finished or not. It holds no secrets:
+the job file's hash, never its environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def manifest_path(output: Path) -> Path:
+    """``out/x/2026-01-01.parquet`` -> ``out/x/2026-01-01.manifest.json``."""
+    return output.with_name(output.stem + ".manifest.json")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_fingerprint(path: Path) -> dict[str, Any]:
+    """What identifies an input cheaply: its resolved path, size and modification time."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+@dataclass
+class Manifest:
+    """One run's record."""
+
+    run_id: str
+    job_name: str
+    job_file: str
+    job_sha256: str
+    input: dict[str, Any]
+    input_rows: int
+    limit: int | None
+    output: str
+    complete: bool
+    exit_code: int
+    exit_reason: str
+    rows_by_status: dict[str, int]
+    rows_by_error_type: dict[str, int]
+    rows_sent: int
+    rows_reused: int
+    requests_sent: int
+    prompt_tokens: int
+    completion_tokens: int
+    duration_s: float
+    started_at: str
+    finished_at: str
+    pipeline_version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def same_work(self, job_sha256: str, fingerprint: dict[str, Any], limit: int | None) -> bool:
+        """Whether this manifest describes a complete run of exactly this job on this input."""
+        return self.complete and self.job_sha256 == job_sha256 and self.input == fingerprint and self.limit == limit
+
+
+def write_manifest(output: Path, manifest: Manifest) -> Path:
+    """Write the manifest atomically (temp file, fsync, rename)."""
+    path = manifest_path(output)
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("w", encoding="utf-8") as handle:
+        json.dump(asdict(manifest), handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    temp.replace(path)
+    return path
+
+
+def read_manifest(output: Path) -> Manifest | None:
+    """The manifest beside ``output``, if there is a readable one."""
+    try:
+        data = json.loads(manifest_path(output).read_text(encoding="utf-8"))
+        return Manifest(**data)
+    except (OSError, ValueError, TypeError):
+        return None

@@ -1,0 +1,154 @@
+"""What earlier runs of the same output already finished, looked up by (row id, request hash).
+
+A row is done when an earlier result for the same id *and* the same request hash
+exists: change the prompt, template, model or parameters of some rows and only
+those rows are sent again. Earlier results live in the previous output file (if
+any) and in part files of interrupted runs. Lookup cost is a 64-bit key per
+result in sorted arrays (about 25 bytes a row), a binary search per row.
+
+``auth`` and ``not_found`` errors say nothing about the row, so they never count
+as done; other error rows count as done unless ``--retry-errors`` is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from pipeline.errors import ERROR_TYPES
+
+_NOT_DONE_ERRORS = frozenset({"auth", "not_found"})
+_NO_ERROR = 255
+
+
+def completion_key(row_id: str, request_hash: str) -> int:
+    """A 64-bit key of (id, request hash)."""
+    digest = hashlib.blake2b(f"{row_id}\x1f{request_hash}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _error_code(error_type: str | None) -> int:
+    if error_type is None:
+        return _NO_ERROR
+    return ERROR_TYPES.index(error_type) if error_type in ERROR_TYPES else len(ERROR_TYPES)
+
+
+def _read_keys(path: Path, source: int) -> pl.DataFrame:
+    """Key, location, position and status of every result in one file, a batch at a time."""
+    file = pq.ParquetFile(path)
+    columns = ["id", "request_hash", "status", "error_type"]
+    has_seq = "_seq" in file.schema_arrow.names
+    frames: list[pl.DataFrame] = []
+    start = 0
+    for batch in file.iter_batches(batch_size=65536, columns=columns + (["_seq"] if has_seq else [])):
+        ids, hashes = batch.column("id").to_pylist(), batch.column("request_hash").to_pylist()
+        rows = pl.int_range(start, start + batch.num_rows, eager=True, dtype=pl.UInt32)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "key": pl.Series([completion_key(i, h) if h else 0 for i, h in zip(ids, hashes, strict=True)], dtype=pl.UInt64),
+                    "source": pl.repeat(source, batch.num_rows, eager=True, dtype=pl.UInt32),
+                    "row": rows,
+                    "seq": pl.Series(batch.column("_seq")).cast(pl.Int64) if has_seq else rows.cast(pl.Int64),
+                    "ok": pl.Series(batch.column("status")) == "ok",
+                    "error": pl.Series([_error_code(e) for e in batch.column("error_type").to_pylist()], dtype=pl.UInt8),
+                }
+            )
+        )
+        start += batch.num_rows
+    return pl.concat(frames) if frames else _read_empty()
+
+
+def _as_array(series: pl.Series, typecode: str) -> array[int]:
+    """A numeric polars series as a compact ``array`` (no Python objects per value)."""
+    values = series.rechunk().to_arrow()
+    width = values.type.byte_width
+    data = values.buffers()[1].to_pybytes()[values.offset * width : (values.offset + len(values)) * width]
+    out = array(typecode)
+    out.frombytes(data)
+    return out
+
+
+@dataclass
+class Carried:
+    """Earlier results this run keeps: which rows of each source file, and their new positions."""
+
+    sources: list[Path]
+    selected: list[bytearray]
+    moved: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def rows_of(self, source: int) -> bytearray:
+        """The selection mask of one source (1 = keep that row)."""
+        return self.selected[source]
+
+
+class DoneIndex:
+    """Sorted keys of earlier results with their location, position and status."""
+
+    def __init__(self, sources: list[Path], frame: pl.DataFrame, source_rows: list[int]) -> None:
+        self.sources = sources
+        self._keys = _as_array(frame["key"], "Q")
+        self._sources = _as_array(frame["source"], "I")
+        self._rows = _as_array(frame["row"], "I")
+        self._seqs = _as_array(frame["seq"], "q")
+        self._ok = bytes(_as_array(frame["ok"].cast(pl.UInt8), "B"))
+        self._errors = bytes(_as_array(frame["error"], "B"))
+        self.carried = Carried(sources, [bytearray(n) for n in source_rows])
+
+    @classmethod
+    def load(cls, sources: list[Path]) -> DoneIndex:
+        """Index every result in ``sources`` (oldest first; a later ok or later error wins)."""
+        frames = [_read_keys(path, i) for i, path in enumerate(sources)]
+        rows = [f.height for f in frames]
+        frame = (
+            pl.concat([_read_empty(), *frames])
+            .filter(pl.col("key") != 0)
+            .sort(["key", "ok", "source", "row"])
+            .unique(subset="key", keep="last", maintain_order=True)
+        )
+        return cls(sources, frame, rows)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def find(self, key: int, *, retry_errors: bool) -> int | None:
+        """The index of a reusable earlier result for ``key``, if there is one."""
+        index = bisect_left(self._keys, key)
+        if index == len(self._keys) or self._keys[index] != key:
+            return None
+        if self._ok[index]:
+            return index
+        error = self._errors[index]
+        if retry_errors or (error < len(ERROR_TYPES) and ERROR_TYPES[error] in _NOT_DONE_ERRORS):
+            return None
+        return index
+
+    def ok(self, index: int) -> bool:
+        """Whether that earlier result was ok."""
+        return bool(self._ok[index])
+
+    def error_type(self, index: int) -> str | None:
+        """The earlier result's error type (None when ok)."""
+        code = self._errors[index]
+        if code == _NO_ERROR:
+            return None
+        return ERROR_TYPES[code] if code < len(ERROR_TYPES) else "unknown"
+
+    def carry(self, index: int, seq: int) -> None:
+        """Keep that earlier result in this run's output, at input position ``seq``."""
+        source, row = self._sources[index], self._rows[index]
+        self.carried.selected[source][row] = 1
+        if self._seqs[index] != seq:
+            self.carried.moved[(source, row)] = seq
+
+
+def _read_empty() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={"key": pl.UInt64, "source": pl.UInt32, "row": pl.UInt32, "seq": pl.Int64, "ok": pl.Boolean, "error": pl.UInt8}
+    )
