@@ -14,7 +14,14 @@ import pytest
 
 from pipeline.errors import OutputError
 from pipeline.records import Outcome
-from pipeline.sinks import OUTPUT_COLUMNS, OUTPUT_SCHEMA, PartWriter, Piece, merge_pieces, output_schema
+from pipeline.sinks import (
+    OUTPUT_COLUMNS,
+    OUTPUT_SCHEMA,
+    PartWriter,
+    Piece,
+    merge_pieces,
+    output_schema,
+)
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 KEEP = pa.schema([("product_id", pa.string()), ("stars", pa.int32()), ("price", pa.float64())])
