@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
             structlog.get_logger("pipeline").warning("lock.taken_over", previous=lock.previous)
         earlier = read_manifest(plan.output_path)
         if (
-            not (args.force or args.fresh)
+            not (args.force or args.fresh or args.retry_errors)
             and earlier is not None
             and plan.output_path.exists()
             and earlier.same_work(job_sha256, fingerprint, args.limit)
