@@ -303,7 +303,9 @@ def test_manifest_records_the_run_without_secrets(
     assert manifest["exit_code"] == 0
     assert manifest["input_rows"] == 7
     assert manifest["rows_by_status"] == {"ok": 7, "error": 0}
-    assert manifest["job_sha256"] and manifest["run_id"] and manifest["pipeline_version"]
+    assert len(manifest["job_sha256"]) == 64
+    assert manifest["run_id"]
+    assert manifest["pipeline_version"] == "0.1.0"
     assert manifest["prompt_tokens"] > 0
 
 
