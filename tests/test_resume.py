@@ -321,3 +321,28 @@ def test_output_path_templates_and_backfill_date(
     written = list((tmp_path / "test" / "2026-01-31").glob("*.parquet"))
     assert len(written) == 1
     assert written[0].stem[:8].isdigit()
+
+
+def test_second_signal_stops_at_once_after_checkpointing(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+) -> None:
+    server = fake_server(latency_s=0.02, hang_rate=0.2, hang_s=60, fault_seed=2)
+    out = tmp_path / "out.parquet"
+    job = write_job(
+        tmp_path, make_job(reviews(400), server.base_url, out, endpoint={"timeout_s": 60}, limits={"concurrency": 8})
+    )
+    process = start_run(job, "--grace-s", "60")
+    wait_for_parts(out)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert process.poll() is None  # hung requests are still being given their grace period
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code, _, stderr = finish(process, timeout=30)
+
+    assert code == 130
+    assert time.monotonic() - stopped_at < 10
+    assert "job.stopping_now" in stderr
+    parts = pl.read_parquet(out.with_name(out.name + ".parts"))
+    assert parts["status"].unique().to_list() == ["ok"]
+    assert parts["id"].n_unique() == parts.height > 0
