@@ -19,6 +19,7 @@ import os
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TextIO, cast
 
 import anyio
 import structlog
@@ -144,8 +145,9 @@ def _run(args: argparse.Namespace) -> int:
     plan = plan_run(job, input_path=args.input, output_path=args.output, limit=args.limit, day=args.date)
     job_sha256 = file_sha256(args.job)
     fingerprint = input_fingerprint(plan.input_path)
+    progress = ProgressLine(sys.stderr)
     with contextlib.ExitStack() as stack:
-        stream = sys.stderr
+        stream = cast("TextIO", progress.lines_above()) if progress.enabled else sys.stderr
         if args.log_file is not None:
             try:
                 args.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         runner = Runner(
             plan,
             api_key=api_key,
-            progress=ProgressLine(sys.stderr),
+            progress=progress,
             fresh=args.fresh,
             retry_errors=args.retry_errors,
             grace_s=args.grace_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,17 +54,29 @@ def render(stats: RunStats, width: int = 24) -> str:
 
 
 class ProgressLine:
-    """Redraws one line in place on a terminal; does nothing elsewhere."""
+    """Redraws one line in place on a terminal; does nothing elsewhere.
+
+    Log events meant for the same terminal go through ``lines_above()``, which clears
+    the progress line first so events and the line never run into each other.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
+        self.shown = False
 
     def draw(self, stats: RunStats) -> None:
         """Draw the current state over the previous line."""
         if self.enabled:
             self.stream.write("\r\x1b[2K" + render(stats))
             self.stream.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        """Remove the line (the next ``draw`` brings it back)."""
+        if self.shown:
+            self.stream.write("\r\x1b[2K")
+            self.shown = False
 
     def close(self, stats: RunStats) -> None:
         """Draw the final state and end the line."""
@@ -71,3 +84,28 @@ class ProgressLine:
             self.draw(stats)
             self.stream.write("\n")
             self.stream.flush()
+            self.shown = False
+
+    def lines_above(self) -> LinesAbove:
+        """A stream for log lines that keeps clear of the progress line."""
+        return LinesAbove(self)
+
+
+class LinesAbove(io.TextIOBase):
+    """A text stream writing above a ``ProgressLine`` (what structlog's PrintLogger needs)."""
+
+    def __init__(self, line: ProgressLine) -> None:
+        self._line = line
+
+    def write(self, text: str) -> int:
+        """Clear the progress line, then write."""
+        self._line.clear()
+        return self._line.stream.write(text)
+
+    def flush(self) -> None:
+        """Flush the terminal."""
+        self._line.stream.flush()
+
+    def isatty(self) -> bool:
+        """Whether the terminal is one."""
+        return self._line.stream.isatty()
