@@ -10,7 +10,8 @@ larger than a bucket's capacity starts when that bucket is full. The server is t
 * ``settle`` corrects the token bucket once ``usage`` shows what a request really
   cost (the server's tokenizer, not our four-characters-a-token guess);
 * ``observe`` lowers the buckets to the server's ``x-ratelimit-remaining-*`` and
-  adopts its ``x-ratelimit-limit-*`` when that is lower than the configured limit;
+  adopts its ``x-ratelimit-limit-*`` when that is lower than the configured limit
+  (or none is configured: then the first request goes alone, to learn them);
 * ``cooldown`` (after a 429) pauses every caller at once and restarts the refill,
   from empty, after the pause; callers already waiting take a new place in the queue.
 """
@@ -148,6 +149,10 @@ class RateLimiter:
         self.tokens = Bucket(tokens_per_minute, burst_s, now) if tokens_per_minute else None
         self._paused_until = 0.0
         self._epoch = 0
+        self._probe_sent = False
+        self._probed = anyio.Event()
+        if self.requests is not None or self.tokens is not None:
+            self._probed.set()
 
     def _reserve(self, tokens: int, now: float) -> float:
         """Charge both buckets at the one time both have room; return the wait until then."""
@@ -163,7 +168,17 @@ class RateLimiter:
         return start - now
 
     async def acquire(self, tokens: int) -> None:
-        """Wait for this attempt's turn, paying one request and ``tokens`` tokens."""
+        """Wait for this attempt's turn, paying one request and ``tokens`` tokens.
+
+        With no limit configured, the first caller goes alone and the others wait for
+        its answer (``answered``), whose ``x-ratelimit-*`` headers may set the limits:
+        a run must not fire its whole concurrency at a server whose limits it does not
+        know yet.
+        """
+        if not self._probed.is_set():
+            if self._probe_sent:
+                await self._probed.wait()
+            self._probe_sent = True
         epoch = self._epoch
         wait = self._reserve(tokens, self._clock())
         while wait > 0:
@@ -177,6 +192,12 @@ class RateLimiter:
         """Correct the token bucket once the true charge is known."""
         if self.tokens is not None and charged != reserved:
             self.tokens.adjust(reserved - charged, self._clock())
+
+    def answered(self, info: RateLimitInfo | None) -> None:
+        """An attempt got an answer (or failed): follow the server's headers if it sent any."""
+        if info is not None:
+            self.observe(info)
+        self._probed.set()
 
     def observe(self, info: RateLimitInfo) -> None:
         """Follow the server's own view of its limits."""

@@ -461,26 +461,28 @@ class Runner:
             self.stop("aborted", f"the endpoint refuses every request: {exc.message}")
 
     async def _attempt(self, request: ChatRequest, attempts: list[int]) -> Reply:
-        """One attempt: pay the rate limiter, hold an in-flight slot, send."""
+        """One attempt: hold an in-flight slot, pay the rate limiter, send.
+
+        The limiter is paid only once the slot is held, right before sending, so a
+        reservation never goes stale while waiting for a slot.
+        """
         assert self._client is not None
         if self._stopping.is_set():
             raise _Stopped
         cost = self.estimator.cost(request)
-        await self.limiter.acquire(cost)
-        attempts[0] += 1
-        self.stats.requests += 1
         try:
             async with self.in_flight:
+                await self.limiter.acquire(cost)
+                attempts[0] += 1
+                self.stats.requests += 1
                 reply = await self._client.send(request)
         except AttemptError as exc:
-            if exc.rate_limits is not None:
-                self.limiter.observe(exc.rate_limits)
+            self.limiter.answered(exc.rate_limits)
             if isinstance(exc, RateLimited):
                 self.limiter.settle(cost, 0)
                 self.limiter.cooldown(exc.retry_after_s or self.plan.job.retry.initial_backoff_s)
             raise
-        if reply.rate_limits is not None:
-            self.limiter.observe(reply.rate_limits)
+        self.limiter.answered(reply.rate_limits)
         if reply.prompt_tokens is not None and reply.completion_tokens is not None:
             self.limiter.settle(cost, self.estimator.charged(request, reply.prompt_tokens, reply.completion_tokens))
             self.estimator.learn(request, reply.prompt_tokens, reply.completion_tokens)

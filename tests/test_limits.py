@@ -185,6 +185,8 @@ def test_bucket_pause_empties_and_delays_refill() -> None:
 async def test_no_limits_never_waits() -> None:
     time = SteppingClock()
     limiter = RateLimiter(None, None, clock=time.clock, sleep=time.sleep)
+    await limiter.acquire(10_000)
+    limiter.answered(None)  # the first answer carried no rate-limit headers
     for _ in range(1000):
         await limiter.acquire(10_000)
     assert time.sleeps == []
@@ -435,6 +437,30 @@ async def test_cooldown_without_limits_still_pauses() -> None:
     limiter.cooldown(2.0)
     await limiter.acquire(1)
     assert time.now == pytest.approx(2.0)
+
+
+@pytest.mark.anyio
+async def test_without_limits_the_first_request_goes_alone_to_learn_them() -> None:
+    time = SteppingClock()
+    limiter = RateLimiter(None, None, clock=time.clock, sleep=time.sleep)
+    started: list[float] = []
+
+    async def caller() -> None:
+        await limiter.acquire(100)
+        started.append(time.now)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(caller)
+        await anyio.wait_all_tasks_blocked()
+        assert len(started) == 1  # the probe; the others wait for its answer
+        await time.sleep(0.3)
+        limiter.answered(RateLimitInfo(limit_requests=600, remaining_requests=1))
+
+    assert limiter.requests is not None
+    assert limiter.requests.per_minute == 600
+    assert started[1] == pytest.approx(0.3)  # the one request the server said was left
+    assert started[-1] > started[1]  # then paced at 10/s
 
 
 def test_shorter_cooldown_does_not_shorten_a_pause() -> None:

@@ -11,7 +11,8 @@ peak RSS are its own; the fake server runs in another process on the other core.
     httpcore transport for comparison (fewer requests: it is ten times slower).
 (b) 5,000 requests at 500 ms latency, concurrency 256: wall time vs N x latency / concurrency.
 (c) 4,000 requests, server enforcing 3,000 requests/min and 600,000 tokens/min at
-    300 ms latency: steady-state throughput vs the binding limit, 429s, failed rows.
+    300 ms latency: steady-state throughput vs the binding limit, 429s, failed rows;
+    (c2) the same with no limits in the job, following the server's x-ratelimit headers.
 (d) peak RSS for 200,000 input rows vs 20,000.
 """
 
@@ -149,11 +150,12 @@ def bench_b(folder: Path) -> None:
     )
 
 
-def bench_c(folder: Path) -> None:
-    print("(c) 4,000 requests under 3,000 rpm / 600,000 tpm enforced by the server, 300 ms latency")
+def bench_c(folder: Path, *, configured: bool = True) -> None:
+    how = "limits in the job" if configured else "no limits in the job: following x-ratelimit headers"
+    print(f"(c) 4,000 requests under 3,000 rpm / 600,000 tpm enforced by the server, 300 ms latency; {how}")
     rpm, tpm, max_tokens = 3000, 600_000, 256
     with fake_server("--latency-ms", "300", "--rpm", str(rpm), "--tpm", str(tpm)) as url:
-        limits = f"requests_per_minute = {rpm}\ntokens_per_minute = {tpm}"
+        limits = f"requests_per_minute = {rpm}\ntokens_per_minute = {tpm}" if configured else ""
         job = write_job(folder, "c", url, concurrency=128, max_tokens=max_tokens, limits=limits)
         r = run_client(job, make_input(folder, 4_000), folder)
         stats = server_stats(url)
@@ -188,7 +190,11 @@ def bench_d(folder: Path) -> None:
     print(f"    ratio {rss[200_000] / rss[20_000]:.3f} (target <= 1.2)")
 
 
-SCENARIOS = {"a": bench_a, "b": bench_b, "c": bench_c, "d": bench_d}
+def bench_c2(folder: Path) -> None:
+    bench_c(folder, configured=False)
+
+
+SCENARIOS = {"a": bench_a, "b": bench_b, "c": bench_c, "c2": bench_c2, "d": bench_d}
 
 
 def main(argv: list[str]) -> int:
