@@ -13,7 +13,9 @@ so re-asks are as reproducible as first asks and never repeat the first seed.
 
 The body is encoded canonically (keys sorted, compact, UTF-8) and that exact byte
 string is both what is sent and what ``request_hash`` (SHA-256 hex) is taken of, so
-the same job on the same row always sends the same bytes and the same hash.
+the same job on the same row always sends the same bytes and the same hash. One
+exception: the value of ``response_format`` keeps its key order, because OpenAI's
+structured outputs generate an object's properties in the order the schema lists them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_REPLY = 3
+_ORDERED_KEY = "response_format"
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 
 
@@ -52,8 +55,16 @@ def request_hash(body: bytes) -> str:
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
-    """Canonical JSON: sorted keys, compact, UTF-8."""
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    """Canonical JSON: sorted keys, compact, UTF-8; ``response_format`` keeps its own key order."""
+    if _ORDERED_KEY not in body:
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    parts = [
+        orjson.dumps(key)
+        + b":"
+        + orjson.dumps(body[key], option=0 if key == _ORDERED_KEY else orjson.OPT_SORT_KEYS)
+        for key in sorted(body)
+    ]
+    return b"{" + b",".join(parts) + b"}"
 
 
 def template_fields(template: str) -> list[str]:
