@@ -111,3 +111,4 @@ class RunSummary:
     completion_tokens: int
     requests_sent: int
     elapsed_s: float
+    json_reasks: int = 0
