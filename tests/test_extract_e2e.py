@@ -182,8 +182,17 @@ def test_truncated_answers_are_re_asked_then_classified(
         reviews(5), server.base_url, out,
         request={"json_schema": str(schema_file(tmp_path)), "strict": False, "json_retries": 1, "max_tokens": 8},
     )  # fmt: skip
-    df = run(tmp_path, job)
+    log_file = tmp_path / "events.jsonl"
+    assert main(["run", str(write_job(tmp_path, job)), "--log-file", str(log_file)]) == 0
+    df = pl.read_parquet(out)
 
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    reasks = [e for e in events if e["event"] == "request.json_retry"]
+    assert len(reasks) == 5
+    assert {"id", "json_attempt", "error_type", "error", "seed"} <= reasks[0].keys()
+    assert {(e["json_attempt"], e["error_type"]) for e in reasks} == {(1, "truncated")}
+    assert {e["seed"] for e in reasks} == {derive_seed(7, f"r{i:06d}") for i in range(5)}
+    assert [e["json_reasks"] for e in events if e["event"] == "job.finished"] == [5]
     assert df["error_type"].unique().to_list() == ["truncated"]
     assert df["finish_reason"].unique().to_list() == ["length"]
     assert df["json_attempts"].unique().to_list() == [2]
