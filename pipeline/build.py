@@ -7,9 +7,15 @@ Seed derivation (stable across runs, processes and machines)::
 i.e. the first 32 bits of the SHA-256 of ``"<base seed>:<row id>"``, masked to a
 non-negative 31-bit integer, which every OpenAI-compatible server accepts.
 
+In JSON mode an unusable answer is asked again (``json_retries``) with a new seed;
+re-ask ``k`` (1, 2, ...) of a row uses ``derive_seed(base_seed, f"{row_id}#json{k}")``,
+so re-asks are as reproducible as first asks and never repeat the first seed.
+
 The body is encoded canonically (keys sorted, compact, UTF-8) and that exact byte
 string is both what is sent and what ``request_hash`` (SHA-256 hex) is taken of, so
-the same job on the same row always sends the same bytes and the same hash.
+the same job on the same row always sends the same bytes and the same hash. One
+exception: the value of ``response_format`` keeps its key order, because OpenAI's
+structured outputs generate an object's properties in the order the schema lists them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_REPLY = 3
+_ORDERED_KEY = "response_format"
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 
 
@@ -37,14 +44,27 @@ def derive_seed(base_seed: int, row_id: str) -> int:
     return int(digest[:8], 16) & 0x7FFFFFFF
 
 
+def reask_seed(base_seed: int, row_id: str, reask: int) -> int:
+    """The seed of a row's ``reask``-th JSON re-ask (0 is the first ask: ``derive_seed``)."""
+    return derive_seed(base_seed, row_id if reask == 0 else f"{row_id}#json{reask}")
+
+
 def request_hash(body: bytes) -> str:
     """SHA-256 hex of the canonical body bytes."""
     return hashlib.sha256(body).hexdigest()
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
-    """Canonical JSON: sorted keys, compact, UTF-8."""
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    """Canonical JSON: sorted keys, compact, UTF-8; ``response_format`` keeps its own key order."""
+    if _ORDERED_KEY not in body:
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    parts = [
+        orjson.dumps(key)
+        + b":"
+        + orjson.dumps(body[key], option=0 if key == _ORDERED_KEY else orjson.OPT_SORT_KEYS)
+        for key in sorted(body)
+    ]
+    return b"{" + b",".join(parts) + b"}"
 
 
 def template_fields(template: str) -> list[str]:
@@ -103,6 +123,7 @@ class RequestBuilder:
         *,
         prompt_column: str | None = None,
         messages_column: str | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> None:
         self._spec = spec
         self._prompt_column = prompt_column
@@ -113,6 +134,8 @@ class RequestBuilder:
         if spec.max_tokens is not None:
             self._fixed["max_tokens"] = spec.max_tokens
         self._fixed.update(spec.params)
+        if response_format is not None:
+            self._fixed["response_format"] = response_format
 
     def messages(self, row: PromptRow) -> list[Message]:
         """The message list for a row: from its messages column, or system + rendered prompt."""
@@ -135,12 +158,12 @@ class RequestBuilder:
         messages.append({"role": "user", "content": text})
         return messages
 
-    def build(self, row: PromptRow) -> ChatRequest:
-        """The request for a row; raises ``BadRowError`` when the row cannot make one."""
+    def build(self, row: PromptRow, reask: int = 0) -> ChatRequest:
+        """The request for a row (its ``reask``-th JSON re-ask when > 0); ``BadRowError`` if it cannot make one."""
         if row.problem is not None:
             raise BadRowError(row.problem)
         messages = self.messages(row)
-        seed = derive_seed(self._spec.seed, row.id)
+        seed = reask_seed(self._spec.seed, row.id, reask)
         body = {**self._fixed, "messages": messages, "seed": seed, **self._spec.extra_body}
         encoded = encode_body(body)
         return ChatRequest(

@@ -112,7 +112,9 @@ def _print_summary(summary: RunSummary) -> None:
         f"{summary.rows_total} rows{reused}: {summary.rows_ok} ok, {summary.rows_error} error"
         + (f" ({errors})" if errors else "")
         + f"; {summary.prompt_tokens + summary.completion_tokens:,} tokens;"
-        + f" {summary.requests_sent} requests in {summary.elapsed_s:.1f}s"
+        + f" {summary.requests_sent} requests"
+        + (f" ({summary.json_reasks} JSON re-asks)" if summary.json_reasks else "")
+        + f" in {summary.elapsed_s:.1f}s"
     )
     if summary.complete:
         print(f"output: {summary.output_path}")

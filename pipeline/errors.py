@@ -10,6 +10,12 @@ unwritable output), which stop a run before anything is sent, and errors of
     │   ├── InputError            the input file is missing, unreadable or lacks a column
     │   └── OutputError           the output path cannot be written
     ├── BadRowError               one input row cannot become a request (bad_input)
+    ├── AnswerError               a JSON-mode answer arrived but cannot be used; re-asked
+    │   │                         up to ``json_retries`` times, apart from transport retries
+    │   ├── InvalidJson           not JSON (or not a JSON object)         invalid_json
+    │   ├── SchemaMismatch        JSON that breaks the schema, or a value
+    │   │                         that does not fit its Arrow column       schema_mismatch
+    │   └── Truncated             finish_reason "length"                   truncated
     └── AttemptError              one HTTP attempt failed; carries ``error_type``
         ├── RetryableError        the request never completed, or the server asked to wait
         │   ├── RateLimited       429                         rate_limited
@@ -22,7 +28,8 @@ unwritable output), which stop a run before anything is sent, and errors of
             ├── AuthFailed        401, 403                    auth
             └── NotFound          404                         not_found
 
-Retry policy keys on ``RetryableError`` alone: a bug is never retried.
+Retry policy keys on ``RetryableError`` alone: a bug is never retried. An
+``AnswerError`` is never a transport retry: the runner re-asks with a new seed.
 """
 
 from __future__ import annotations
@@ -54,6 +61,28 @@ class BadRowError(PipelineError):
     """One input row cannot be turned into a request."""
 
     error_type = "bad_input"
+
+
+class AnswerError(PipelineError):
+    """A JSON-mode answer arrived (HTTP 200) but its content cannot be used."""
+
+    error_type = "unknown"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidJson(AnswerError):
+    error_type = "invalid_json"
+
+
+class SchemaMismatch(AnswerError):
+    error_type = "schema_mismatch"
+
+
+class Truncated(AnswerError):
+    error_type = "truncated"
 
 
 class AttemptError(PipelineError):
@@ -126,5 +155,8 @@ ERROR_TYPES: tuple[str, ...] = (
     "auth",
     "not_found",
     "bad_input",
+    "invalid_json",
+    "schema_mismatch",
+    "truncated",
 )
 """Every stable ``error_type`` an output row can carry."""

@@ -70,7 +70,11 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One output row: the result of a prompt row, ok or error."""
+    """One output row: the result of a prompt row, ok or error.
+
+    ``extra`` holds the values of columns a capability adds (JSON mode: ``parsed`` or
+    ``parsed_json`` and ``json_attempts``); ``keep`` the kept input columns.
+    """
 
     seq: int
     id: str
@@ -91,6 +95,7 @@ class Outcome:
     error_type: str | None = None
     error_message: str | None = None
     keep: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,7 @@ class RunSummary:
     completion_tokens: int
     requests_sent: int
     elapsed_s: float
+    json_reasks: int = 0
     rows_reused: int = 0
     ended: str = "complete"
     reason: str | None = None

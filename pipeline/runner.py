@@ -1,11 +1,14 @@
 """The only composer: one task group; reader -> N workers -> writer.
 
     source ──rows──▶ workers (2 x concurrency, at most `concurrency` in flight)
-                         │ build ▸ retry( limiter ▸ client )
+                         │ build ▸ retry( limiter ▸ client ) [▸ parse, re-ask]
                          ▼
                       outcomes ──▶ writer (part files every second / 500 rows) ──▶ finalize
 
-Rows that fail are data: every input row produces exactly one outcome.
+Rows that fail are data: every input row produces exactly one outcome. In JSON mode
+each answer is parsed (``pipeline.structured``); an unusable one is asked again, with
+the next re-ask seed, up to ``json_retries`` times, each re-ask a new request through
+the same retry and limiter path.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pipeline import fake
 from pipeline.build import RequestBuilder, template_fields
 from pipeline.client import ChatClient
 from pipeline.errors import (
+    AnswerError,
     AttemptError,
     AuthFailed,
     BadRowError,
@@ -47,6 +51,7 @@ from pipeline.retry import make_retrying
 from pipeline.sinks import OUTPUT_COLUMNS, PartWriter
 from pipeline.sources import Source, open_source
 from pipeline.spec import JobSpec
+from pipeline.structured import Extraction, load_extraction
 
 log = structlog.get_logger("pipeline")
 
@@ -69,6 +74,7 @@ class RunPlan:
     rows: int
     limit: int | None
     run_id: str
+    extraction: Extraction | None = None
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -115,7 +121,9 @@ def plan_run(
     day: date | None = None,
 ) -> RunPlan:
     """Open and check the input, resolve the output; raises ``UserError`` on any mistake."""
-    clash = sorted(set(job.input.keep_columns) & set(OUTPUT_COLUMNS))
+    extraction = load_extraction(job.request)
+    taken = set(OUTPUT_COLUMNS) | set(extraction.output_schema.names if extraction else ())
+    clash = sorted(set(job.input.keep_columns) & taken)
     if clash:
         raise JobError(f"[input] keep_columns: {clash[0]!r} is already an output column")
     source_path = input_path or Path(job.input.path)
@@ -129,11 +137,18 @@ def plan_run(
     preflight = source.preflight(limit)
     run_id = new_run_id()
     output = output_path or resolve_output(job.output.path, job.name, run_id=run_id, day=day)
-    return RunPlan(job, source_path, output, source, preflight.rows, limit, run_id)
+    return RunPlan(job, source_path, output, source, preflight.rows, limit, run_id, extraction)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _plus(total: int | None, more: int | None) -> int | None:
+    """Add token counts; None only while nothing was reported."""
+    if more is None:
+        return total
+    return more if total is None else total + more
 
 
 @asynccontextmanager
@@ -157,6 +172,8 @@ async def _endpoint_url(job: JobSpec) -> AsyncIterator[str | None]:
         hang_rate=spec.hang_rate,
         bad_request_rate=spec.bad_request_rate,
         malformed_rate=spec.malformed_rate,
+        invalid_json_rate=spec.invalid_json_rate,
+        schema_mismatch_rate=spec.schema_mismatch_rate,
         fault_seed=spec.fault_seed,
     )
     async with fake.serve(config) as server:
@@ -186,14 +203,22 @@ class Runner:
         job = plan.job
         self.plan = plan
         self.api_key = api_key
+        self.extraction = plan.extraction
         self.builder = RequestBuilder(
-            job.request, prompt_column=job.input.prompt_column, messages_column=job.input.messages_column
+            job.request,
+            prompt_column=job.input.prompt_column,
+            messages_column=job.input.messages_column,
+            response_format=self.extraction.response_format() if self.extraction else None,
         )
         self.limiter = RateLimiter(job.limits.requests_per_minute, job.limits.tokens_per_minute)
         self.estimator = TokenEstimator()
         self.in_flight = anyio.Semaphore(job.limits.concurrency)
         self.retrying = make_retrying(job.retry)
-        self.writer = PartWriter(plan.output_path, plan.source.keep_schema())
+        self.writer = PartWriter(
+            plan.output_path,
+            plan.source.keep_schema(),
+            self.extraction.output_schema if self.extraction else None,
+        )
         self.stats = RunStats(total=plan.rows)
         self.progress = progress
         self.source_name = str(plan.input_path)
@@ -322,6 +347,7 @@ class Runner:
             rows_reused=self.stats.reused,
             ended=self._ended if self._stopping.is_set() else "complete",
             reason=self._reason,
+            json_reasks=self.stats.json_reasks,
         )
         log.info(
             "job.finished",
@@ -338,6 +364,7 @@ class Runner:
             prompt_tokens=summary.prompt_tokens,
             completion_tokens=summary.completion_tokens,
             requests=summary.requests_sent,
+            json_reasks=summary.json_reasks,
             elapsed_s=round(summary.elapsed_s, 3),
         )
         return summary
@@ -406,30 +433,17 @@ class Runner:
                 error_type=exc.error_type,
                 error_message=f"{row.where(self.source_name)}: {exc}",
                 keep=row.keep,
+                extra=self._json_columns(None, 0),
             )
         if self._reuse(row, request):
             return None
+        if self.extraction is not None:
+            return await self._extract(row, request, started, self.extraction)
         attempts = [0]
-        retrying: AsyncRetrying = self.retrying.copy(before_sleep=partial(self._log_retry, row.id))
         try:
-            reply: Reply = await retrying(self._attempt, request, attempts)
+            reply = await self._send(row.id, request, attempts)
         except AttemptError as exc:
-            self._note_fatal(exc)
-            return Outcome(
-                seq=row.seq,
-                id=row.id,
-                status="error",
-                started_at=started,
-                finished_at=_now(),
-                attempts=attempts[0],
-                seed=request.seed,
-                request_hash=request.request_hash,
-                http_status=exc.http_status,
-                error_type=exc.error_type,
-                error_message=exc.message,
-                keep=row.keep,
-            )
-        self._fatal_streak = 0
+            return self._failed(row, request, started, attempts[0], exc)
         return Outcome(
             seq=row.seq,
             id=row.id,
@@ -460,6 +474,115 @@ class Runner:
         if model_missing or self._fatal_streak >= FATAL_STREAK:
             self.stop("aborted", f"the endpoint refuses every request: {exc.message}")
 
+    async def _extract(self, row: PromptRow, request: ChatRequest, started: datetime, extraction: Extraction) -> Outcome:
+        """JSON mode: send, parse; re-ask (new seed) on an unusable answer, up to ``json_retries`` times.
+
+        Token counts add up every answer received for the row; ``seed`` and the reply
+        columns are those of the last request, ``request_hash`` that of the first (the
+        row's identity: what a resumed run looks up).
+        """
+        retries = self.plan.job.request.json_retries
+        base_hash = request.request_hash
+        attempts = [0]
+        tokens: tuple[int | None, int | None, int | None] = (None, None, None)
+        reask = 0
+        while True:
+            try:
+                reply = await self._send(row.id, request, attempts)
+            except AttemptError as exc:
+                return self._failed(
+                    row, request, started, attempts[0], exc, tokens, self._json_columns(None, reask), base_hash
+                )
+            tokens = (
+                _plus(tokens[0], reply.prompt_tokens),
+                _plus(tokens[1], reply.completion_tokens),
+                _plus(tokens[2], reply.total_tokens),
+            )
+            value, error = None, None
+            try:
+                value = extraction.parse(reply.content, reply.finish_reason)
+            except AnswerError as exc:
+                if reask < retries:
+                    log.info(
+                        "request.json_retry",
+                        id=row.id,
+                        json_attempt=reask + 1,
+                        error_type=exc.error_type,
+                        error=exc.message,
+                        seed=request.seed,
+                    )
+                    reask += 1
+                    self.stats.json_reasks += 1
+                    request = self.builder.build(row, reask)
+                    continue
+                error = exc
+            return Outcome(
+                seq=row.seq,
+                id=row.id,
+                status="ok" if error is None else "error",
+                started_at=started,
+                finished_at=_now(),
+                attempts=attempts[0],
+                seed=request.seed,
+                request_hash=base_hash,
+                content=reply.content,
+                finish_reason=reply.finish_reason,
+                model=reply.model,
+                prompt_tokens=tokens[0],
+                completion_tokens=tokens[1],
+                total_tokens=tokens[2],
+                latency_ms=reply.latency_ms,
+                http_status=reply.http_status,
+                error_type=error.error_type if error else None,
+                error_message=error.message if error else None,
+                keep=row.keep,
+                extra=self._json_columns(value, reask + 1),
+            )
+
+    def _json_columns(self, value: object, json_attempts: int) -> dict[str, object]:
+        """The JSON-mode columns of one outcome (none without JSON mode)."""
+        if self.extraction is None:
+            return {}
+        return {self.extraction.column.name: value, "json_attempts": json_attempts}
+
+    async def _send(self, row_id: str, request: ChatRequest, attempts: list[int]) -> Reply:
+        """One request through retry, limiter and client; ``attempts`` counts the HTTP attempts."""
+        retrying: AsyncRetrying = self.retrying.copy(before_sleep=partial(self._log_retry, row_id))
+        reply: Reply = await retrying(self._attempt, request, attempts)
+        return reply
+
+    def _failed(
+        self,
+        row: PromptRow,
+        request: ChatRequest,
+        started: datetime,
+        attempts: int,
+        exc: AttemptError,
+        tokens: tuple[int | None, int | None, int | None] = (None, None, None),
+        extra: dict[str, object] | None = None,
+        request_hash: str | None = None,
+    ) -> Outcome:
+        """The error row of a request that never got a usable HTTP answer."""
+        self._note_fatal(exc)
+        return Outcome(
+            seq=row.seq,
+            id=row.id,
+            status="error",
+            started_at=started,
+            finished_at=_now(),
+            attempts=attempts,
+            seed=request.seed,
+            request_hash=request_hash or request.request_hash,
+            prompt_tokens=tokens[0],
+            completion_tokens=tokens[1],
+            total_tokens=tokens[2],
+            http_status=exc.http_status,
+            error_type=exc.error_type,
+            error_message=exc.message,
+            keep=row.keep,
+            extra=extra or {},
+        )
+
     async def _attempt(self, request: ChatRequest, attempts: list[int]) -> Reply:
         """One attempt: hold an in-flight slot, pay the rate limiter, send.
 
@@ -483,6 +606,7 @@ class Runner:
                 self.limiter.cooldown(exc.retry_after_s or self.plan.job.retry.initial_backoff_s)
             raise
         self.limiter.answered(reply.rate_limits)
+        self._fatal_streak = 0
         if reply.prompt_tokens is not None and reply.completion_tokens is not None:
             self.limiter.settle(cost, self.estimator.charged(request, reply.prompt_tokens, reply.completion_tokens))
             self.estimator.learn(request, reply.prompt_tokens, reply.completion_tokens)

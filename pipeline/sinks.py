@@ -53,9 +53,11 @@ OUTPUT_SCHEMA = pa.schema(
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(OUTPUT_SCHEMA.names)
 
 
-def output_schema(keep: pa.Schema) -> pa.Schema:
-    """The output columns followed by the kept input columns."""
+def output_schema(keep: pa.Schema, extra: pa.Schema | None = None) -> pa.Schema:
+    """The output columns, then the ``extra`` columns a capability adds, then the kept input columns."""
     schema = OUTPUT_SCHEMA
+    for field in extra or ():
+        schema = schema.append(field)
     for field in keep:
         schema = schema.append(field.with_nullable(True))
     return schema
@@ -145,13 +147,17 @@ class PartWriter:
 
     Part files are named ``part-<run>-<n>.parquet``: a resumed run writes under a new
     run number and can tell its own parts from those of interrupted earlier runs.
+
+    ``extra`` columns (typed by the caller, nested types included) take their values
+    from ``Outcome.extra``, kept columns from ``Outcome.keep``.
     """
 
-    def __init__(self, output: Path, keep: pa.Schema) -> None:
+    def __init__(self, output: Path, keep: pa.Schema, extra: pa.Schema | None = None) -> None:
         self.output = output
         self.parts_dir = output.with_name(output.name + ".parts")
-        self.schema = output_schema(keep)
+        self.schema = output_schema(keep, extra)
         self._part_schema = self.schema.append(pa.field(_SEQ, pa.int64(), nullable=False))
+        self._extra_names = frozenset(extra.names if extra is not None else ())
         self._parts = 0
         self.run_number = 1
 
@@ -193,6 +199,8 @@ class PartWriter:
             name = field.name
             if name in OUTPUT_COLUMNS:
                 values = [getattr(o, name) for o in ordered]
+            elif name in self._extra_names:
+                values = [o.extra.get(name) for o in ordered]
             else:
                 values = [o.keep.get(name) for o in ordered]
             arrays.append(_column(values, field.type))

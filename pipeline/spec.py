@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -26,7 +27,9 @@ from pydantic import (
 
 from pipeline.errors import JobError
 
-_RESERVED_BODY_KEYS = frozenset({"model", "messages", "seed", "temperature", "max_tokens"})
+_RESERVED_BODY_KEYS = frozenset(
+    {"model", "messages", "seed", "temperature", "max_tokens", "response_format"}
+)
 
 
 class _Section(BaseModel):
@@ -51,7 +54,15 @@ class InputSpec(_Section):
 
 
 class RequestSpec(_Section):
-    """How a row becomes a chat-completions body."""
+    """How a row becomes a chat-completions body.
+
+    JSON mode: ``response_format = "json_object"`` asks for a JSON object;
+    ``json_schema`` (a file path, relative to the current directory, or an inline
+    table holding the schema) asks for ``response_format = {"type": "json_schema", ...}``
+    unless ``response_format = "json_object"`` is set too, in which case the schema
+    is only used to validate and type the answers. ``strict`` is sent with the schema;
+    ``json_retries`` re-asks an unusable answer up to that many times.
+    """
 
     model: str = Field(min_length=1)
     system: str | None = None
@@ -61,6 +72,10 @@ class RequestSpec(_Section):
     seed: int = 0
     params: dict[str, Any] = Field(default_factory=dict)
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    response_format: Literal["json_object", "json_schema"] | None = None
+    json_schema: str | dict[str, Any] | None = None
+    strict: bool | None = None
+    json_retries: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _params_do_not_shadow(self) -> RequestSpec:
@@ -69,6 +84,30 @@ class RequestSpec(_Section):
             if clash:
                 raise ValueError(f"{table} may not set {clash[0]!r}: use the [request] key of that name")
         return self
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _path_or_table(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dict) or (isinstance(value, str) and value.strip()):
+            return value
+        raise ValueError("must be a schema file path or an inline table holding the schema")
+
+    @model_validator(mode="after")
+    def _json_mode_is_consistent(self) -> RequestSpec:
+        if self.response_format == "json_schema" and self.json_schema is None:
+            raise ValueError('response_format = "json_schema" needs json_schema (a file path or an inline table)')
+        if self.strict is not None and self.json_mode != "json_schema":
+            raise ValueError('strict applies only to json_schema (it is sent inside response_format.json_schema)')
+        if self.json_retries and self.json_mode is None:
+            raise ValueError("json_retries needs JSON mode: set response_format or json_schema")
+        return self
+
+    @property
+    def json_mode(self) -> str | None:
+        """The ``response_format`` type sent: ``json_object``, ``json_schema`` or None (plain text)."""
+        if self.response_format is not None:
+            return self.response_format
+        return "json_schema" if self.json_schema is not None else None
 
 
 class EndpointSpec(_Section):
@@ -132,6 +171,8 @@ class FakeSpec(_Section):
     hang_rate: float = Field(default=0.0, ge=0, le=1)
     bad_request_rate: float = Field(default=0.0, ge=0, le=1)
     malformed_rate: float = Field(default=0.0, ge=0, le=1)
+    invalid_json_rate: float = Field(default=0.0, ge=0, le=1)
+    schema_mismatch_rate: float = Field(default=0.0, ge=0, le=1)
     retry_after_s: PositiveFloat = 1.0
     fault_seed: int = 0
 

@@ -15,6 +15,7 @@ from pipeline.build import (
     derive_seed,
     encode_body,
     estimate_prompt_tokens,
+    reask_seed,
     render_template,
     request_hash,
     template_fields,
@@ -89,6 +90,49 @@ def test_seed_in_body_is_the_derived_seed() -> None:
 
     assert request.seed == derive_seed(99, "abc")
     assert orjson.loads(request.body)["seed"] == request.seed
+
+
+def test_reask_seeds_follow_the_documented_derivation() -> None:
+    assert reask_seed(99, "abc", 0) == derive_seed(99, "abc")
+    assert reask_seed(99, "abc", 1) == documented_seed(99, "abc#json1")
+    assert reask_seed(99, "abc", 2) == documented_seed(99, "abc#json2")
+    assert len({reask_seed(99, "abc", k) for k in range(10)}) == 10
+
+
+def test_reask_changes_only_the_seed() -> None:
+    builder = RequestBuilder(spec(seed=99), prompt_column="text", response_format={"type": "json_object"})
+    first = builder.build(row({"text": "hello"}, row_id="abc"))
+    again = builder.build(row({"text": "hello"}, row_id="abc"), reask=2)
+
+    assert again.seed == reask_seed(99, "abc", 2) != first.seed
+    assert again.request_hash != first.request_hash
+    first_body, again_body = orjson.loads(first.body), orjson.loads(again.body)
+    assert again_body.pop("seed") == again.seed
+    assert first_body.pop("seed") == first.seed
+    assert first_body == again_body
+
+
+def test_response_format_is_sent_when_given() -> None:
+    response_format = {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object"}, "strict": True}}
+    builder = RequestBuilder(spec(), prompt_column="text", response_format=response_format)
+    assert body_of(builder, row({"text": "hi"}))["response_format"] == response_format
+
+
+def test_the_schema_keeps_its_property_order_and_the_rest_is_sorted() -> None:
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}}}
+    response_format = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": False}}
+    builder = RequestBuilder(
+        spec(params={"top_p": 1.0, "zeta": {"b": 1, "a": 2}}), prompt_column="text", response_format=response_format
+    )
+    request = builder.build(row({"text": "hi"}))
+
+    body = orjson.loads(request.body)
+    assert list(body["response_format"]["json_schema"]["schema"]["properties"]) == ["reasoning", "answer"]
+    assert list(body) == sorted(body)
+    assert list(body["zeta"]) == ["a", "b"]
+    assert request.body == encode_body(body)
+    assert request.body == builder.build(row({"text": "hi"})).body
+    assert b'"response_format":{"type":"json_schema","json_schema":{"name":"r","schema":' in request.body
 
 
 # ---- canonical body and hash ------------------------------------------------------------

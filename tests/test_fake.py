@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,13 +18,21 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
 import pipeline.fake
 from pipeline.fake import FakeConfig, FakeServer, main, serve, serve_in_thread
-from pipeline.fake.content import count_tokens, generate_content
+from pipeline.fake.content import (
+    ResponseFormat,
+    count_tokens,
+    generate_content,
+    generate_json_content,
+)
 from pipeline.fake.ratelimit import RateLimiter, format_duration
+from pipeline.fake.structured import SchemaValues, break_schema
+from tests.schemas import Gen, root_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-fake-test-secret-0123"
@@ -200,6 +209,19 @@ def test_other_paths_are_404(start: Start, method: str, path: str) -> None:
         (orjson.dumps(chat(max_tokens=0)), "max_tokens"),
         (orjson.dumps(chat(n=True)), "n"),
         (orjson.dumps(chat(stream=True)), "stream"),
+        (orjson.dumps(chat(response_format="json")), "response_format"),
+        (orjson.dumps(chat(response_format={"type": "yaml"})), "response_format.type"),
+        (orjson.dumps(chat(response_format={"type": "json_schema"})), "response_format.json_schema"),
+        (
+            orjson.dumps(chat(response_format={"type": "json_schema", "json_schema": {"name": "a b"}})),
+            "response_format.json_schema.name",
+        ),
+        (
+            orjson.dumps(
+                chat(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": []}})
+            ),
+            "response_format.json_schema.schema",
+        ),
     ],
 )
 def test_unusable_bodies_are_400(start: Start, body: bytes, param: str | None) -> None:
@@ -490,3 +512,150 @@ def test_main_serves_until_sigterm() -> None:
             out, err = process.communicate(timeout=10)
     assert process.returncode == 0
     assert KEY not in out + err
+
+
+# ---- JSON mode --------------------------------------------------------------------------
+
+REVIEW = {
+    "type": "object",
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative"]},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+        "pros": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        "meta": {
+            "type": "object",
+            "properties": {"when": {"type": "string", "format": "date-time"}, "price": {"type": ["number", "null"]}},
+            "required": ["when", "price"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["sentiment", "stars", "pros", "meta"],
+    "additionalProperties": False,
+}
+
+
+def schema_format(schema: dict[str, Any] = REVIEW, strict: bool = True) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "review", "schema": schema, "strict": strict}}
+
+
+def answer(client: httpx.Client, **extra: Any) -> dict[str, Any]:
+    response = client.post("/chat/completions", json=chat(**extra))
+    assert response.status_code == 200, response.text
+    choice: dict[str, Any] = response.json()["choices"][0]
+    return choice
+
+
+def test_json_object_answers_are_json_objects(start: Start) -> None:
+    _, client = start()
+    first = answer(client, seed=1, response_format={"type": "json_object"})
+    value = orjson.loads(first["message"]["content"])
+    assert set(value) == {"summary", "sentiment", "keywords"}
+    assert value["sentiment"] in ("positive", "neutral", "negative")
+    assert answer(client, seed=1, response_format={"type": "json_object"}) == first
+    assert answer(client, seed=2, response_format={"type": "json_object"}) != first
+    plain = answer(client, seed=1, response_format={"type": "text"})
+    assert plain == answer(client, seed=1)
+
+
+def test_json_schema_answers_satisfy_the_schema_and_follow_the_seed(start: Start) -> None:
+    _, client = start()
+    validator = Draft202012Validator(REVIEW)
+    values = [orjson.loads(answer(client, seed=seed, response_format=schema_format())["message"]["content"]) for seed in range(20)]
+    for value in values:
+        validator.validate(value)
+    assert len({orjson.dumps(v) for v in values}) == 20
+    assert {v["sentiment"] for v in values} == {"positive", "neutral", "negative"}
+    again = orjson.loads(answer(client, seed=3, response_format=schema_format())["message"]["content"])
+    assert again == values[3]
+
+
+def test_json_answers_are_cut_at_max_tokens(start: Start) -> None:
+    _, client = start()
+    choice = answer(client, seed=1, max_tokens=5, response_format=schema_format())
+    assert choice["finish_reason"] == "length"
+    assert count_tokens(choice["message"]["content"]) == 5
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(choice["message"]["content"])
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ({"type": "array"}, "must be a JSON Schema of 'type: \"object\"'"),
+        ({**REVIEW, "additionalProperties": True}, "In context=(), 'additionalProperties' is required"),
+        ({**REVIEW, "required": ["sentiment"]}, "Missing 'stars'"),
+        (
+            {**REVIEW, "properties": {**REVIEW["properties"], "meta": {**REVIEW["properties"]["meta"], "required": []}}},
+            "In context=('properties', 'meta')",
+        ),
+    ],
+)
+def test_strict_schemas_are_checked_like_openai(start: Start, schema: dict[str, Any], says: str) -> None:
+    _, client = start()
+    response = client.post("/chat/completions", json=chat(response_format=schema_format(schema)))
+    assert response.status_code == 400
+    assert says in response.json()["error"]["message"]
+    loose = client.post("/chat/completions", json=chat(response_format=schema_format(schema, strict=False)))
+    assert loose.status_code == 200
+
+
+def test_content_faults_spoil_json_answers_only(start: Start) -> None:
+    server, client = start(invalid_json_rate=1.0)
+    for seed in range(6):
+        content = answer(client, seed=seed, response_format=schema_format())["message"]["content"]
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(content)
+    assert answer(client, seed=1)["message"]["content"].endswith(".")
+    assert server.stats.invalid_json == 6
+
+    server, client = start(schema_mismatch_rate=1.0)
+    validator = Draft202012Validator(REVIEW)
+    for seed in range(6):
+        value = orjson.loads(answer(client, seed=seed, response_format=schema_format())["message"]["content"])
+        assert not validator.is_valid(value)
+    orjson.loads(answer(client, response_format={"type": "json_object"})["message"]["content"])
+    assert server.stats.schema_mismatch == 6
+    assert server.stats.to_dict()["schema_mismatch"] == 6
+
+
+def test_content_faults_leave_the_other_faults_draws_unchanged() -> None:
+    def statuses(**rates: float) -> list[int]:
+        config = FakeConfig(error_500_rate=0.5, fault_seed=7, **rates)
+        with serve_in_thread(config) as server, httpx.Client(base_url=server.base_url) as client:
+            body = chat(response_format={"type": "json_object"})
+            return [client.post("/chat/completions", json=body).status_code for _ in range(16)]
+
+    assert statuses(invalid_json_rate=0.5, schema_mismatch_rate=0.5) == statuses()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(root_schemas(), st.integers(0, 2**31 - 1))
+def test_generated_values_satisfy_generated_schemas(gen: Gen, seed: int) -> None:
+    value = SchemaValues(gen.schema, random.Random(seed), ("alpha", "beta", "gamma")).value(gen.schema)
+    validator = Draft202012Validator(gen.schema)
+    validator.validate(value)
+    broken = break_schema(gen.schema, value)
+    if gen.schema["required"] or any("type" in p for p in gen.schema["properties"].values()):
+        assert not validator.is_valid(broken)
+
+
+@given(st.binary(max_size=32), st.none() | st.integers(0, 2**31), st.none() | st.integers(1, 40))
+def test_generated_json_counts_its_own_tokens(messages_key: bytes, seed: int | None, max_tokens: int | None) -> None:
+    content, tokens, finish_reason = generate_json_content(
+        messages_key, seed, 0, max_tokens, ResponseFormat("json_schema", REVIEW, "review")
+    )
+    assert count_tokens(content) == tokens
+    if finish_reason == "length":
+        assert tokens == max_tokens
+    else:
+        assert finish_reason == "stop"
+        Draft202012Validator(REVIEW).validate(orjson.loads(content))
+
+
+def test_main_takes_the_content_fault_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="2"):
+        main(["--invalid-json-rate", "1.5"])
+    assert "invalid_json_rate must be between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["--schema-mismatch-rate", "-0.1"])
+    assert "schema_mismatch_rate must be between 0 and 1" in capsys.readouterr().err

@@ -264,3 +264,47 @@ def test_merge_pieces_windows_reads_each_part_once_and_keeps_order(tmp_path: Pat
     seqs = [s for table in windows for s in table["_seq"].to_pylist()]
     assert seqs == order
     assert all(table.num_rows <= 40 for table in windows)
+
+
+PARSED = pa.struct(
+    [
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("score", pa.float64()),
+        pa.field("tags", pa.list_(pa.field("element", pa.string(), nullable=False)), nullable=False),
+        pa.field("who", pa.struct([pa.field("name", pa.string()), pa.field("age", pa.int64())])),
+    ]
+)
+EXTRA = pa.schema([pa.field("parsed", PARSED), pa.field("json_attempts", pa.int32(), nullable=False)])
+
+
+def test_without_extra_columns_the_schema_is_unchanged() -> None:
+    assert output_schema(KEEP) == output_schema(KEEP, None) == output_schema(KEEP, pa.schema([]))
+    assert output_schema(KEEP, EXTRA).names == [*OUTPUT_COLUMNS, "parsed", "json_attempts", *KEEP.names]
+
+
+def test_extra_struct_columns_survive_parts_and_the_windowed_merge(tmp_path: Path) -> None:
+    writer = PartWriter(tmp_path / "out.parquet", KEEP, EXTRA)
+    writer.prepare()
+
+    def parsed(seq: int) -> dict[str, Any] | None:
+        if seq % 4 == 3:
+            return None
+        who = None if seq % 5 == 0 else {"name": f"n{seq}", "age": seq if seq % 2 else None}
+        return {"label": f"L{seq}", "score": seq / 4 if seq % 3 else None, "tags": ["a"] * (seq % 3), "who": who}
+
+    outcomes = [outcome(seq, extra={"parsed": parsed(seq), "json_attempts": 1 + seq % 3}) for seq in range(30)]
+    shuffled = outcomes[:]
+    random.Random(3).shuffle(shuffled)
+    for start in range(0, 30, 7):
+        writer.write_part(shuffled[start : start + 7])
+    pieces = [Piece(part) for part in writer.own_parts()]
+    for window in merge_pieces(pieces, writer.table(outcomes[:1]).schema, window=4):
+        assert window.schema.field("parsed").type == PARSED
+    writer.finalize()
+
+    table = pq.read_table(writer.output)
+    assert table.schema.field("parsed").type == PARSED
+    assert table.schema.field("json_attempts").type == pa.int32()
+    assert table.column("parsed").to_pylist() == [parsed(seq) for seq in range(30)]
+    assert table.column("json_attempts").to_pylist() == [1 + seq % 3 for seq in range(30)]
+    assert table.column("product_id").to_pylist()[:2] == ["P0", "P1"]

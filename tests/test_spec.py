@@ -140,6 +140,24 @@ def test_messages_column_alone_is_valid() -> None:
     assert job.input.prompt_column is None
 
 
+@pytest.mark.parametrize(
+    ("request_keys", "mode"),
+    [
+        ({}, None),
+        ({"response_format": "json_object"}, "json_object"),
+        ({"response_format": "json_object", "json_retries": 2}, "json_object"),
+        ({"json_schema": "schemas/review.json"}, "json_schema"),
+        ({"json_schema": {"type": "object"}, "strict": True}, "json_schema"),
+        ({"response_format": "json_schema", "json_schema": "s.json", "strict": False}, "json_schema"),
+        ({"response_format": "json_object", "json_schema": "s.json"}, "json_object"),
+    ],
+)
+def test_json_mode_keys(request_keys: dict[str, Any], mode: str | None) -> None:
+    job = minimal_job()
+    job["request"].update(request_keys)
+    assert parse_job(job).request.json_mode == mode
+
+
 def test_job_is_immutable() -> None:
     job = parse_job(minimal_job())
     with pytest.raises(ValueError, match="frozen"):
@@ -204,6 +222,16 @@ def test_job_error_is_a_user_error() -> None:
             "[request]",
             "params may not set 'max_tokens'",
         ),
+        ("request.extra_body", {"response_format": {}}, "[request]", "extra_body may not set 'response_format'"),
+        # JSON mode
+        ("request.response_format", "text", "[request] response_format", "'json_object' or 'json_schema'"),
+        ("request.response_format", "json_schema", "[request]", "needs json_schema"),
+        ("request.json_schema", 5, "[request] json_schema", "a schema file path or an inline table"),
+        ("request.json_schema", "  ", "[request] json_schema", "a schema file path or an inline table"),
+        ("request.strict", True, "[request]", "strict applies only to json_schema"),
+        ("request.json_retries", 2, "[request]", "json_retries needs JSON mode"),
+        ("request.json_retries", -1, "[request] json_retries", "greater than or equal to 0"),
+        ("fake.invalid_json_rate", 1.5, "[fake] invalid_json_rate", "less than or equal to 1"),
         # bad values
         ("endpoint.auth", "basic", "[endpoint] auth", "'bearer', 'x-api-key', 'api-key' or 'none'"),
         ("endpoint.api_key_env", "sk-live-123", "[endpoint] api_key_env", "should match pattern"),
@@ -294,7 +322,7 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
     max_leaves=8,
 )
-_reserved = {"model", "messages", "seed", "temperature", "max_tokens"}
+_reserved = {"model", "messages", "seed", "temperature", "max_tokens", "response_format"}
 
 
 def _optional(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -333,6 +361,17 @@ def job_dicts(draw: st.DrawFn) -> dict[str, Any]:
             )
         ),
     }
+    json_mode = draw(st.sampled_from(["none", "json_object", "file", "inline"]))
+    if json_mode == "json_object":
+        request["response_format"] = "json_object"
+    elif json_mode == "file":
+        request["json_schema"] = draw(_nonempty.filter(str.strip))
+    elif json_mode == "inline":
+        request["json_schema"] = draw(st.dictionaries(_text, _json, max_size=3))
+    if json_mode in ("file", "inline"):
+        request.update(draw(_optional(strict=st.booleans())))
+    if json_mode != "none":
+        request.update(draw(_optional(json_retries=st.integers(min_value=0, max_value=10))))
     endpoint = {
         "base_url": draw(
             st.just("fake") | st.from_regex(r"https?://[a-z0-9.-]{1,20}(:[0-9]{2,5})?(/[a-z0-9]{1,8}){0,3}", fullmatch=True)
@@ -372,6 +411,8 @@ def job_dicts(draw: st.DrawFn) -> dict[str, Any]:
                     latency_ms=st.floats(min_value=0, max_value=1e4),
                     error_500_rate=st.floats(min_value=0, max_value=1),
                     rate_limit_rate=st.floats(min_value=0, max_value=1),
+                    invalid_json_rate=st.floats(min_value=0, max_value=1),
+                    schema_mismatch_rate=st.floats(min_value=0, max_value=1),
                     fault_seed=st.integers(),
                 ),
             )

@@ -4,7 +4,9 @@ A real loopback HTTP server (aiohttp) answering ``POST <any prefix>/chat/complet
 with deterministic content, OpenAI-style rate limits and injectable faults. What a
 client can get back:
 
-    200  a completion; with ``malformed_rate``, a body cut in half
+    200  a completion; with ``malformed_rate``, a body cut in half. With
+         ``response_format``, JSON content: a ``json_object`` answer or a value of the
+         schema; ``invalid_json_rate``/``schema_mismatch_rate`` spoil that content
     400  unusable body, or an injected bad request
     401  missing or wrong API key
     404  any other path

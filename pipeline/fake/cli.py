@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             hang_rate=args.hang_rate,
             bad_request_rate=args.bad_request_rate,
             malformed_rate=args.malformed_rate,
+            invalid_json_rate=args.invalid_json_rate,
+            schema_mismatch_rate=args.schema_mismatch_rate,
             fault_seed=args.fault_seed,
         )
     except ValueError as exc:
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--api-key-env", metavar="NAME", help="require the key held in this environment variable"
     )
     for fault in ("error-500", "error-502", "error-503", "rate-limit", "drop", "hang",
-                  "bad-request", "malformed"):  # fmt: skip
+                  "bad-request", "malformed", "invalid-json", "schema-mismatch"):  # fmt: skip
         parser.add_argument(f"--{fault}-rate", type=float, default=0.0, metavar="P")
     parser.add_argument("--retry-after-s", type=float, default=1.0)
     parser.add_argument("--fault-seed", type=int, default=0)

@@ -21,6 +21,13 @@ class Fault(StrEnum):
     MALFORMED = "malformed"
 
 
+class ContentFault(StrEnum):
+    """A fault in the content of a JSON-mode answer (HTTP 200); ``FakeConfig`` has a ``<value>_rate`` for each."""
+
+    INVALID_JSON = "invalid_json"
+    SCHEMA_MISMATCH = "schema_mismatch"
+
+
 @dataclass(frozen=True)
 class FakeConfig:
     """How the fake server behaves: latency, OpenAI-style limits, auth and injected faults.
@@ -29,6 +36,12 @@ class FakeConfig:
     continuously at ``limit / 60`` per second; a request bigger than the whole capacity is
     admitted when the bucket is full. Each fault rate is an independent probability per
     request, drawn from ``random.Random(fault_seed)`` so runs are reproducible.
+
+    ``invalid_json_rate`` and ``schema_mismatch_rate`` spoil the content of JSON-mode
+    answers (requests with ``response_format``); they are drawn from their own
+    ``random.Random(f"{fault_seed}:content")``, and only when one is set, so turning them
+    on leaves every other fault's draws unchanged. A schema mismatch needs a schema:
+    ``json_object`` answers are left whole.
     """
 
     latency_s: float = 0.0
@@ -48,6 +61,8 @@ class FakeConfig:
     hang_s: float = 3600.0
     bad_request_rate: float = 0.0
     malformed_rate: float = 0.0
+    invalid_json_rate: float = 0.0
+    schema_mismatch_rate: float = 0.0
     fault_seed: int = 0
     record_requests: bool = False
 
@@ -62,7 +77,7 @@ class FakeConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.limit_window_s <= 0:
             raise ValueError(f"limit_window_s must be > 0, got {self.limit_window_s}")
-        for fault, rate in self.fault_rates().items():
+        for fault, rate in (self.fault_rates() | self.content_fault_rates()).items():
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{fault}_rate must be between 0 and 1, got {rate}")
 
@@ -77,6 +92,13 @@ class FakeConfig:
             Fault.ERROR_503: self.error_503_rate,
             Fault.BAD_REQUEST: self.bad_request_rate,
             Fault.MALFORMED: self.malformed_rate,
+        }
+
+    def content_fault_rates(self) -> dict[ContentFault, float]:
+        """Each content fault's probability, in the order they are drawn."""
+        return {
+            ContentFault.INVALID_JSON: self.invalid_json_rate,
+            ContentFault.SCHEMA_MISMATCH: self.schema_mismatch_rate,
         }
 
 
@@ -101,6 +123,7 @@ class RecordedRequest:
 class FakeStats:
     """What the server has seen and answered (monitoring GETs excluded).
 
+    ``invalid_json`` and ``schema_mismatch`` count the 200 answers whose content was spoiled.
     ``completions_by_request`` is keyed by the sha256 hex of the raw request body and
     ``completions_by_seed`` by the body's ``seed``; both count well-formed 200 answers only.
     """
@@ -109,6 +132,8 @@ class FakeStats:
     by_status: Counter[int] = field(default_factory=Counter)
     dropped: int = 0
     hung: int = 0
+    invalid_json: int = 0
+    schema_mismatch: int = 0
     completions_by_request: Counter[str] = field(default_factory=Counter)
     completions_by_seed: Counter[int] = field(default_factory=Counter)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -120,6 +145,8 @@ class FakeStats:
             "by_status": {str(status): n for status, n in self.by_status.items()},
             "dropped": self.dropped,
             "hung": self.hung,
+            "invalid_json": self.invalid_json,
+            "schema_mismatch": self.schema_mismatch,
             "completions_by_request": dict(self.completions_by_request),
             "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
             "requests": [request.to_dict() for request in self.requests],

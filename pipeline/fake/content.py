@@ -1,7 +1,8 @@
 """What the fake says: request parsing, its own tokenizer, completion and error bodies.
 
 Content depends only on (messages, seed, choice index), so it is the same across runs
-and processes. Tokens are counted as matches of ``\\w+|[^\\w\\s]`` (deliberately not chars/4).
+and processes. With ``response_format`` the content is JSON (see ``structured.py``),
+cut at ``max_tokens`` tokens with ``finish_reason = "length"`` like any other answer. Tokens are counted as matches of ``\\w+|[^\\w\\s]`` (deliberately not chars/4).
 """
 
 from __future__ import annotations
@@ -14,11 +15,21 @@ from typing import Any
 
 import orjson
 
+from pipeline.fake.config import ContentFault
+from pipeline.fake.structured import (
+    SchemaValues,
+    break_json,
+    break_schema,
+    json_object_answer,
+    strict_problem,
+)
+
 # Token cost charged for the completion when the request sets no max_tokens.
 DEFAULT_MAX_TOKENS = 16
 MAX_CHOICES = 128
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _VOCABULARY = (
     "the", "a", "model", "answer", "data", "batch", "request", "token", "value", "result",
     "simple", "quick", "careful", "large", "small", "every", "some", "many", "few", "each",
@@ -40,6 +51,18 @@ class InvalidRequestError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """What ``response_format`` asked for: any JSON object, or a value of ``schema``."""
+
+    kind: str  # "json_object" or "json_schema"
+    schema: Any = None
+    name: str = ""
+
+
+JSON_OBJECT = ResponseFormat("json_object")
+
+
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     """The parts of a request body that shape the answer."""
 
@@ -49,6 +72,7 @@ class ChatRequest:
     seed: int | None
     max_tokens: int | None
     n: int
+    response_format: ResponseFormat | None = None
 
     @property
     def cost_tokens(self) -> int:
@@ -95,17 +119,69 @@ def parse_request(body: bytes) -> ChatRequest:
         seed=_optional_int(payload, "seed", None),
         max_tokens=max_tokens,
         n=1 if n is None else n,
+        response_format=_response_format(payload.get("response_format")),
     )
 
 
-def completion_body(chat: ChatRequest, completion_id: str, created: int) -> bytes:
-    """The 200 body answering ``chat``."""
+def _response_format(value: Any) -> ResponseFormat | None:
+    """The ``response_format`` field, checked the way OpenAI checks it (400 otherwise)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(
+            "Invalid type for 'response_format': expected an object.", "response_format"
+        )
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JSON_OBJECT
+    if kind != "json_schema":
+        raise InvalidRequestError(
+            f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object' and 'json_schema'.",
+            "response_format.type",
+        )
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise InvalidRequestError(
+            "Missing required parameter: 'response_format.json_schema'.",
+            "response_format.json_schema",
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise InvalidRequestError(
+            "Invalid 'response_format.json_schema.name': expected 1 to 64 letters, digits, '_' or '-'.",
+            "response_format.json_schema.name",
+        )
+    schema = spec.get("schema", {})
+    strict = spec.get("strict")
+    if not isinstance(schema, dict) or not isinstance(strict, bool | None):
+        bad = "schema" if not isinstance(schema, dict) else "strict"
+        raise InvalidRequestError(
+            f"Invalid type for 'response_format.json_schema.{bad}'.", f"response_format.json_schema.{bad}"
+        )
+    if strict:
+        problem = strict_problem(schema, name)
+        if problem is not None:
+            raise InvalidRequestError(problem, "response_format")
+    return ResponseFormat("json_schema", schema, name)
+
+
+def completion_body(
+    chat: ChatRequest, completion_id: str, created: int, fault: ContentFault | None = None
+) -> bytes:
+    """The 200 body answering ``chat``; ``fault`` spoils the content of a JSON-mode answer."""
     choices = []
     completion_tokens = 0
     for index in range(chat.n):
-        content, tokens, finish_reason = generate_content(
-            chat.messages_key, chat.seed, index, chat.max_tokens
-        )
+        if chat.response_format is None:
+            content, tokens, finish_reason = generate_content(
+                chat.messages_key, chat.seed, index, chat.max_tokens
+            )
+        else:
+            content, tokens, finish_reason = generate_json_content(
+                chat.messages_key, chat.seed, index, chat.max_tokens, chat.response_format, fault
+            )
         completion_tokens += tokens
         choices.append(
             {
@@ -139,13 +215,45 @@ def generate_content(
 
     8 to 60 words ending with a period, cut to ``max_tokens`` tokens ("length") if longer.
     """
-    digest = hashlib.sha256(b"%b\x00%r\x00%d" % (messages_key, seed, index)).digest()
-    rng = random.Random(int.from_bytes(digest[:8]))
+    rng = _content_rng(messages_key, seed, index)
     words = rng.choices(_VOCABULARY, k=rng.randint(8, 60))
     words[0] = words[0].capitalize()
     if max_tokens is not None and max_tokens <= len(words):  # the period is one more token
         return " ".join(words[:max_tokens]), max_tokens, "length"
     return " ".join(words) + ".", len(words) + 1, "stop"
+
+
+def generate_json_content(
+    messages_key: bytes,
+    seed: int | None,
+    index: int,
+    max_tokens: int | None,
+    response_format: ResponseFormat,
+    fault: ContentFault | None = None,
+) -> tuple[str, int, str]:
+    """Return (content, completion tokens, finish reason) for one JSON-mode choice."""
+    rng = _content_rng(messages_key, seed, index)
+    schema = response_format.schema
+    if schema is None:
+        value: Any = json_object_answer(rng, _VOCABULARY)
+    else:
+        value = SchemaValues(schema, rng, _VOCABULARY).value(schema)
+        if fault is ContentFault.SCHEMA_MISMATCH:
+            value = break_schema(schema, value)
+    text = orjson.dumps(value).decode()
+    if fault is ContentFault.INVALID_JSON:
+        text = break_json(text, rng)
+    if max_tokens is None:
+        return text, count_tokens(text), "stop"
+    ends = [match.end() for match in _TOKEN.finditer(text)]
+    if len(ends) > max_tokens:
+        return text[: ends[max_tokens - 1]], max_tokens, "length"
+    return text, len(ends), "stop"
+
+
+def _content_rng(messages_key: bytes, seed: int | None, index: int) -> random.Random:
+    digest = hashlib.sha256(b"%b\x00%r\x00%d" % (messages_key, seed, index)).digest()
+    return random.Random(int.from_bytes(digest[:8]))
 
 
 def error_body(

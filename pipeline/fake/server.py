@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 import orjson
 from aiohttp import web
 
-from pipeline.fake.config import FakeConfig, FakeStats, Fault, RecordedRequest
+from pipeline.fake.config import ContentFault, FakeConfig, FakeStats, Fault, RecordedRequest
 from pipeline.fake.content import (
     ChatRequest,
     InvalidRequestError,
@@ -60,6 +60,9 @@ class FakeServer:
         self._fault_rates = tuple(config.fault_rates().items())
         self._faults_on = any(rate > 0 for _, rate in self._fault_rates)
         self._fault_rng = random.Random(config.fault_seed)
+        self._content_rates = tuple(config.content_fault_rates().items())
+        self._content_faults_on = any(rate > 0 for _, rate in self._content_rates)
+        self._content_rng = random.Random(f"{config.fault_seed}:content")
         self._jitter_rng = random.Random(f"{config.fault_seed}:jitter")
         self._in_flight = 0
         self._closing = asyncio.Event()
@@ -128,17 +131,23 @@ class FakeServer:
                     headers=headers | _retry_headers(admission.wait_ms),
                 )
         fault = self._draw_fault() if self._faults_on else None
+        content_fault = self._draw_content_fault() if self._content_faults_on else None
         if fault is Fault.DROP:
             self.stats.dropped += 1
             return None
         self._in_flight += 1
         try:
-            return await self._respond(chat, body, fault, headers)
+            return await self._respond(chat, body, fault, headers, content_fault)
         finally:
             self._in_flight -= 1
 
     async def _respond(
-        self, chat: ChatRequest, body: bytes, fault: Fault | None, headers: dict[str, str]
+        self,
+        chat: ChatRequest,
+        body: bytes,
+        fault: Fault | None,
+        headers: dict[str, str],
+        content_fault: ContentFault | None = None,
     ) -> web.Response | None:
         """Wait the configured latency, then answer with the completion or the drawn fault."""
         delay = self.config.latency_s
@@ -168,9 +177,17 @@ class FakeServer:
                 400, "Invalid request (injected fault).", "invalid_request_error", headers=headers
             )
         digest = hashlib.sha256(body).hexdigest()
-        answer = completion_body(chat, f"chatcmpl-{digest[:24]}", int(time.time()))
+        if chat.response_format is None or (
+            content_fault is ContentFault.SCHEMA_MISMATCH and chat.response_format.schema is None
+        ):
+            content_fault = None
+        answer = completion_body(chat, f"chatcmpl-{digest[:24]}", int(time.time()), content_fault)
         if fault is Fault.MALFORMED:
             return _json(200, answer[: len(answer) // 2], headers)
+        if content_fault is ContentFault.INVALID_JSON:
+            self.stats.invalid_json += 1
+        elif content_fault is ContentFault.SCHEMA_MISMATCH:
+            self.stats.schema_mismatch += 1
         self.stats.completions_by_request[digest] += 1
         if chat.seed is not None:
             self.stats.completions_by_seed[chat.seed] += 1
@@ -185,6 +202,14 @@ class FakeServer:
         hit = None
         for fault, rate in self._fault_rates:
             if self._fault_rng.random() < rate and hit is None:
+                hit = fault
+        return hit
+
+    def _draw_content_fault(self) -> ContentFault | None:
+        """Like ``_draw_fault``, for the content faults, from their own generator."""
+        hit = None
+        for fault, rate in self._content_rates:
+            if self._content_rng.random() < rate and hit is None:
                 hit = fault
         return hit
 
