@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.structured.schema_arrow import resolve_pointer
+
 _DEEP = 6
 _GIVE_UP = 40
 _SENTIMENTS = ("positive", "neutral", "negative")
@@ -39,24 +41,6 @@ def json_object_answer(rng: random.Random, words: Sequence[str]) -> dict[str, An
 def _sentence(rng: random.Random, words: Sequence[str], low: int, high: int) -> str:
     text = " ".join(rng.choices(words, k=rng.randint(low, high)))
     return text[:1].upper() + text[1:] + "."
-
-
-def resolve(root: Any, ref: str) -> Any:
-    """A local ``#/...`` reference, or None."""
-    if ref == "#":
-        return root
-    if not ref.startswith("#/"):
-        return None
-    target = root
-    for raw in ref[2:].split("/"):
-        part = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(target, dict) and part in target:
-            target = target[part]
-        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
-            target = target[int(part)]
-        else:
-            return None
-    return target
 
 
 def _types(schema: dict[str, Any]) -> list[str]:
@@ -88,7 +72,7 @@ class SchemaValues:
         if not isinstance(schema, dict):
             return self.value({"type": list(_NON_NULL[:4])}, depth)
         if isinstance(schema.get("$ref"), str):
-            return self.value(resolve(self.root, schema["$ref"]), depth + 1)
+            return self.value(resolve_pointer(self.root, schema["$ref"]), depth + 1)
         if "const" in schema:
             return schema["const"]
         if isinstance(schema.get("enum"), list) and schema["enum"]:
@@ -124,7 +108,7 @@ class SchemaValues:
     def _deref(self, schema: Any) -> Any:
         seen = 0
         while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and seen < _GIVE_UP:
-            schema, seen = resolve(self.root, schema["$ref"]), seen + 1
+            schema, seen = resolve_pointer(self.root, schema["$ref"]), seen + 1
         return schema
 
     def _pick_branch(self, branches: list[Any], depth: int) -> Any:
@@ -247,7 +231,7 @@ def break_schema(root: Any, value: Any) -> Any:
     for _ in range(_GIVE_UP):
         if not (isinstance(schema, dict) and isinstance(schema.get("$ref"), str)):
             break
-        schema = resolve(root, schema["$ref"])
+        schema = resolve_pointer(root, schema["$ref"])
     if not isinstance(schema, dict):
         return value
     if isinstance(value, dict):
