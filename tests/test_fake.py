@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import pipeline.fake
 from pipeline.fake import FakeConfig, FakeServer, main, serve, serve_in_thread
-from pipeline.fake.content import count_tokens, generate_content
+from pipeline.fake.content import IMAGE_TOKENS, count_tokens, generate_content
 from pipeline.fake.ratelimit import RateLimiter, format_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,12 @@ def test_public_surface() -> None:
         "FakeServer",
         "FakeStats",
         "Fault",
+        "HeaderRule",
+        "PROFILES",
+        "Profile",
         "RecordedRequest",
         "main",
+        "profile",
         "serve",
         "serve_in_thread",
     ]
@@ -130,7 +134,7 @@ def test_n_gives_distinct_choices(start: Start) -> None:
     assert body["usage"]["completion_tokens"] == count_tokens(first) + count_tokens(second)
 
 
-def test_text_parts_count_toward_prompt_tokens(start: Start) -> None:
+def test_text_and_image_parts_count_toward_prompt_tokens(start: Start) -> None:
     _, client = start()
     parts = [
         {"type": "text", "text": "two words"},
@@ -144,7 +148,7 @@ def test_text_parts_count_toward_prompt_tokens(start: Start) -> None:
         ],
     }
     usage = client.post("/chat/completions", json=body).json()["usage"]
-    assert usage["prompt_tokens"] == (3 + 4) + (2 + 4) + 3
+    assert usage["prompt_tokens"] == (3 + 4) + (2 + 4 + IMAGE_TOKENS) + 3
 
 
 @given(
@@ -199,7 +203,7 @@ def test_other_paths_are_404(start: Start, method: str, path: str) -> None:
         (orjson.dumps(chat(seed="1")), "seed"),
         (orjson.dumps(chat(max_tokens=0)), "max_tokens"),
         (orjson.dumps(chat(n=True)), "n"),
-        (orjson.dumps(chat(stream=True)), "stream"),
+        (orjson.dumps(chat(stream="yes")), "stream"),
     ],
 )
 def test_unusable_bodies_are_400(start: Start, body: bytes, param: str | None) -> None:

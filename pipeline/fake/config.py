@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pipeline.fake.profiles import Profile
+
 
 class Fault(StrEnum):
     """An injectable fault; ``FakeConfig`` has a ``<value>_rate`` for each."""
@@ -19,16 +21,20 @@ class Fault(StrEnum):
     ERROR_503 = "error_503"
     BAD_REQUEST = "bad_request"
     MALFORMED = "malformed"
+    STREAM_CUT = "stream_cut"
 
 
 @dataclass(frozen=True)
 class FakeConfig:
-    """How the fake server behaves: latency, OpenAI-style limits, auth and injected faults.
+    """How the fake server behaves: latency, OpenAI-style limits, auth, the server it
+    imitates (``profile``) and injected faults.
 
     Rate limits are token buckets of capacity ``limit * limit_window_s / 60`` refilled
     continuously at ``limit / 60`` per second; a request bigger than the whole capacity is
     admitted when the bucket is full. Each fault rate is an independent probability per
-    request, drawn from ``random.Random(fault_seed)`` so runs are reproducible.
+    request, drawn from ``random.Random(fault_seed)`` so runs are reproducible;
+    ``stream_cut_rate`` is drawn only when it is set, and hits streamed answers only
+    (the stream stops mid-event, without ``[DONE]``).
     """
 
     latency_s: float = 0.0
@@ -48,7 +54,9 @@ class FakeConfig:
     hang_s: float = 3600.0
     bad_request_rate: float = 0.0
     malformed_rate: float = 0.0
+    stream_cut_rate: float = 0.0
     fault_seed: int = 0
+    profile: Profile = field(default_factory=Profile)
     record_requests: bool = False
 
     def __post_init__(self) -> None:
@@ -67,8 +75,11 @@ class FakeConfig:
                 raise ValueError(f"{fault}_rate must be between 0 and 1, got {rate}")
 
     def fault_rates(self) -> dict[Fault, float]:
-        """Each fault's probability, in the order faults are drawn."""
-        return {
+        """Each fault's probability, in the order faults are drawn.
+
+        ``stream_cut`` comes last and only when set, so adding it changed no existing draw.
+        """
+        rates = {
             Fault.DROP: self.drop_rate,
             Fault.HANG: self.hang_rate,
             Fault.RATE_LIMIT: self.rate_limit_rate,
@@ -78,6 +89,9 @@ class FakeConfig:
             Fault.BAD_REQUEST: self.bad_request_rate,
             Fault.MALFORMED: self.malformed_rate,
         }
+        if self.stream_cut_rate:
+            rates[Fault.STREAM_CUT] = self.stream_cut_rate
+        return rates
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,7 @@ class FakeStats:
     by_status: Counter[int] = field(default_factory=Counter)
     dropped: int = 0
     hung: int = 0
+    cut: int = 0
     completions_by_request: Counter[str] = field(default_factory=Counter)
     completions_by_seed: Counter[int] = field(default_factory=Counter)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -120,6 +135,7 @@ class FakeStats:
             "by_status": {str(status): n for status, n in self.by_status.items()},
             "dropped": self.dropped,
             "hung": self.hung,
+            "cut": self.cut,
             "completions_by_request": dict(self.completions_by_request),
             "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
             "requests": [request.to_dict() for request in self.requests],

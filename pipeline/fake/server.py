@@ -1,8 +1,11 @@
 """The HTTP side: one low-level aiohttp handler, run on the caller's loop or in a thread.
 
-Order of checks per request: auth (401), path (404), body (400), concurrency (429),
-rate limits (429, at arrival), fault draw (a drop closes at once), latency, then the
-drawn fault or the completion.
+Order of checks per request: auth (401), path and query (404), required headers (400),
+body (400), required body fields (400), model (404), concurrency (429), rate limits (429,
+at arrival), fault draw (a drop closes at once), latency, then the drawn fault or the
+completion: one JSON body, or server-sent events when the request asks to stream. The
+profile (``FakeConfig.profile``) decides the path, query, auth styles, headers, body
+fields and models.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from pipeline.fake.config import FakeConfig, FakeStats, Fault, RecordedRequest
 from pipeline.fake.content import (
     ChatRequest,
     InvalidRequestError,
-    completion_body,
+    completion,
     error_body,
     parse_request,
 )
 from pipeline.fake.ratelimit import RateLimiter, format_duration
+from pipeline.fake.stream import events as stream_events
 
-_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-portkey-api-key"})
 _SERVER_ERRORS = {
     Fault.ERROR_500: (500, "The server had an error while processing your request. Sorry about that!"),
     Fault.ERROR_502: (502, "Bad gateway."),
@@ -47,6 +51,8 @@ class FakeServer:
         self.stats = FakeStats()
         self._base_url: str | None = None
         self._bearer = None if config.api_key is None else f"Bearer {config.api_key}"
+        self._profile = config.profile
+        self._key_headers = tuple(s for s in config.profile.auth_styles if s != "bearer")
         self._limiter = (
             None
             if config.requests_per_minute is None and config.tokens_per_minute is None
@@ -89,20 +95,22 @@ class FakeServer:
         self.stats.by_status[response.status] += 1
         return response
 
-    async def _answer(self, request: web.BaseRequest, body: bytes) -> web.Response | None:
+    async def _answer(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse | None:
         """The response to send, or None to close the connection without one."""
         if self._bearer is not None and not self._authorized(request.headers):
             return _error(
                 401, "Incorrect API key provided", "invalid_request_error", code="invalid_api_key"
             )
-        if request.method != "POST" or not request.path.endswith("/chat/completions"):
-            return _error(
-                404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error"
-            )
+        refused = self._check_route(request)
+        if refused is not None:
+            return refused
         try:
             chat = parse_request(body)
         except InvalidRequestError as exc:
             return _error(400, exc.message, "invalid_request_error", param=exc.param)
+        refused = self._check_body(chat)
+        if refused is not None:
+            return refused
         limit = self.config.max_concurrency
         if limit is not None and self._in_flight >= limit:
             return _error(
@@ -133,13 +141,59 @@ class FakeServer:
             return None
         self._in_flight += 1
         try:
-            return await self._respond(chat, body, fault, headers)
+            return await self._respond(request, chat, body, fault, headers)
         finally:
             self._in_flight -= 1
 
+    def _check_route(self, request: web.BaseRequest) -> web.Response | None:
+        """404 for a wrong method, path or query; 400 for a missing required header."""
+        path, profile = request.path, self._profile
+        if request.method != "POST" or not (
+            path == profile.chat_path
+            if profile.chat_path is not None
+            else path.endswith("/chat/completions")
+        ):
+            return _error(404, f"Invalid URL ({request.method} {path})", "invalid_request_error")
+        for name, value in profile.query.items():
+            if request.query.get(name) != value:
+                return _error(
+                    404,
+                    f"Resource not found: query parameter {name}={value} is required",
+                    "invalid_request_error",
+                    code="404",
+                )
+        for rule in profile.headers:
+            problem = rule.missing(request.headers)
+            if problem is not None:
+                return _error(400, problem, "invalid_request_error", code="missing_header")
+        return None
+
+    def _check_body(self, chat: ChatRequest) -> web.Response | None:
+        """400 for a missing required body field; 404 for a model this server does not serve."""
+        profile = self._profile
+        for name in profile.body_fields:
+            if name not in chat.fields:
+                return _error(
+                    400, f"Missing required parameter: '{name}'.", "invalid_request_error", param=name
+                )
+        if profile.models is not None and chat.model not in profile.models:
+            return _error(
+                404,
+                f"The model `{chat.model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                param="model",
+                code="model_not_found",
+            )
+        return None
+
     async def _respond(
-        self, chat: ChatRequest, body: bytes, fault: Fault | None, headers: dict[str, str]
-    ) -> web.Response | None:
+        self,
+        request: web.BaseRequest,
+        chat: ChatRequest,
+        body: bytes,
+        fault: Fault | None,
+        headers: dict[str, str],
+    ) -> web.StreamResponse | None:
         """Wait the configured latency, then answer with the completion or the drawn fault."""
         delay = self.config.latency_s
         if self.config.latency_jitter_s:
@@ -168,17 +222,55 @@ class FakeServer:
                 400, "Invalid request (injected fault).", "invalid_request_error", headers=headers
             )
         digest = hashlib.sha256(body).hexdigest()
-        answer = completion_body(chat, f"chatcmpl-{digest[:24]}", int(time.time()))
+        answer = completion(chat, f"chatcmpl-{digest[:24]}", int(time.time()))
+        if chat.stream:
+            return await self._stream(request, chat, answer, digest, fault, headers)
+        encoded = orjson.dumps(answer)
         if fault is Fault.MALFORMED:
-            return _json(200, answer[: len(answer) // 2], headers)
+            return _json(200, encoded[: len(encoded) // 2], headers)
+        self._count_completion(chat, digest)
+        return _json(200, encoded, headers)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        chat: ChatRequest,
+        answer: dict[str, object],
+        digest: str,
+        fault: Fault | None,
+        headers: dict[str, str],
+    ) -> web.StreamResponse | None:
+        """Send the answer as server-sent events; a cut stops mid-event and closes the connection."""
+        events = stream_events(answer, chat.include_usage)
+        if fault is Fault.MALFORMED:
+            events[len(events) // 2] = b"data: {not json\n\n"
+        response = web.StreamResponse(
+            status=200,
+            headers=headers | {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+        await response.prepare(request)
+        if fault is Fault.STREAM_CUT:
+            half = len(events) // 2
+            await response.write(b"".join(events[:half]) + events[half][: len(events[half]) // 2])
+            self.stats.cut += 1
+            return None
+        for event in events:
+            await response.write(event)
+        if fault is None:
+            self._count_completion(chat, digest)
+        return response
+
+    def _count_completion(self, chat: ChatRequest, digest: str) -> None:
         self.stats.completions_by_request[digest] += 1
         if chat.seed is not None:
             self.stats.completions_by_seed[chat.seed] += 1
-        return _json(200, answer, headers)
 
     def _authorized(self, headers: Mapping[str, str]) -> bool:
+        """The key is presented in one of the profile's auth styles."""
         key = self.config.api_key
-        return headers.get("authorization") == self._bearer or headers.get("x-api-key") == key
+        if "bearer" in self._profile.auth_styles and headers.get("authorization") == self._bearer:
+            return True
+        return any(headers.get(name) == key for name in self._key_headers)
 
     def _draw_fault(self) -> Fault | None:
         """Draw every fault in order (a fixed number of draws per request); the first hit wins."""
@@ -189,7 +281,8 @@ class FakeServer:
         return hit
 
     def _bind(self, host: str, port: int) -> None:
-        self._base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+        root = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        self._base_url = root + self._profile.base_path
 
     def _close(self) -> None:
         """Release hanging requests so shutdown is quick."""
