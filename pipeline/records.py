@@ -32,13 +32,19 @@ class PromptRow:
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """A ready-to-send chat-completions body, canonically encoded."""
+    """A ready-to-send chat-completions body, canonically encoded.
+
+    ``headers`` are the row's templated headers (None when the endpoint has none);
+    ``model`` is the model asked for.
+    """
 
     body: bytes
     seed: int
     request_hash: str
     estimated_prompt_tokens: int
     max_tokens: int | None
+    model: str | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

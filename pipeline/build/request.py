@@ -1,38 +1,29 @@
-"""Row + request spec -> chat-completions body; the derived seed; the request hash.
-
-Seed derivation (stable across runs, processes and machines)::
-
-    seed = int(sha256(f"{base_seed}:{row_id}".encode("utf-8")).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-i.e. the first 32 bits of the SHA-256 of ``"<base seed>:<row id>"``, masked to a
-non-negative 31-bit integer, which every OpenAI-compatible server accepts.
-
-The body is encoded canonically (keys sorted, compact, UTF-8) and that exact byte
-string is both what is sent and what ``request_hash`` (SHA-256 hex) is taken of, so
-the same job on the same row always sends the same bytes and the same hash.
-"""
+"""Row + request spec -> one canonical chat-completions request (per model)."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 
 import orjson
 
+from pipeline.build.headers import HeaderTemplates
+from pipeline.build.images import image_url
+from pipeline.build.template import render_template
 from pipeline.errors import BadRowError
 from pipeline.records import ChatRequest, Message, PromptRow
 from pipeline.spec import RequestSpec
 
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_REPLY = 3
+_TOKENS_PER_IMAGE = 85
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
+_SEED_RANGE = range(-(2**63), 2**63)
 
 
 def derive_seed(base_seed: int, row_id: str) -> int:
-    """The per-row seed: see the module docstring."""
+    """The per-row seed: see the package docstring."""
     digest = hashlib.sha256(f"{base_seed}:{row_id}".encode()).hexdigest()
     return int(digest[:8], 16) & 0x7FFFFFFF
 
@@ -47,40 +38,26 @@ def encode_body(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
-def template_fields(template: str) -> list[str]:
-    """Column names a template refers to, in order of first use."""
-    names: dict[str, None] = {}
-    for match in _PLACEHOLDER.finditer(template):
-        if match.group(1):
-            names[match.group(1)] = None
-    return list(names)
-
-
-def render_template(template: str, values: dict[str, Any]) -> str:
-    """Fill ``{column}`` placeholders; ``{{`` and ``}}`` are literal braces, other braces stay."""
-
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:
-            return match.group(0)[0]
-        value = values.get(name)
-        if value is None:
-            raise BadRowError(f"template placeholder {{{name}}} has no value in this row")
-        return str(value)
-
-    return _PLACEHOLDER.sub(fill, template)
-
-
 def estimate_prompt_tokens(messages: list[Message]) -> int:
-    """A cheap offline estimate: about four characters a token, plus per-message overhead."""
+    """A cheap offline estimate: about four characters a token, a flat count per image,
+    plus per-message overhead."""
     chars = 0
+    images = 0
     for message in messages:
         content = message.get("content")
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
-            chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
-    return chars // _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE * len(messages) + _TOKENS_PER_REPLY
+            for part in content:
+                if isinstance(part, dict):
+                    chars += len(str(part.get("text", "")))
+                    images += part.get("type") == "image_url"
+    return (
+        chars // _CHARS_PER_TOKEN
+        + _TOKENS_PER_IMAGE * images
+        + _TOKENS_PER_MESSAGE * len(messages)
+        + _TOKENS_PER_REPLY
+    )
 
 
 def _check_messages(value: Any) -> list[Message]:
@@ -95,7 +72,13 @@ def _check_messages(value: Any) -> list[Message]:
 
 
 class RequestBuilder:
-    """Turns prompt rows into canonical chat-completions requests for one job."""
+    """Turns prompt rows into canonical chat-completions requests for one job.
+
+    The parts that are the same for every row (sampling settings, ``params``, tools,
+    streaming) are assembled once; per row come the messages, the seed, the model (with
+    ``model_column``, or given by the runner for each of ``models``) and, when the
+    endpoint has templated headers, the headers.
+    """
 
     def __init__(
         self,
@@ -103,19 +86,35 @@ class RequestBuilder:
         *,
         prompt_column: str | None = None,
         messages_column: str | None = None,
+        headers: HeaderTemplates | None = None,
     ) -> None:
         self._spec = spec
         self._prompt_column = prompt_column
         self._messages_column = messages_column
-        self._fixed: dict[str, Any] = {"model": spec.model}
+        self._headers = headers
+        self._default_model = spec.model or (spec.models[0] if spec.models else None)
+        self._fixed: dict[str, Any] = {}
         if spec.temperature is not None:
             self._fixed["temperature"] = spec.temperature
         if spec.max_tokens is not None:
             self._fixed["max_tokens"] = spec.max_tokens
+        if spec.tools is not None:
+            self._fixed["tools"] = spec.tools
+        if spec.tool_choice is not None:
+            self._fixed["tool_choice"] = spec.tool_choice
+        if spec.stream:
+            self._fixed["stream"] = True
+            self._fixed["stream_options"] = {"include_usage": True}
         self._fixed.update(spec.params)
 
+    @property
+    def reads_files(self) -> bool:
+        """True when building a request may read a local file (blocking: not on the event loop)."""
+        return self._spec.image_column is not None
+
     def messages(self, row: PromptRow) -> list[Message]:
-        """The message list for a row: from its messages column, or system + rendered prompt."""
+        """The message list for a row: from its messages column, or system + rendered prompt
+        (with the row's image as a second content part when the job has ``image_column``)."""
         if self._messages_column is not None:
             return _check_messages(row.values.get(self._messages_column))
         prompt = row.values.get(self._prompt_column) if self._prompt_column else None
@@ -132,16 +131,47 @@ class RequestBuilder:
         messages: list[Message] = []
         if self._spec.system:
             messages.append({"role": "system", "content": self._spec.system})
-        messages.append({"role": "user", "content": text})
+        column = self._spec.image_column
+        if column is None:
+            messages.append({"role": "user", "content": text})
+        else:
+            url = image_url(row.values.get(column), column)
+            content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+            messages.append({"role": "user", "content": content})
         return messages
 
-    def build(self, row: PromptRow) -> ChatRequest:
-        """The request for a row; raises ``BadRowError`` when the row cannot make one."""
+    def model(self, row: PromptRow) -> str:
+        """The model for a row: ``model``, or the row's ``model_column`` value."""
+        column = self._spec.model_column
+        if column is None:
+            assert self._default_model is not None
+            return self._default_model
+        value = row.values.get(column)
+        if not isinstance(value, str) or not value.strip():
+            raise BadRowError(f"model column {column!r} is {'null' if value is None else 'not a model name'}")
+        return value
+
+    def seed(self, row: PromptRow) -> int:
+        """The row's seed: its ``seed_column`` value, else derived from the row id."""
+        column = self._spec.seed_column
+        if column is None:
+            return derive_seed(self._spec.seed, row.id)
+        value = row.values.get(column)
+        if value is None:
+            raise BadRowError(f"seed column {column!r} is null")
+        if not isinstance(value, int) or isinstance(value, bool) or value not in _SEED_RANGE:
+            raise BadRowError(f"seed column {column!r} must hold 64-bit integers, got {value!r}")
+        return value
+
+    def build(self, row: PromptRow, model: str | None = None) -> ChatRequest:
+        """The request for a row (to ``model`` when given); raises ``BadRowError`` when the
+        row cannot make one."""
         if row.problem is not None:
             raise BadRowError(row.problem)
+        model = model or self.model(row)
         messages = self.messages(row)
-        seed = derive_seed(self._spec.seed, row.id)
-        body = {**self._fixed, "messages": messages, "seed": seed, **self._spec.extra_body}
+        seed = self.seed(row)
+        body = {**self._fixed, "model": model, "messages": messages, "seed": seed, **self._spec.extra_body}
         encoded = encode_body(body)
         return ChatRequest(
             body=encoded,
@@ -149,4 +179,6 @@ class RequestBuilder:
             request_hash=request_hash(encoded),
             estimated_prompt_tokens=estimate_prompt_tokens(messages),
             max_tokens=self._spec.max_tokens,
+            model=model,
+            headers=self._headers.render(row) if self._headers is not None else None,
         )
