@@ -1,11 +1,14 @@
 """The only composer: one task group; reader -> N workers -> writer.
 
     source ──rows──▶ workers (2 x concurrency, at most `concurrency` in flight)
-                         │ build ▸ retry( limiter ▸ client )
+                         │ for each model: build ▸ retry( limiter ▸ client )
                          ▼
                       outcomes ──▶ writer (part files every second / 500 rows) ──▶ finalize
 
-Rows that fail are data: every input row produces exactly one outcome.
+Rows that fail are data: every input row produces exactly one outcome per model
+(one model unless the job lists ``models``); outcome ``seq`` is
+``row.seq * len(models) + model index``, so the output is in input order, then in
+the order the models are listed.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from anyio.streams.memory import MemoryObjectSendStream
 from tenacity import AsyncRetrying, RetryCallState
 
 from pipeline import fake
-from pipeline.build import RequestBuilder, template_fields
+from pipeline.build import RequestBuilder, split_headers, template_fields
 from pipeline.client import ChatClient
 from pipeline.errors import AttemptError, BadRowError, JobError, RateLimited
 from pipeline.limits import RateLimiter, TokenEstimator
 from pipeline.progress import ProgressLine, RunStats
 from pipeline.records import ChatRequest, Outcome, PromptRow, Reply, RunSummary
 from pipeline.retry import make_retrying
-from pipeline.sinks import OUTPUT_COLUMNS, PartWriter
+from pipeline.sinks import RESERVED_COLUMNS, PartWriter
 from pipeline.sources import Source, open_source
 from pipeline.spec import JobSpec
 
@@ -68,7 +71,7 @@ def resolve_output(template: str, name: str, today: datetime | None = None) -> P
 
 
 def value_columns(job: JobSpec) -> list[str]:
-    """Input columns the request builder reads."""
+    """Input columns the request builder reads (so each is checked to exist before the run)."""
     names: list[str] = []
     if job.input.messages_column:
         names.append(job.input.messages_column)
@@ -76,7 +79,19 @@ def value_columns(job: JobSpec) -> list[str]:
         names.append(job.input.prompt_column)
     if job.request.template:
         names.extend(template_fields(job.request.template))
+    request = job.request
+    names.extend(c for c in (request.model_column, request.seed_column, request.image_column) if c)
+    _, header_templates = split_headers(job.endpoint.headers)
+    if header_templates is not None:
+        names.extend(header_templates.columns())
     return list(dict.fromkeys(names))
+
+
+def optional_columns(job: JobSpec) -> list[str]:
+    """The optional output columns this job fills: choices (n > 1), tool_calls, ttft_ms."""
+    request = job.request
+    wanted = {"choices": request.choices > 1, "tool_calls": request.tools is not None, "ttft_ms": request.stream}
+    return [name for name, on in wanted.items() if on]
 
 
 def plan_run(
@@ -87,7 +102,7 @@ def plan_run(
     limit: int | None = None,
 ) -> RunPlan:
     """Open and check the input, resolve the output; raises ``UserError`` on any mistake."""
-    clash = sorted(set(job.input.keep_columns) & set(OUTPUT_COLUMNS))
+    clash = sorted(set(job.input.keep_columns) & set(RESERVED_COLUMNS))
     if clash:
         raise JobError(f"[input] keep_columns: {clash[0]!r} is already an output column")
     source_path = input_path or Path(job.input.path)
@@ -149,15 +164,21 @@ class Runner:
         job = plan.job
         self.plan = plan
         self.api_key = api_key
+        self.static_headers, header_templates = split_headers(job.endpoint.headers)
         self.builder = RequestBuilder(
-            job.request, prompt_column=job.input.prompt_column, messages_column=job.input.messages_column
+            job.request,
+            prompt_column=job.input.prompt_column,
+            messages_column=job.input.messages_column,
+            headers=header_templates,
         )
+        self.models: list[str | None] = [*job.request.models] if job.request.models else [None]
         self.limiter = RateLimiter(job.limits.requests_per_minute, job.limits.tokens_per_minute)
         self.estimator = TokenEstimator()
         self.in_flight = anyio.Semaphore(job.limits.concurrency)
         self.retrying = make_retrying(job.retry)
-        self.writer = PartWriter(plan.output_path, plan.source.keep_schema())
-        self.stats = RunStats(total=plan.rows)
+        self.optional = optional_columns(job)
+        self.writer = PartWriter(plan.output_path, plan.source.keep_schema(), self.optional)
+        self.stats = RunStats(total=plan.rows * len(self.models))
         self.progress = progress
         self.source_name = str(plan.input_path)
         self._transport = transport
@@ -174,7 +195,7 @@ class Runner:
             rows=self.plan.rows,
             input=self.source_name,
             output=str(self.plan.output_path),
-            model=job.request.model,
+            model=job.request.model or job.request.models or f"column {job.request.model_column}",
             concurrency=job.limits.concurrency,
         )
         async with _endpoint_url(job) as base_url, ChatClient(
@@ -183,6 +204,8 @@ class Runner:
             max_connections=job.limits.concurrency,
             base_url=base_url,
             transport=self._transport,
+            headers=self.static_headers,
+            stream=job.request.stream,
         ) as client:
             self._client = client
             rows_send, rows_receive = anyio.create_memory_object_stream[PromptRow](
@@ -242,27 +265,36 @@ class Runner:
                         await send.send(row)
 
     async def _work(self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]) -> None:
-        """One worker: take a row, produce its outcome, repeat."""
+        """One worker: take a row, produce its outcome (one per model), repeat."""
         async with rows, out:
             async for row in rows:
-                outcome = await self._process(row)
-                try:
-                    out.send_nowait(outcome)
-                except anyio.WouldBlock:
-                    await out.send(outcome)
+                for index, model in enumerate(self.models):
+                    outcome = await self._process(row, index, model)
+                    try:
+                        out.send_nowait(outcome)
+                    except anyio.WouldBlock:
+                        await out.send(outcome)
 
-    async def _process(self, row: PromptRow) -> Outcome:
+    async def _build(self, row: PromptRow, model: str | None) -> ChatRequest:
+        """The row's request; built in a thread when that may read a file (images)."""
+        if self.builder.reads_files:
+            return await anyio.to_thread.run_sync(self.builder.build, row, model)
+        return self.builder.build(row, model)
+
+    async def _process(self, row: PromptRow, index: int = 0, model: str | None = None) -> Outcome:
         started = _now()
+        seq = row.seq * len(self.models) + index
         try:
-            request = self.builder.build(row)
+            request = await self._build(row, model)
         except BadRowError as exc:
             return Outcome(
-                seq=row.seq,
+                seq=seq,
                 id=row.id,
                 status="error",
                 started_at=started,
                 finished_at=started,
                 attempts=0,
+                model=model or self.plan.job.request.model,
                 error_type=exc.error_type,
                 error_message=f"{row.where(self.source_name)}: {exc}",
                 keep=row.keep,
@@ -273,7 +305,7 @@ class Runner:
             reply: Reply = await retrying(self._attempt, request, attempts)
         except AttemptError as exc:
             return Outcome(
-                seq=row.seq,
+                seq=seq,
                 id=row.id,
                 status="error",
                 started_at=started,
@@ -281,13 +313,14 @@ class Runner:
                 attempts=attempts[0],
                 seed=request.seed,
                 request_hash=request.request_hash,
+                model=request.model,
                 http_status=exc.http_status,
                 error_type=exc.error_type,
                 error_message=exc.message,
                 keep=row.keep,
             )
         return Outcome(
-            seq=row.seq,
+            seq=seq,
             id=row.id,
             status="ok",
             started_at=started,
@@ -303,6 +336,11 @@ class Runner:
             total_tokens=reply.total_tokens,
             latency_ms=reply.latency_ms,
             http_status=reply.http_status,
+            system_fingerprint=reply.system_fingerprint,
+            response_id=reply.response_id,
+            choices=reply.choices,
+            tool_calls=reply.tool_calls,
+            ttft_ms=reply.ttft_ms,
             keep=row.keep,
         )
 

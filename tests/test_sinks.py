@@ -13,8 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import OutputError
-from pipeline.records import Outcome
-from pipeline.sinks import OUTPUT_COLUMNS, OUTPUT_SCHEMA, PartWriter, merge_parts, output_schema
+from pipeline.records import Outcome, ToolCall
+from pipeline.sinks import (
+    OPTIONAL_COLUMNS,
+    OUTPUT_COLUMNS,
+    OUTPUT_SCHEMA,
+    PartWriter,
+    merge_parts,
+    output_schema,
+)
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 KEEP = pa.schema([("product_id", pa.string()), ("stars", pa.int32()), ("price", pa.float64())])
@@ -41,6 +48,8 @@ def outcome(seq: int, **fields: Any) -> Outcome:
         "http_status": 200 if ok else 503,
         "error_type": None if ok else "server_error",
         "error_message": None if ok else "HTTP 503: busy",
+        "system_fingerprint": "fp_1" if ok else None,
+        "response_id": f"chatcmpl-{seq}" if ok else None,
         "keep": {"product_id": f"P{seq % 3}", "stars": seq % 5, "price": seq / 2},
     }
     return Outcome(**{**defaults, **fields})
@@ -84,7 +93,16 @@ def test_output_columns_are_documented() -> None:
         "started_at": pa.timestamp("us", tz="UTC"),
         "finished_at": pa.timestamp("us", tz="UTC"),
         "request_hash": pa.string(),
+        "system_fingerprint": pa.string(),
+        "response_id": pa.string(),
     }
+    assert {
+        "choices": pa.list_(pa.string()),
+        "tool_calls": pa.list_(
+            pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
+        ),
+        "ttft_ms": pa.float64(),
+    } == OPTIONAL_COLUMNS
 
 
 def test_out_of_order_parts_come_back_in_input_order(writer: PartWriter, tmp_path: Path) -> None:
@@ -222,3 +240,33 @@ def test_merge_parts_windows_reads_each_part_once_and_keeps_order(tmp_path: Path
     seqs = [s for table in windows for s in table["_seq"].to_pylist()]
     assert seqs == order
     assert all(table.num_rows <= 40 for table in windows)
+
+
+def test_optional_columns_come_between_the_output_and_keep_columns(tmp_path: Path) -> None:
+    writer = PartWriter(tmp_path / "out.parquet", KEEP, optional=["ttft_ms", "choices", "tool_calls"])
+    writer.prepare()
+    calls = (ToolCall("call_1", "get_weather", '{"city": "Oslo"}'), ToolCall(None, "f", None))
+    writer.write_part(
+        [
+            outcome(0, choices=("a", None), tool_calls=calls, ttft_ms=3.5),
+            outcome(1),
+        ]
+    )
+    writer.finalize()
+
+    table = pq.read_table(writer.output)
+    assert table.schema.names == [*OUTPUT_COLUMNS, "choices", "tool_calls", "ttft_ms", *KEEP.names]
+    rows = table.to_pylist()
+    assert rows[0]["choices"] == ["a", None]
+    assert rows[0]["tool_calls"] == [
+        {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"id": None, "name": "f", "arguments": None},
+    ]
+    assert rows[0]["ttft_ms"] == 3.5
+    assert (rows[1]["choices"], rows[1]["tool_calls"], rows[1]["ttft_ms"]) == (None, None, None)
+
+
+def test_plain_output_has_no_optional_columns() -> None:
+    assert set(output_schema(KEEP).names).isdisjoint(OPTIONAL_COLUMNS)
+    with pytest.raises(ValueError, match="not an optional output column: 'cost_usd'"):
+        output_schema(KEEP, ["cost_usd"])
