@@ -88,8 +88,11 @@ def _validate(args: argparse.Namespace) -> int:
     api_key_for(job)
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     request = job.request
-    models = request.model or ", ".join(request.models or []) or f"from column {request.model_column!r}"
-    print(f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, model {models}, output {plan.output_path}")
+    if request.models:
+        models = f"models {', '.join(request.models)} ({plan.rows * len(request.models)} output rows)"
+    else:
+        models = f"model {request.model or f'from column {request.model_column!r}'}"
+    print(f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}")
     return EXIT_OK
 
 

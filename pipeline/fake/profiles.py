@@ -16,7 +16,7 @@ looks one up and ``dataclasses.replace`` adjusts it (another deployment, other m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -58,6 +58,16 @@ class HeaderRule:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a profile refuses a request: the status and an OpenAI-style error's fields."""
+
+    status: int
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
 @dataclass(frozen=True)
 class Profile:
     """What one server requires of a request, beyond a valid chat-completions body."""
@@ -86,6 +96,37 @@ class Profile:
         ):
             raise ValueError(f"chat_path must start with / and end with /chat/completions, got {self.chat_path!r}")
         object.__setattr__(self, "query", MappingProxyType(dict(self.query)))
+
+    def check_route(
+        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]
+    ) -> Refusal | None:
+        """404 for a wrong method, path or query; 400 for a missing required header."""
+        if method != "POST" or not (
+            path == self.chat_path if self.chat_path is not None else path.endswith("/chat/completions")
+        ):
+            return Refusal(404, f"Invalid URL ({method} {path})")
+        for name, value in self.query.items():
+            if query.get(name) != value:
+                return Refusal(404, f"Resource not found: query parameter {name}={value} is required", "404")
+        for rule in self.headers:
+            problem = rule.missing(headers)
+            if problem is not None:
+                return Refusal(400, problem, "missing_header")
+        return None
+
+    def check_body(self, fields: Collection[str], model: str) -> Refusal | None:
+        """400 for a missing required body field; 404 for a model this server does not serve."""
+        for name in self.body_fields:
+            if name not in fields:
+                return Refusal(400, f"Missing required parameter: '{name}'.", param=name)
+        if self.models is not None and model not in self.models:
+            return Refusal(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "model_not_found",
+                "model",
+            )
+        return None
 
     @property
     def base_path(self) -> str:

@@ -31,8 +31,10 @@ from pipeline.fake.content import (
     error_body,
     parse_request,
 )
+from pipeline.fake.profiles import Refusal
 from pipeline.fake.ratelimit import RateLimiter, format_duration
 from pipeline.fake.stream import events as stream_events
+from pipeline.fake.stream import write_events
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-portkey-api-key"})
 _SERVER_ERRORS = {
@@ -101,16 +103,16 @@ class FakeServer:
             return _error(
                 401, "Incorrect API key provided", "invalid_request_error", code="invalid_api_key"
             )
-        refused = self._check_route(request)
-        if refused is not None:
-            return refused
+        refusal = self._profile.check_route(request.method, request.path, request.query, request.headers)
+        if refusal is not None:
+            return _refuse(refusal)
         try:
             chat = parse_request(body)
         except InvalidRequestError as exc:
             return _error(400, exc.message, "invalid_request_error", param=exc.param)
-        refused = self._check_body(chat)
-        if refused is not None:
-            return refused
+        refusal = self._profile.check_body(chat.fields, chat.model)
+        if refusal is not None:
+            return _refuse(refusal)
         limit = self.config.max_concurrency
         if limit is not None and self._in_flight >= limit:
             return _error(
@@ -144,47 +146,6 @@ class FakeServer:
             return await self._respond(request, chat, body, fault, headers)
         finally:
             self._in_flight -= 1
-
-    def _check_route(self, request: web.BaseRequest) -> web.Response | None:
-        """404 for a wrong method, path or query; 400 for a missing required header."""
-        path, profile = request.path, self._profile
-        if request.method != "POST" or not (
-            path == profile.chat_path
-            if profile.chat_path is not None
-            else path.endswith("/chat/completions")
-        ):
-            return _error(404, f"Invalid URL ({request.method} {path})", "invalid_request_error")
-        for name, value in profile.query.items():
-            if request.query.get(name) != value:
-                return _error(
-                    404,
-                    f"Resource not found: query parameter {name}={value} is required",
-                    "invalid_request_error",
-                    code="404",
-                )
-        for rule in profile.headers:
-            problem = rule.missing(request.headers)
-            if problem is not None:
-                return _error(400, problem, "invalid_request_error", code="missing_header")
-        return None
-
-    def _check_body(self, chat: ChatRequest) -> web.Response | None:
-        """400 for a missing required body field; 404 for a model this server does not serve."""
-        profile = self._profile
-        for name in profile.body_fields:
-            if name not in chat.fields:
-                return _error(
-                    400, f"Missing required parameter: '{name}'.", "invalid_request_error", param=name
-                )
-        if profile.models is not None and chat.model not in profile.models:
-            return _error(
-                404,
-                f"The model `{chat.model}` does not exist or you do not have access to it.",
-                "invalid_request_error",
-                param="model",
-                code="model_not_found",
-            )
-        return None
 
     async def _respond(
         self,
@@ -232,31 +193,17 @@ class FakeServer:
         return _json(200, encoded, headers)
 
     async def _stream(
-        self,
-        request: web.BaseRequest,
-        chat: ChatRequest,
-        answer: dict[str, object],
-        digest: str,
-        fault: Fault | None,
-        headers: dict[str, str],
-    ) -> web.StreamResponse | None:
-        """Send the answer as server-sent events; a cut stops mid-event and closes the connection."""
+        self, request: web.BaseRequest, chat: ChatRequest, answer: dict[str, object], digest: str,
+        fault: Fault | None, headers: dict[str, str],
+    ) -> web.StreamResponse | None:  # fmt: skip
+        """Send the answer as server-sent events; a cut closes the connection mid-event."""
         events = stream_events(answer, chat.include_usage)
         if fault is Fault.MALFORMED:
             events[len(events) // 2] = b"data: {not json\n\n"
-        response = web.StreamResponse(
-            status=200,
-            headers=headers | {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-        )
-        await response.prepare(request)
-        if fault is Fault.STREAM_CUT:
-            half = len(events) // 2
-            await response.write(b"".join(events[:half]) + events[half][: len(events[half]) // 2])
+        response = await write_events(request, events, headers, cut=fault is Fault.STREAM_CUT)
+        if response is None:
             self.stats.cut += 1
-            return None
-        for event in events:
-            await response.write(event)
-        if fault is None:
+        elif fault is None:
             self._count_completion(chat, digest)
         return response
 
@@ -358,6 +305,12 @@ def _error(
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     return _json(status, error_body(message, error_type, param, code), headers)
+
+
+def _refuse(refusal: Refusal) -> web.Response:
+    return _error(
+        refusal.status, refusal.message, "invalid_request_error", param=refusal.param, code=refusal.code
+    )
 
 
 def _retry_headers(wait_ms: int) -> dict[str, str]:

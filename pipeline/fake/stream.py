@@ -8,13 +8,16 @@
 
 Every chunk is a ``chat.completion.chunk`` with the completion's id, created, model and
 system_fingerprint; ``usage`` is null on all but the usage chunk when it is asked for.
+``write_events`` sends them, or (``stream_cut``) stops half-way through an event.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 DONE = b"data: [DONE]\n\n"
 _PIECES = 4  # content pieces per choice: enough to be a stream, few enough to stay fast
@@ -77,3 +80,22 @@ def events(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
         out.append(chunk([], usage=completion["usage"]))
     out.append(DONE)
     return out
+
+
+async def write_events(
+    request: web.BaseRequest, events: list[bytes], headers: Mapping[str, str], *, cut: bool
+) -> web.StreamResponse | None:
+    """Send ``events`` as a ``text/event-stream`` response. With ``cut``, stop half-way,
+    in the middle of an event, and return None (the caller closes the connection)."""
+    response = web.StreamResponse(
+        status=200,
+        headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+    )
+    await response.prepare(request)
+    if cut:
+        half = len(events) // 2
+        await response.write(b"".join(events[:half]) + events[half][: len(events[half]) // 2])
+        return None
+    for event in events:
+        await response.write(event)
+    return response
