@@ -38,14 +38,6 @@ class HeaderRule:
             raise ValueError("a header rule needs at least one header name")
         object.__setattr__(self, "names", tuple(name.lower() for name in self.names))
 
-    @classmethod
-    def parse(cls, text: str) -> HeaderRule:
-        """``"a|b|c"`` (one of these headers) or ``"name=v1|v2"`` (this header, one of these values)."""
-        names, sep, values = text.partition("=")
-        if sep:
-            return cls((names.strip(),), tuple(v.strip() for v in values.split("|")))
-        return cls(tuple(n.strip() for n in names.split("|") if n.strip()))
-
     def missing(self, headers: Mapping[str, str]) -> str | None:
         """Why ``headers`` fail this rule, or None when they pass."""
         present = [name for name in self.names if headers.get(name)]
@@ -178,6 +170,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             auth_styles=("x-portkey-api-key",),
             headers=(
                 HeaderRule(("x-portkey-provider", "x-portkey-virtual-key", "x-portkey-config")),
+                # optional at Portkey; required here so a test proves per-row headers arrive
                 HeaderRule(("x-portkey-trace-id",)),
             ),
         ),
