@@ -137,7 +137,12 @@ def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key_for(job)
     plan = plan_run(job, input_path=args.input, limit=args.limit)
-    print(f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, model {job.request.model}, output {plan.output_path}")
+    request = job.request
+    if request.models:
+        models = f"models {', '.join(request.models)} ({plan.rows * len(request.models)} output rows)"
+    else:
+        models = f"model {request.model or f'from column {request.model_column!r}'}"
+    print(f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}")
     return EXIT_OK
 
 

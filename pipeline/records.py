@@ -32,13 +32,19 @@ class PromptRow:
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """A ready-to-send chat-completions body, canonically encoded."""
+    """A ready-to-send chat-completions body, canonically encoded.
+
+    ``headers`` are the row's templated headers (None when the endpoint has none);
+    ``model`` is the model asked for.
+    """
 
     body: bytes
     seed: int
     request_hash: str
     estimated_prompt_tokens: int
     max_tokens: int | None
+    model: str | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +60,21 @@ class RateLimitInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call the model asked for (``arguments`` is the JSON text it wrote)."""
+
+    id: str | None
+    name: str | None
+    arguments: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
-    """A successful chat-completions answer, reduced to what the output keeps."""
+    """A successful chat-completions answer, reduced to what the output keeps.
+
+    ``choices`` holds every choice's content (``content`` is the first's);
+    ``tool_calls`` are the first choice's; ``ttft_ms`` is set for streamed answers.
+    """
 
     content: str | None
     finish_reason: str | None
@@ -66,6 +85,11 @@ class Reply:
     http_status: int
     latency_ms: float
     rate_limits: RateLimitInfo | None = None
+    choices: tuple[str | None, ...] = ()
+    tool_calls: tuple[ToolCall, ...] | None = None
+    ttft_ms: float | None = None
+    system_fingerprint: str | None = None
+    response_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +118,11 @@ class Outcome:
     http_status: int | None = None
     error_type: str | None = None
     error_message: str | None = None
+    system_fingerprint: str | None = None
+    response_id: str | None = None
+    choices: tuple[str | None, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] | None = None
+    ttft_ms: float | None = None
     keep: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -1,14 +1,17 @@
 """The only composer: one task group; reader -> N workers -> writer.
 
     source ──rows──▶ workers (2 x concurrency, at most `concurrency` in flight)
-                         │ build ▸ retry( limiter ▸ client ) [▸ parse, re-ask]
+                         │ for each model: build ▸ retry( limiter ▸ client ) [▸ parse, re-ask]
                          ▼
                       outcomes ──▶ writer (part files every second / 500 rows) ──▶ finalize
 
-Rows that fail are data: every input row produces exactly one outcome. In JSON mode
-each answer is parsed (``pipeline.structured``); an unusable one is asked again, with
-the next re-ask seed, up to ``json_retries`` times, each re-ask a new request through
-the same retry and limiter path.
+Rows that fail are data: every input row produces exactly one outcome per model
+(one model unless the job lists ``models``); outcome ``seq`` is
+``row.seq * len(models) + model index``, so the output is in input order, then in
+the order the models are listed. In JSON mode each answer is parsed
+(``pipeline.structured``); an unusable one is asked again, with the next re-ask seed,
+up to ``json_retries`` times, each re-ask a new request through the same retry and
+limiter path.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -31,7 +35,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from tenacity import AsyncRetrying, RetryCallState
 
 from pipeline import fake
-from pipeline.build import RequestBuilder, template_fields
+from pipeline.build import RequestBuilder, split_headers, template_fields
 from pipeline.client import ChatClient
 from pipeline.errors import (
     AnswerError,
@@ -48,7 +52,7 @@ from pipeline.progress import ProgressLine, RunStats
 from pipeline.records import ChatRequest, Outcome, PromptRow, Reply, RunSummary
 from pipeline.resume import DoneIndex, completion_key
 from pipeline.retry import make_retrying
-from pipeline.sinks import OUTPUT_COLUMNS, PartWriter
+from pipeline.sinks import RESERVED_COLUMNS, PartWriter
 from pipeline.sources import Source, open_source
 from pipeline.spec import JobSpec
 from pipeline.structured import Extraction, load_extraction
@@ -101,7 +105,7 @@ def resolve_output(template: str, name: str, *, run_id: str, day: date | None = 
 
 
 def value_columns(job: JobSpec) -> list[str]:
-    """Input columns the request builder reads."""
+    """Input columns the request builder reads (so each is checked to exist before the run)."""
     names: list[str] = []
     if job.input.messages_column:
         names.append(job.input.messages_column)
@@ -109,7 +113,19 @@ def value_columns(job: JobSpec) -> list[str]:
         names.append(job.input.prompt_column)
     if job.request.template:
         names.extend(template_fields(job.request.template))
+    request = job.request
+    names.extend(c for c in (request.model_column, request.seed_column, request.image_column) if c)
+    _, header_templates = split_headers(job.endpoint.headers)
+    if header_templates is not None:
+        names.extend(header_templates.columns())
     return list(dict.fromkeys(names))
+
+
+def optional_columns(job: JobSpec) -> list[str]:
+    """The optional output columns this job fills: choices (n > 1), tool_calls, ttft_ms."""
+    request = job.request
+    wanted = {"choices": request.choices > 1, "tool_calls": request.tools is not None, "ttft_ms": request.stream}
+    return [name for name, on in wanted.items() if on]
 
 
 def plan_run(
@@ -122,7 +138,7 @@ def plan_run(
 ) -> RunPlan:
     """Open and check the input, resolve the output; raises ``UserError`` on any mistake."""
     extraction = load_extraction(job.request)
-    taken = set(OUTPUT_COLUMNS) | set(extraction.output_schema.names if extraction else ())
+    taken = set(RESERVED_COLUMNS) | set(extraction.output_schema.names if extraction else ())
     clash = sorted(set(job.input.keep_columns) & taken)
     if clash:
         raise JobError(f"[input] keep_columns: {clash[0]!r} is already an output column")
@@ -204,22 +220,27 @@ class Runner:
         self.plan = plan
         self.api_key = api_key
         self.extraction = plan.extraction
+        self.static_headers, header_templates = split_headers(job.endpoint.headers)
         self.builder = RequestBuilder(
             job.request,
             prompt_column=job.input.prompt_column,
             messages_column=job.input.messages_column,
             response_format=self.extraction.response_format() if self.extraction else None,
+            headers=header_templates,
         )
+        self.models: list[str | None] = [*job.request.models] if job.request.models else [None]
         self.limiter = RateLimiter(job.limits.requests_per_minute, job.limits.tokens_per_minute)
         self.estimator = TokenEstimator()
         self.in_flight = anyio.Semaphore(job.limits.concurrency)
         self.retrying = make_retrying(job.retry)
+        self.optional = optional_columns(job)
         self.writer = PartWriter(
             plan.output_path,
             plan.source.keep_schema(),
             self.extraction.output_schema if self.extraction else None,
+            self.optional,
         )
-        self.stats = RunStats(total=plan.rows)
+        self.stats = RunStats(total=plan.rows * len(self.models))
         self.progress = progress
         self.source_name = str(plan.input_path)
         self.fresh = fresh
@@ -258,7 +279,7 @@ class Runner:
             rows=self.plan.rows,
             input=self.source_name,
             output=str(self.plan.output_path),
-            model=job.request.model,
+            model=job.request.model or job.request.models or f"column {job.request.model_column}",
             concurrency=job.limits.concurrency,
             earlier_results=len(self.done) if self.done is not None else 0,
         )
@@ -289,6 +310,8 @@ class Runner:
             max_connections=job.limits.concurrency,
             base_url=base_url,
             transport=self._transport,
+            headers=self.static_headers,
+            stream=job.request.stream,
         ) as client:
             self._client = client
             rows_send, rows_receive = anyio.create_memory_object_stream[PromptRow](
@@ -384,30 +407,38 @@ class Runner:
                         await send.send(row)
 
     async def _work(self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]) -> None:
-        """One worker: take a row, produce its outcome, repeat, until the rows run out or the run stops."""
+        """One worker: take a row, produce its outcomes (one per model), repeat, until the
+        rows run out or the run stops."""
         async with rows, out:
             async for row in rows:
-                if self._stopping.is_set():
-                    return
-                try:
-                    outcome = await self._process(row)
-                except _Stopped:
-                    return
-                if outcome is None:
-                    continue
-                try:
-                    out.send_nowait(outcome)
-                except anyio.WouldBlock:
-                    await out.send(outcome)
+                for index, model in enumerate(self.models):
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        outcome = await self._process(row, index, model)
+                    except _Stopped:
+                        return
+                    if outcome is None:
+                        continue
+                    try:
+                        out.send_nowait(outcome)
+                    except anyio.WouldBlock:
+                        await out.send(outcome)
 
-    def _reuse(self, row: PromptRow, request: ChatRequest) -> bool:
+    async def _build(self, row: PromptRow, model: str | None) -> ChatRequest:
+        """The row's request; built in a thread when that may read a file (images)."""
+        if self.builder.reads_files:
+            return await anyio.to_thread.run_sync(self.builder.build, row, model)
+        return self.builder.build(row, model)
+
+    def _reuse(self, row: PromptRow, seq: int, request: ChatRequest) -> bool:
         """Whether an earlier run already finished this row with this exact request."""
         if self.done is None:
             return False
         index = self.done.find(completion_key(row.id, request.request_hash), retry_errors=self.retry_errors)
         if index is None:
             return False
-        self.done.carry(index, row.seq)
+        self.done.carry(index, seq)
         stats = self.stats
         stats.done += 1
         stats.reused += 1
@@ -418,51 +449,74 @@ class Runner:
             stats.errors_by_type[self.done.error_type(index) or "unknown"] += 1
         return True
 
-    async def _process(self, row: PromptRow) -> Outcome | None:
+    async def _process(self, row: PromptRow, index: int = 0, model: str | None = None) -> Outcome | None:
+        """The outcome of one row for one model; None when an earlier run already has it."""
         started = _now()
+        seq = row.seq * len(self.models) + index
         try:
-            request = self.builder.build(row)
+            request = await self._build(row, model)
         except BadRowError as exc:
             return Outcome(
-                seq=row.seq,
+                seq=seq,
                 id=row.id,
                 status="error",
                 started_at=started,
                 finished_at=started,
                 attempts=0,
+                model=model or self.plan.job.request.model,
                 error_type=exc.error_type,
                 error_message=f"{row.where(self.source_name)}: {exc}",
                 keep=row.keep,
                 extra=self._json_columns(None, 0),
             )
-        if self._reuse(row, request):
+        if self._reuse(row, seq, request):
             return None
         if self.extraction is not None:
-            return await self._extract(row, request, started, self.extraction)
+            return await self._extract(row, seq, request, started, self.extraction)
         attempts = [0]
         try:
             reply = await self._send(row.id, request, attempts)
         except AttemptError as exc:
-            return self._failed(row, request, started, attempts[0], exc)
-        return Outcome(
-            seq=row.seq,
-            id=row.id,
-            status="ok",
-            started_at=started,
-            finished_at=_now(),
-            attempts=attempts[0],
-            seed=request.seed,
-            request_hash=request.request_hash,
-            content=reply.content,
-            finish_reason=reply.finish_reason,
-            model=reply.model,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            total_tokens=reply.total_tokens,
-            latency_ms=reply.latency_ms,
-            http_status=reply.http_status,
-            keep=row.keep,
-        )
+            return self._failed(row, seq, request, started, attempts[0], exc)
+        return self._answered(row, seq, request, reply, started, attempts[0])
+
+    def _answered(
+        self,
+        row: PromptRow,
+        seq: int,
+        request: ChatRequest,
+        reply: Reply,
+        started: datetime,
+        attempts: int,
+        **overrides: Any,
+    ) -> Outcome:
+        """The outcome of a request that got an answer (``overrides`` set JSON-mode fields)."""
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "id": row.id,
+            "status": "ok",
+            "started_at": started,
+            "finished_at": _now(),
+            "attempts": attempts,
+            "seed": request.seed,
+            "request_hash": request.request_hash,
+            "content": reply.content,
+            "finish_reason": reply.finish_reason,
+            "model": reply.model,
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.total_tokens,
+            "latency_ms": reply.latency_ms,
+            "http_status": reply.http_status,
+            "system_fingerprint": reply.system_fingerprint,
+            "response_id": reply.response_id,
+            "choices": reply.choices,
+            "tool_calls": reply.tool_calls,
+            "ttft_ms": reply.ttft_ms,
+            "keep": row.keep,
+        }
+        fields.update(overrides)
+        return Outcome(**fields)
 
     def _note_fatal(self, exc: AttemptError) -> None:
         """Stop the run when the endpoint refuses everything (bad key, unknown model or path)."""
@@ -474,7 +528,9 @@ class Runner:
         if model_missing or self._fatal_streak >= FATAL_STREAK:
             self.stop("aborted", f"the endpoint refuses every request: {exc.message}")
 
-    async def _extract(self, row: PromptRow, request: ChatRequest, started: datetime, extraction: Extraction) -> Outcome:
+    async def _extract(
+        self, row: PromptRow, seq: int, request: ChatRequest, started: datetime, extraction: Extraction
+    ) -> Outcome:
         """JSON mode: send, parse; re-ask (new seed) on an unusable answer, up to ``json_retries`` times.
 
         Token counts add up every answer received for the row; ``seed`` and the reply
@@ -491,7 +547,7 @@ class Runner:
                 reply = await self._send(row.id, request, attempts)
             except AttemptError as exc:
                 return self._failed(
-                    row, request, started, attempts[0], exc, tokens, self._json_columns(None, reask), base_hash
+                    row, seq, request, started, attempts[0], exc, tokens, self._json_columns(None, reask), base_hash
                 )
             tokens = (
                 _plus(tokens[0], reply.prompt_tokens),
@@ -513,29 +569,23 @@ class Runner:
                     )
                     reask += 1
                     self.stats.json_reasks += 1
-                    request = self.builder.build(row, reask)
+                    request = self.builder.build(row, request.model, reask)
                     continue
                 error = exc
-            return Outcome(
-                seq=row.seq,
-                id=row.id,
+            return self._answered(
+                row,
+                seq,
+                request,
+                reply,
+                started,
+                attempts[0],
                 status="ok" if error is None else "error",
-                started_at=started,
-                finished_at=_now(),
-                attempts=attempts[0],
-                seed=request.seed,
                 request_hash=base_hash,
-                content=reply.content,
-                finish_reason=reply.finish_reason,
-                model=reply.model,
                 prompt_tokens=tokens[0],
                 completion_tokens=tokens[1],
                 total_tokens=tokens[2],
-                latency_ms=reply.latency_ms,
-                http_status=reply.http_status,
                 error_type=error.error_type if error else None,
                 error_message=error.message if error else None,
-                keep=row.keep,
                 extra=self._json_columns(value, reask + 1),
             )
 
@@ -554,6 +604,7 @@ class Runner:
     def _failed(
         self,
         row: PromptRow,
+        seq: int,
         request: ChatRequest,
         started: datetime,
         attempts: int,
@@ -565,7 +616,7 @@ class Runner:
         """The error row of a request that never got a usable HTTP answer."""
         self._note_fatal(exc)
         return Outcome(
-            seq=row.seq,
+            seq=seq,
             id=row.id,
             status="error",
             started_at=started,
@@ -573,6 +624,7 @@ class Runner:
             attempts=attempts,
             seed=request.seed,
             request_hash=request_hash or request.request_hash,
+            model=request.model,
             prompt_tokens=tokens[0],
             completion_tokens=tokens[1],
             total_tokens=tokens[2],

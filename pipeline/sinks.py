@@ -5,10 +5,15 @@ Results are written as they arrive: the runner hands batches of outcomes to
 part file (temp name, fsync, rename) in ``<output>.parts/``. ``finalize`` merges the
 parts in input order, a window of positions at a time (memory stays flat), into
 the output file, which appears by rename, complete.
+
+The schema is ``OUTPUT_SCHEMA``, then the optional columns the job asks for (in
+``OPTIONAL_COLUMNS`` order: ``choices`` with ``params.n > 1``, ``tool_calls`` with
+``tools``, ``ttft_ms`` with ``stream``), then the kept input columns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -46,21 +51,53 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("started_at", _UTC, nullable=False),
         pa.field("finished_at", _UTC, nullable=False),
         pa.field("request_hash", pa.string()),
+        pa.field("system_fingerprint", pa.string()),
+        pa.field("response_id", pa.string()),
     ]
 )
-"""The documented columns every output has, before the kept input columns."""
+"""The documented columns every output has, before the optional and kept input columns."""
 
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(OUTPUT_SCHEMA.names)
 
+TOOL_CALL = pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
 
-def output_schema(keep: pa.Schema, extra: pa.Schema | None = None) -> pa.Schema:
-    """The output columns, then the ``extra`` columns a capability adds, then the kept input columns."""
+OPTIONAL_COLUMNS: dict[str, pa.DataType] = {
+    "choices": pa.list_(pa.string()),
+    "tool_calls": pa.list_(TOOL_CALL),
+    "ttft_ms": pa.float64(),
+}
+"""Columns present only when the job asks for them; their names are reserved either way."""
+
+RESERVED_COLUMNS: tuple[str, ...] = OUTPUT_COLUMNS + tuple(OPTIONAL_COLUMNS)
+"""Names a kept input column may not have."""
+
+
+def output_schema(keep: pa.Schema, optional: Sequence[str] = (), extra: pa.Schema | None = None) -> pa.Schema:
+    """The output columns, the asked-for optional ones, the ``extra`` columns a capability
+    adds (typed by it, e.g. ``parsed``), then the kept input columns."""
+    unknown = sorted(set(optional) - OPTIONAL_COLUMNS.keys())
+    if unknown:
+        raise ValueError(f"not an optional output column: {unknown[0]!r}")
     schema = OUTPUT_SCHEMA
+    for name, kind in OPTIONAL_COLUMNS.items():
+        if name in optional:
+            schema = schema.append(pa.field(name, kind))
     for field in extra or ():
         schema = schema.append(field)
     for field in keep:
         schema = schema.append(field.with_nullable(True))
     return schema
+
+
+def _cell(name: str, value: Any) -> Any:
+    """An outcome value as Arrow takes it (tool calls become dicts, tuples lists)."""
+    if value is None:
+        return None
+    if name == "tool_calls":
+        return [dataclasses.asdict(call) for call in value]
+    if name == "choices":
+        return list(value)
+    return value
 
 
 def _column(values: list[Any], kind: pa.DataType) -> pa.Array:
@@ -152,10 +189,17 @@ class PartWriter:
     from ``Outcome.extra``, kept columns from ``Outcome.keep``.
     """
 
-    def __init__(self, output: Path, keep: pa.Schema, extra: pa.Schema | None = None) -> None:
+    def __init__(
+        self,
+        output: Path,
+        keep: pa.Schema,
+        extra: pa.Schema | None = None,
+        optional: Sequence[str] = (),
+    ) -> None:
         self.output = output
         self.parts_dir = output.with_name(output.name + ".parts")
-        self.schema = output_schema(keep, extra)
+        self.schema = output_schema(keep, optional, extra)
+        self._outcome_columns = frozenset(OUTPUT_COLUMNS) | frozenset(optional)
         self._part_schema = self.schema.append(pa.field(_SEQ, pa.int64(), nullable=False))
         self._extra_names = frozenset(extra.names if extra is not None else ())
         self._parts = 0
@@ -197,7 +241,9 @@ class PartWriter:
         arrays: list[pa.Array] = []
         for field in self.schema:
             name = field.name
-            if name in OUTPUT_COLUMNS:
+            if name in OPTIONAL_COLUMNS and name in self._outcome_columns:
+                values = [_cell(name, getattr(o, name)) for o in ordered]
+            elif name in self._outcome_columns:
                 values = [getattr(o, name) for o in ordered]
             elif name in self._extra_names:
                 values = [o.extra.get(name) for o in ordered]

@@ -27,9 +27,18 @@ from pydantic import (
 
 from pipeline.errors import JobError
 
-_RESERVED_BODY_KEYS = frozenset(
-    {"model", "messages", "seed", "temperature", "max_tokens", "response_format"}
-)
+_RESERVED_BODY_KEYS = {
+    **dict.fromkeys(
+        (
+            "model", "messages", "seed", "temperature", "max_tokens", "stream", "tools", "tool_choice",
+            "response_format",
+        ),
+        "use the [request] key of that name",
+    ),
+    "stream_options": "[request] stream sets it",
+}
+_TOOL_CHOICES = ("none", "auto", "required")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 class _Section(BaseModel):
@@ -54,7 +63,7 @@ class InputSpec(_Section):
 
 
 class RequestSpec(_Section):
-    """How a row becomes a chat-completions body.
+    """How a row becomes a chat-completions body (or one per model with ``models``).
 
     JSON mode: ``response_format = "json_object"`` asks for a JSON object;
     ``json_schema`` (a file path, relative to the current directory, or an inline
@@ -64,12 +73,19 @@ class RequestSpec(_Section):
     ``json_retries`` re-asks an unusable answer up to that many times.
     """
 
-    model: str = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1)
+    models: list[str] | None = Field(default=None, min_length=1)
+    model_column: str | None = Field(default=None, min_length=1)
     system: str | None = None
     template: str | None = None
     temperature: NonNegativeFloat | None = None
     max_tokens: PositiveInt | None = None
     seed: int = 0
+    seed_column: str | None = Field(default=None, min_length=1)
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = Field(default=None, min_length=1)
+    tool_choice: str | dict[str, Any] | None = None
+    image_column: str | None = Field(default=None, min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     extra_body: dict[str, Any] = Field(default_factory=dict)
     response_format: Literal["json_object", "json_schema"] | None = None
@@ -78,11 +94,25 @@ class RequestSpec(_Section):
     json_retries: NonNegativeInt = 0
 
     @model_validator(mode="after")
+    def _one_model_source(self) -> RequestSpec:
+        if sum(x is not None for x in (self.model, self.models, self.model_column)) != 1:
+            raise ValueError("set exactly one of model, models or model_column")
+        for name in self.models or []:
+            if not name:
+                raise ValueError("models: a model name is empty")
+            if self.models and self.models.count(name) > 1:
+                raise ValueError(f"models: {name!r} is listed twice")
+        return self
+
+    @model_validator(mode="after")
     def _params_do_not_shadow(self) -> RequestSpec:
         for table, keys in (("params", self.params.keys()), ("extra_body", self.extra_body.keys())):
-            clash = sorted(_RESERVED_BODY_KEYS & keys)
+            clash = sorted(_RESERVED_BODY_KEYS.keys() & keys)
             if clash:
-                raise ValueError(f"{table} may not set {clash[0]!r}: use the [request] key of that name")
+                raise ValueError(f"{table} may not set {clash[0]!r}: {_RESERVED_BODY_KEYS[clash[0]]}")
+        n = self.params.get("n", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"params.n must be a positive integer, got {n!r}")
         return self
 
     @field_validator("json_schema", mode="before")
@@ -109,16 +139,56 @@ class RequestSpec(_Section):
             return self.response_format
         return "json_schema" if self.json_schema is not None else None
 
+    @model_validator(mode="after")
+    def _tools_are_functions(self) -> RequestSpec:
+        names: list[str] = []
+        for index, tool in enumerate(self.tools or []):
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if tool.get("type") != "function" or not isinstance(name, str) or not name:
+                raise ValueError(f'tools[{index}]: needs type = "function" and a function.name')
+            names.append(name)
+        choice = self.tool_choice
+        if choice is None:
+            return self
+        if not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, str):
+            if choice not in _TOOL_CHOICES:
+                raise ValueError(f"tool_choice must be one of {', '.join(_TOOL_CHOICES)} or name a tool")
+            return self
+        function = choice.get("function")
+        wanted = function.get("name") if isinstance(function, dict) else None
+        if choice.get("type") != "function" or wanted not in names:
+            raise ValueError(f'tool_choice: a table must be {{ type = "function", function = {{ name = ... }} }} naming one of {names}')
+        return self
+
+    @property
+    def choices(self) -> int:
+        """How many choices each request asks for (``params.n``, default 1)."""
+        n: int = self.params.get("n", 1)
+        return n
+
 
 class EndpointSpec(_Section):
     """Where requests go and how they authenticate."""
 
     base_url: str
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    auth: Literal["bearer", "x-api-key", "api-key", "none"] = "bearer"
+    auth: Literal["bearer", "x-api-key", "api-key", "x-portkey-api-key", "none"] = "bearer"
     headers: dict[str, str] = Field(default_factory=dict)
     query: dict[str, str] = Field(default_factory=dict)
     timeout_s: PositiveFloat = 120.0
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if any(ch in text for ch in "\r\n\0"):
+                raise ValueError(f"{name}: a header value may not contain line breaks")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -189,6 +259,15 @@ class JobSpec(_Section):
     output: OutputSpec = OutputSpec()
     fake: FakeSpec = FakeSpec()
 
+    @model_validator(mode="after")
+    def _images_need_a_prompt(self) -> JobSpec:
+        if self.request.image_column is not None and self.input.prompt_column is None:
+            raise ValueError(
+                "[request] image_column: needs [input] prompt_column "
+                "(a messages_column row carries its own content parts)"
+            )
+        return self
+
 
 def _location(loc: tuple[int | str, ...]) -> str:
     """``("limits", "concurrency")`` -> ``[limits] concurrency``."""
@@ -210,6 +289,8 @@ def describe_validation_error(source: str, exc: ValidationError) -> str:
     if first["type"] == "missing":
         return f"{source}: {where}: required key is missing"
     message = first["msg"].removeprefix("Value error, ")
+    if where == "job" and message.startswith("["):
+        return f"{source}: {message}"
     return f"{source}: {where}: {message}"
 
 

@@ -366,7 +366,7 @@ def test_estimate_prompt_tokens() -> None:
     parts = [
         {"role": "user", "content": [{"type": "text", "text": "c" * 80}, {"type": "image_url"}]}
     ]
-    assert estimate_prompt_tokens(parts) == 20 + 4 + 3
+    assert estimate_prompt_tokens(parts) == 20 + 85 + 4 + 3  # a flat 85 per image
     assert estimate_prompt_tokens([{"role": "assistant", "content": None}]) == 7
 
 

@@ -52,6 +52,11 @@ BAD_JOBS: list[tuple[str, Callable[[dict[str, Any], Path], None], str]] = [
     ("duplicate ids", lambda j, t: j["input"].update(path=str(_duplicate_ids(t))), "duplicate id 'a'"),
     ("unset key variable", lambda j, _: j["endpoint"].update(api_key_env="SURELY_UNSET_KEY_VAR"), "SURELY_UNSET_KEY_VAR"),
     ("keep clashes", lambda j, _: j["input"].update(keep_columns=["text", "status"]), "'status'"),
+    ("keep clashes optional", lambda j, _: j["input"].update(keep_columns=["ttft_ms"]), "'ttft_ms' is already an output column"),
+    ("missing header column", lambda j, _: j["endpoint"].update(headers={"x-trace": "{id}-{trace}"}), "column 'trace' not found"),
+    ("missing image column", lambda j, _: j["request"].update(image_column="picture"), "column 'picture' not found"),
+    ("missing seed column", lambda j, _: j["request"].update(seed_column="s"), "column 's' not found"),
+    ("missing model column", lambda j, _: j["request"].pop("model") and j["request"].update(model_column="m"), "column 'm' not found"),
 ]
 
 

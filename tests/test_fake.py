@@ -25,6 +25,7 @@ from jsonschema import Draft202012Validator
 import pipeline.fake
 from pipeline.fake import FakeConfig, FakeServer, main, serve, serve_in_thread
 from pipeline.fake.content import (
+    IMAGE_TOKENS,
     ResponseFormat,
     count_tokens,
     generate_content,
@@ -64,8 +65,12 @@ def test_public_surface() -> None:
         "FakeServer",
         "FakeStats",
         "Fault",
+        "HeaderRule",
+        "PROFILES",
+        "Profile",
         "RecordedRequest",
         "main",
+        "profile",
         "serve",
         "serve_in_thread",
     ]
@@ -139,7 +144,7 @@ def test_n_gives_distinct_choices(start: Start) -> None:
     assert body["usage"]["completion_tokens"] == count_tokens(first) + count_tokens(second)
 
 
-def test_text_parts_count_toward_prompt_tokens(start: Start) -> None:
+def test_text_and_image_parts_count_toward_prompt_tokens(start: Start) -> None:
     _, client = start()
     parts = [
         {"type": "text", "text": "two words"},
@@ -153,7 +158,7 @@ def test_text_parts_count_toward_prompt_tokens(start: Start) -> None:
         ],
     }
     usage = client.post("/chat/completions", json=body).json()["usage"]
-    assert usage["prompt_tokens"] == (3 + 4) + (2 + 4) + 3
+    assert usage["prompt_tokens"] == (3 + 4) + (2 + 4 + IMAGE_TOKENS) + 3
 
 
 @given(
@@ -208,7 +213,7 @@ def test_other_paths_are_404(start: Start, method: str, path: str) -> None:
         (orjson.dumps(chat(seed="1")), "seed"),
         (orjson.dumps(chat(max_tokens=0)), "max_tokens"),
         (orjson.dumps(chat(n=True)), "n"),
-        (orjson.dumps(chat(stream=True)), "stream"),
+        (orjson.dumps(chat(stream="yes")), "stream"),
         (orjson.dumps(chat(response_format="json")), "response_format"),
         (orjson.dumps(chat(response_format={"type": "yaml"})), "response_format.type"),
         (orjson.dumps(chat(response_format={"type": "json_schema"})), "response_format.json_schema"),

@@ -346,3 +346,26 @@ def test_second_signal_stops_at_once_after_checkpointing(
     parts = pl.read_parquet(out.with_name(out.name + ".parts"))
     assert parts["status"].unique().to_list() == ["ok"]
     assert parts["id"].n_unique() == parts.height > 0
+
+
+def test_several_models_resume_per_row_and_model(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+) -> None:
+    server = fake_server()
+    source = reviews(20)
+    out = tmp_path / "out.parquet"
+    job = make_job(source, server.base_url, out)
+    del job["request"]["model"]
+    job["request"]["models"] = ["model-a", "model-b"]
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+    first = pl.read_parquet(out)
+    assert first["model"].to_list()[:4] == ["model-a", "model-b", "model-a", "model-b"]
+
+    job["request"]["models"] = ["model-a", "model-c"]
+    received = server.stats.received
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+
+    assert server.stats.received - received == 20  # only model-c is new
+    second = pl.read_parquet(out)
+    assert second["model"].to_list()[:4] == ["model-a", "model-c", "model-a", "model-c"]
+    assert second.filter(pl.col("model") == "model-a").equals(first.filter(pl.col("model") == "model-a"))

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import OutputError
-from pipeline.records import Outcome
+from pipeline.records import Outcome, ToolCall
 from pipeline.sinks import (
+    OPTIONAL_COLUMNS,
     OUTPUT_COLUMNS,
     OUTPUT_SCHEMA,
     PartWriter,
@@ -48,6 +49,8 @@ def outcome(seq: int, **fields: Any) -> Outcome:
         "http_status": 200 if ok else 503,
         "error_type": None if ok else "server_error",
         "error_message": None if ok else "HTTP 503: busy",
+        "system_fingerprint": "fp_1" if ok else None,
+        "response_id": f"chatcmpl-{seq}" if ok else None,
         "keep": {"product_id": f"P{seq % 3}", "stars": seq % 5, "price": seq / 2},
     }
     return Outcome(**{**defaults, **fields})
@@ -91,7 +94,16 @@ def test_output_columns_are_documented() -> None:
         "started_at": pa.timestamp("us", tz="UTC"),
         "finished_at": pa.timestamp("us", tz="UTC"),
         "request_hash": pa.string(),
+        "system_fingerprint": pa.string(),
+        "response_id": pa.string(),
     }
+    assert {
+        "choices": pa.list_(pa.string()),
+        "tool_calls": pa.list_(
+            pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
+        ),
+        "ttft_ms": pa.float64(),
+    } == OPTIONAL_COLUMNS
 
 
 def test_out_of_order_parts_come_back_in_input_order(writer: PartWriter, tmp_path: Path) -> None:
@@ -278,8 +290,8 @@ EXTRA = pa.schema([pa.field("parsed", PARSED), pa.field("json_attempts", pa.int3
 
 
 def test_without_extra_columns_the_schema_is_unchanged() -> None:
-    assert output_schema(KEEP) == output_schema(KEEP, None) == output_schema(KEEP, pa.schema([]))
-    assert output_schema(KEEP, EXTRA).names == [*OUTPUT_COLUMNS, "parsed", "json_attempts", *KEEP.names]
+    assert output_schema(KEEP) == output_schema(KEEP, extra=None) == output_schema(KEEP, extra=pa.schema([]))
+    assert output_schema(KEEP, extra=EXTRA).names == [*OUTPUT_COLUMNS, "parsed", "json_attempts", *KEEP.names]
 
 
 def test_extra_struct_columns_survive_parts_and_the_windowed_merge(tmp_path: Path) -> None:
@@ -308,3 +320,33 @@ def test_extra_struct_columns_survive_parts_and_the_windowed_merge(tmp_path: Pat
     assert table.column("parsed").to_pylist() == [parsed(seq) for seq in range(30)]
     assert table.column("json_attempts").to_pylist() == [1 + seq % 3 for seq in range(30)]
     assert table.column("product_id").to_pylist()[:2] == ["P0", "P1"]
+
+
+def test_optional_columns_come_between_the_output_and_keep_columns(tmp_path: Path) -> None:
+    writer = PartWriter(tmp_path / "out.parquet", KEEP, optional=["ttft_ms", "choices", "tool_calls"])
+    writer.prepare()
+    calls = (ToolCall("call_1", "get_weather", '{"city": "Oslo"}'), ToolCall(None, "f", None))
+    writer.write_part(
+        [
+            outcome(0, choices=("a", None), tool_calls=calls, ttft_ms=3.5),
+            outcome(1),
+        ]
+    )
+    writer.finalize()
+
+    table = pq.read_table(writer.output)
+    assert table.schema.names == [*OUTPUT_COLUMNS, "choices", "tool_calls", "ttft_ms", *KEEP.names]
+    rows = table.to_pylist()
+    assert rows[0]["choices"] == ["a", None]
+    assert rows[0]["tool_calls"] == [
+        {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"id": None, "name": "f", "arguments": None},
+    ]
+    assert rows[0]["ttft_ms"] == 3.5
+    assert (rows[1]["choices"], rows[1]["tool_calls"], rows[1]["ttft_ms"]) == (None, None, None)
+
+
+def test_plain_output_has_no_optional_columns() -> None:
+    assert set(output_schema(KEEP).names).isdisjoint(OPTIONAL_COLUMNS)
+    with pytest.raises(ValueError, match="not an optional output column: 'cost_usd'"):
+        output_schema(KEEP, ["cost_usd"])

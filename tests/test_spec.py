@@ -196,7 +196,7 @@ def test_job_error_is_a_user_error() -> None:
         # missing required keys
         ("name", DELETE, "name", "required key is missing"),
         ("input.path", DELETE, "[input] path", "required key is missing"),
-        ("request.model", DELETE, "[request] model", "required key is missing"),
+        ("request.model", DELETE, "[request]", "exactly one of model, models or model_column"),
         ("endpoint.base_url", DELETE, "[endpoint] base_url", "required key is missing"),
         ("endpoint", DELETE, "[endpoint]", "required key is missing"),
         # both or neither prompt source
@@ -233,7 +233,23 @@ def test_job_error_is_a_user_error() -> None:
         ("request.json_retries", -1, "[request] json_retries", "greater than or equal to 0"),
         ("fake.invalid_json_rate", 1.5, "[fake] invalid_json_rate", "less than or equal to 1"),
         # bad values
-        ("endpoint.auth", "basic", "[endpoint] auth", "'bearer', 'x-api-key', 'api-key' or 'none'"),
+        ("endpoint.auth", "basic", "[endpoint] auth", "'bearer', 'x-api-key', 'api-key', 'x-portkey-api-key' or 'none'"),
+        # models, per-row columns, streaming, tools, images
+        ("request.models", ["a", "b"], "[request]", "exactly one of model, models or model_column"),
+        ("request.model_column", "m", "[request]", "exactly one of model, models or model_column"),
+        ("request.models", [], "[request] models", "at least 1 item"),
+        ("request.seed_column", "", "[request] seed_column", "at least 1 character"),
+        ("request.stream", "yes", "[request] stream", "valid boolean"),
+        ("request.params", {"stream": True}, "[request]", "params may not set 'stream': use the [request] key"),
+        ("request.params", {"stream_options": {}}, "[request]", "'stream_options': [request] stream sets it"),
+        ("request.extra_body", {"tools": []}, "[request]", "extra_body may not set 'tools'"),
+        ("request.params", {"n": 0}, "[request]", "params.n must be a positive integer, got 0"),
+        ("request.params", {"n": "2"}, "[request]", "params.n must be a positive integer, got '2'"),
+        ("request.tools", [{"type": "function"}], "[request]", 'tools[0]: needs type = "function" and a function.name'),
+        ("request.tools", [], "[request] tools", "at least 1 item"),
+        ("request.tool_choice", "auto", "[request]", "tool_choice needs tools"),
+        ("endpoint.headers", {"bad name": "x"}, "[endpoint] headers", "'bad name' is not a valid header name"),
+        ("endpoint.headers", {"x-a": "1\r\nx-b: 2"}, "[endpoint] headers", "x-a: a header value may not contain line breaks"),
         ("endpoint.api_key_env", "sk-live-123", "[endpoint] api_key_env", "should match pattern"),
         ("name", "two words", "name", "should match pattern"),
         ("name", "", "name", "at least 1 character"),
@@ -322,7 +338,10 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
     max_leaves=8,
 )
-_reserved = {"model", "messages", "seed", "temperature", "max_tokens", "response_format"}
+_reserved = {
+    "model", "messages", "seed", "temperature", "max_tokens", "stream", "stream_options", "tools", "tool_choice", "n",
+    "response_format",
+}  # fmt: skip
 
 
 def _optional(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -381,7 +400,11 @@ def job_dicts(draw: st.DrawFn) -> dict[str, Any]:
                 api_key_env=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
                 | st.none(),
                 auth=st.sampled_from(["bearer", "x-api-key", "api-key", "none"]),
-                headers=st.dictionaries(_nonempty, _text, max_size=3),
+                headers=st.dictionaries(
+                    st.from_regex(r"[A-Za-z0-9-]{1,12}", fullmatch=True),
+                    _text.filter(lambda v: not {"\r", "\n", "\0"} & set(v)),
+                    max_size=3,
+                ),
                 query=st.dictionaries(_nonempty, _text, max_size=3),
                 timeout_s=_positive_float,
             )
@@ -430,3 +453,53 @@ def test_valid_job_round_trips(data: dict[str, Any]) -> None:
     assert parse_job(spec.model_dump()) == spec
     assert spec.name == data["name"]
     assert spec.request.model == data["request"]["model"]
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def test_request_features_parse() -> None:
+    data = changed(minimal_job(), "request", {
+        "models": ["openai/gpt-4o-mini", "anthropic/claude-3-opus"],
+        "seed_column": "seed",
+        "stream": True,
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "image_column": "image",
+        "params": {"n": 3, "top_p": 0.5, "logprobs": True},
+    })  # fmt: skip
+    data["endpoint"]["headers"] = {"x-portkey-trace-id": "{id}"}
+    request = parse_job(data).request
+    assert request.models == ["openai/gpt-4o-mini", "anthropic/claude-3-opus"]
+    assert request.model is None
+    assert request.stream is True
+    assert request.choices == 3
+    assert minimal_job()["request"]["model"] == parse_job(minimal_job()).request.model
+    assert parse_job(minimal_job()).request.choices == 1
+
+
+@pytest.mark.parametrize(
+    ("request_keys", "says"),
+    [
+        ({"models": ["a", "a"]}, "models: 'a' is listed twice"),
+        ({"models": ["a", ""]}, "models: a model name is empty"),
+        ({"model": "m", "tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice must be one of none, auto, required"),
+        (
+            {"model": "m", "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "other"}}},
+            "naming one of ['get_weather']",
+        ),
+    ],
+)
+def test_request_feature_mistakes(request_keys: dict[str, Any], says: str) -> None:
+    message = job_error(changed(minimal_job(), "request", request_keys))
+    assert message.startswith("job: [request]: ")
+    assert says in message
+
+
+def test_image_column_needs_a_prompt_column() -> None:
+    data = changed(minimal_job(), "request.image_column", "image")
+    data["input"] = {"path": "in.jsonl", "messages_column": "messages"}
+    assert job_error(data) == (
+        "job: [request] image_column: needs [input] prompt_column "
+        "(a messages_column row carries its own content parts)"
+    )

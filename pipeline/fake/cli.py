@@ -8,6 +8,7 @@ import os
 import signal
 
 from pipeline.fake.config import FakeConfig
+from pipeline.fake.profiles import PROFILES, profile
 from pipeline.fake.server import serve
 
 
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             malformed_rate=args.malformed_rate,
             invalid_json_rate=args.invalid_json_rate,
             schema_mismatch_rate=args.schema_mismatch_rate,
+            stream_cut_rate=args.stream_cut_rate,
             fault_seed=args.fault_seed,
+            profile=profile(args.profile),
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -75,8 +78,14 @@ def _parser() -> argparse.ArgumentParser:
         "--api-key-env", metavar="NAME", help="require the key held in this environment variable"
     )
     for fault in ("error-500", "error-502", "error-503", "rate-limit", "drop", "hang",
-                  "bad-request", "malformed", "invalid-json", "schema-mismatch"):  # fmt: skip
+                  "bad-request", "malformed", "invalid-json", "schema-mismatch", "stream-cut"):  # fmt: skip
         parser.add_argument(f"--{fault}-rate", type=float, default=0.0, metavar="P")
+    parser.add_argument(
+        "--profile",
+        default="openai-compatible",
+        choices=list(PROFILES),
+        help="behave like this server: its path, query, auth styles, headers and models",
+    )
     parser.add_argument("--retry-after-s", type=float, default=1.0)
     parser.add_argument("--fault-seed", type=int, default=0)
     return parser

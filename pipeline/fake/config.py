@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pipeline.fake.profiles import Profile
+
 
 class Fault(StrEnum):
     """An injectable fault; ``FakeConfig`` has a ``<value>_rate`` for each."""
@@ -19,6 +21,7 @@ class Fault(StrEnum):
     ERROR_503 = "error_503"
     BAD_REQUEST = "bad_request"
     MALFORMED = "malformed"
+    STREAM_CUT = "stream_cut"
 
 
 class ContentFault(StrEnum):
@@ -30,12 +33,15 @@ class ContentFault(StrEnum):
 
 @dataclass(frozen=True)
 class FakeConfig:
-    """How the fake server behaves: latency, OpenAI-style limits, auth and injected faults.
+    """How the fake server behaves: latency, OpenAI-style limits, auth, the server it
+    imitates (``profile``) and injected faults.
 
     Rate limits are token buckets of capacity ``limit * limit_window_s / 60`` refilled
     continuously at ``limit / 60`` per second; a request bigger than the whole capacity is
     admitted when the bucket is full. Each fault rate is an independent probability per
-    request, drawn from ``random.Random(fault_seed)`` so runs are reproducible.
+    request, drawn from ``random.Random(fault_seed)`` so runs are reproducible;
+    ``stream_cut_rate`` is drawn only when it is set, and hits streamed answers only
+    (the stream stops mid-event, without ``[DONE]``).
 
     ``invalid_json_rate`` and ``schema_mismatch_rate`` spoil the content of JSON-mode
     answers (requests with ``response_format``); they are drawn from their own
@@ -63,7 +69,9 @@ class FakeConfig:
     malformed_rate: float = 0.0
     invalid_json_rate: float = 0.0
     schema_mismatch_rate: float = 0.0
+    stream_cut_rate: float = 0.0
     fault_seed: int = 0
+    profile: Profile = field(default_factory=Profile)
     record_requests: bool = False
 
     def __post_init__(self) -> None:
@@ -82,8 +90,11 @@ class FakeConfig:
                 raise ValueError(f"{fault}_rate must be between 0 and 1, got {rate}")
 
     def fault_rates(self) -> dict[Fault, float]:
-        """Each fault's probability, in the order faults are drawn."""
-        return {
+        """Each fault's probability, in the order faults are drawn.
+
+        ``stream_cut`` comes last and only when set, so adding it changed no existing draw.
+        """
+        rates = {
             Fault.DROP: self.drop_rate,
             Fault.HANG: self.hang_rate,
             Fault.RATE_LIMIT: self.rate_limit_rate,
@@ -93,6 +104,9 @@ class FakeConfig:
             Fault.BAD_REQUEST: self.bad_request_rate,
             Fault.MALFORMED: self.malformed_rate,
         }
+        if self.stream_cut_rate:
+            rates[Fault.STREAM_CUT] = self.stream_cut_rate
+        return rates
 
     def content_fault_rates(self) -> dict[ContentFault, float]:
         """Each content fault's probability, in the order they are drawn."""
@@ -134,6 +148,7 @@ class FakeStats:
     hung: int = 0
     invalid_json: int = 0
     schema_mismatch: int = 0
+    cut: int = 0
     completions_by_request: Counter[str] = field(default_factory=Counter)
     completions_by_seed: Counter[int] = field(default_factory=Counter)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -147,6 +162,7 @@ class FakeStats:
             "hung": self.hung,
             "invalid_json": self.invalid_json,
             "schema_mismatch": self.schema_mismatch,
+            "cut": self.cut,
             "completions_by_request": dict(self.completions_by_request),
             "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
             "requests": [request.to_dict() for request in self.requests],

@@ -2,11 +2,17 @@
 
 Content depends only on (messages, seed, choice index), so it is the same across runs
 and processes. With ``response_format`` the content is JSON (see ``structured.py``),
-cut at ``max_tokens`` tokens with ``finish_reason = "length"`` like any other answer. Tokens are counted as matches of ``\\w+|[^\\w\\s]`` (deliberately not chars/4).
+cut at ``max_tokens`` tokens with ``finish_reason = "length"`` like any other answer.
+Tokens are counted as matches of ``\\w+|[^\\w\\s]`` (deliberately not chars/4);
+an image part counts ``IMAGE_TOKENS``. With ``tools`` (and ``tool_choice`` not "none")
+every choice is a call of the first tool, or of the one ``tool_choice`` names, with
+arguments shaped by its parameters schema, ``content`` null and finish reason "tool_calls".
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import random
 import re
@@ -27,6 +33,12 @@ from pipeline.fake.structured import (
 # Token cost charged for the completion when the request sets no max_tokens.
 DEFAULT_MAX_TOKENS = 16
 MAX_CHOICES = 128
+# Prompt tokens charged per image part (OpenAI's low-detail price).
+IMAGE_TOKENS = 85
+IMAGE_FORMATS = ("png", "jpeg", "gif", "webp")
+SYSTEM_FINGERPRINT = "fp_fake0001"
+
+_DATA_URL = re.compile(rf"data:image/({'|'.join(IMAGE_FORMATS)});base64,([A-Za-z0-9+/]+={{0,2}})")
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -73,6 +85,10 @@ class ChatRequest:
     max_tokens: int | None
     n: int
     response_format: ResponseFormat | None = None
+    fields: frozenset[str] = frozenset()
+    stream: bool = False
+    include_usage: bool = False
+    tool: dict[str, Any] | None = None  # the function to call instead of answering in text
 
     @property
     def cost_tokens(self) -> int:
@@ -103,23 +119,31 @@ def parse_request(body: bytes) -> ChatRequest:
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty array", "messages")
-    if payload.get("stream"):
-        raise InvalidRequestError("streaming is not supported by the fake server", "stream")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("'stream' must be a boolean", "stream")
     max_tokens = _optional_int(payload, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _optional_int(payload, "max_tokens", 1)
     n = _optional_int(payload, "n", 1)
     if n is not None and n > MAX_CHOICES:
         raise InvalidRequestError(f"'n' must be at most {MAX_CHOICES}", "n")
+    prompt_tokens = 3
+    for index, message in enumerate(messages):
+        text, images = _message_parts(message, index)
+        prompt_tokens += count_tokens(text) + 4 + IMAGE_TOKENS * images
     return ChatRequest(
         model=model,
         messages_key=orjson.dumps(messages, option=orjson.OPT_SORT_KEYS),
-        prompt_tokens=sum(count_tokens(_message_text(m, i)) + 4 for i, m in enumerate(messages))
-        + 3,
+        prompt_tokens=prompt_tokens,
         seed=_optional_int(payload, "seed", None),
         max_tokens=max_tokens,
         n=1 if n is None else n,
         response_format=_response_format(payload.get("response_format")),
+        fields=frozenset(payload),
+        stream=stream,
+        include_usage=stream and _include_usage(payload),
+        tool=_chosen_tool(payload),
     )
 
 
@@ -167,45 +191,89 @@ def _response_format(value: Any) -> ResponseFormat | None:
     return ResponseFormat("json_schema", schema, name)
 
 
-def completion_body(
+def completion(
     chat: ChatRequest, completion_id: str, created: int, fault: ContentFault | None = None
-) -> bytes:
-    """The 200 body answering ``chat``; ``fault`` spoils the content of a JSON-mode answer."""
+) -> dict[str, Any]:
+    """The answer to ``chat`` as a ``chat.completion`` object; ``fault`` spoils the content
+    of a JSON-mode answer."""
     choices = []
     completion_tokens = 0
     for index in range(chat.n):
-        if chat.response_format is None:
+        message: dict[str, Any]
+        if chat.tool is not None:
+            call, tokens = generate_tool_call(chat.messages_key, chat.seed, index, chat.tool)
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            finish_reason = "tool_calls"
+        elif chat.response_format is None:
             content, tokens, finish_reason = generate_content(
                 chat.messages_key, chat.seed, index, chat.max_tokens
             )
+            message = {"role": "assistant", "content": content}
         else:
             content, tokens, finish_reason = generate_json_content(
                 chat.messages_key, chat.seed, index, chat.max_tokens, chat.response_format, fault
             )
+            message = {"role": "assistant", "content": content}
         completion_tokens += tokens
         choices.append(
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
+            {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
         )
-    return orjson.dumps(
-        {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": chat.model,
-            "system_fingerprint": "fp_fake0001",
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": chat.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": chat.prompt_tokens + completion_tokens,
-            },
-        }
-    )
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": chat.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": chat.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": chat.prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def completion_body(
+    chat: ChatRequest, completion_id: str, created: int, fault: ContentFault | None = None
+) -> bytes:
+    """The 200 body answering ``chat``."""
+    return orjson.dumps(completion(chat, completion_id, created, fault))
+
+
+def _rng(messages_key: bytes, seed: int | None, index: int) -> random.Random:
+    digest = hashlib.sha256(b"%b\x00%r\x00%d" % (messages_key, seed, index)).digest()
+    return random.Random(int.from_bytes(digest[:8]))
+
+
+def generate_tool_call(
+    messages_key: bytes, seed: int | None, index: int, tool: dict[str, Any]
+) -> tuple[dict[str, Any], int]:
+    """Return (tool call, completion tokens): a call of ``tool`` with arguments that fit its
+    ``parameters`` schema's property types (strings, numbers, booleans; others null)."""
+    rng = _rng(messages_key, seed, index)
+    function = tool["function"]
+    parameters = function.get("parameters")
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    arguments: dict[str, Any] = {}
+    for name, schema in sorted((properties or {}).items()):
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        if kind == "string":
+            arguments[name] = " ".join(rng.choices(_VOCABULARY, k=rng.randint(1, 3)))
+        elif kind == "integer":
+            arguments[name] = rng.randint(0, 100)
+        elif kind == "number":
+            arguments[name] = round(rng.uniform(0, 100), 2)
+        elif kind == "boolean":
+            arguments[name] = rng.random() < 0.5
+        else:
+            arguments[name] = None
+    text = orjson.dumps(arguments).decode()
+    call = {
+        "id": f"call_{rng.getrandbits(64):016x}",
+        "type": "function",
+        "function": {"name": function["name"], "arguments": text},
+    }
+    return call, count_tokens(function["name"]) + count_tokens(text)
 
 
 def generate_content(
@@ -215,7 +283,7 @@ def generate_content(
 
     8 to 60 words ending with a period, cut to ``max_tokens`` tokens ("length") if longer.
     """
-    rng = _content_rng(messages_key, seed, index)
+    rng = _rng(messages_key, seed, index)
     words = rng.choices(_VOCABULARY, k=rng.randint(8, 60))
     words[0] = words[0].capitalize()
     if max_tokens is not None and max_tokens <= len(words):  # the period is one more token
@@ -232,7 +300,7 @@ def generate_json_content(
     fault: ContentFault | None = None,
 ) -> tuple[str, int, str]:
     """Return (content, completion tokens, finish reason) for one JSON-mode choice."""
-    rng = _content_rng(messages_key, seed, index)
+    rng = _rng(messages_key, seed, index)
     schema = response_format.schema
     if schema is None:
         value: Any = json_object_answer(rng, _VOCABULARY)
@@ -249,11 +317,6 @@ def generate_json_content(
     if len(ends) > max_tokens:
         return text[: ends[max_tokens - 1]], max_tokens, "length"
     return text, len(ends), "stop"
-
-
-def _content_rng(messages_key: bytes, seed: int | None, index: int) -> random.Random:
-    digest = hashlib.sha256(b"%b\x00%r\x00%d" % (messages_key, seed, index)).digest()
-    return random.Random(int.from_bytes(digest[:8]))
 
 
 def error_body(
@@ -276,25 +339,91 @@ def _optional_int(payload: dict[str, Any], key: str, minimum: int | None) -> int
     return value
 
 
-def _message_text(message: object, index: int) -> str:
-    """The text of one message: its string content, or its text parts joined."""
+def _message_parts(message: object, index: int) -> tuple[str, int]:
+    """The text of one message (its string content, or its text parts joined) and how many
+    images it holds; a malformed image part is a 400."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise InvalidRequestError(
             f"messages[{index}] must be an object with a 'role'", f"messages[{index}]"
         )
     content = message.get("content")
     if content is None or isinstance(content, str):
-        return content or ""
+        return content or "", 0
     if isinstance(content, list):
-        texts = [
-            part["text"]
-            for part in content
-            if isinstance(part, dict)
-            and part.get("type") == "text"
-            and isinstance(part.get("text"), str)
-        ]
-        return " ".join(texts)
+        texts: list[str] = []
+        images = 0
+        for number, part in enumerate(content):
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "image_url":
+                _check_image(part.get("image_url"), f"messages[{index}].content[{number}].image_url")
+                images += 1
+        return " ".join(texts), images
     raise InvalidRequestError(
         f"messages[{index}].content must be a string or an array of parts",
         f"messages[{index}].content",
+    )
+
+
+def _check_image(image: object, param: str) -> None:
+    """An ``image_url`` part names an http(s) URL or carries a base64 data URL of an image."""
+    url = image.get("url") if isinstance(image, dict) else None
+    if not isinstance(url, str):
+        raise InvalidRequestError("image_url must be an object with a 'url' string", param)
+    if url.startswith(("http://", "https://")):
+        return
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        raise InvalidRequestError(
+            "Invalid image_url: expected an http(s) URL or a data URL "
+            f"(data:image/{{{'|'.join(IMAGE_FORMATS)}}};base64,...)",
+            param,
+        )
+    try:
+        base64.b64decode(match.group(2), validate=True)
+    except binascii.Error:
+        raise InvalidRequestError("Invalid base64 image_url.", param) from None
+
+
+def _include_usage(payload: dict[str, Any]) -> bool:
+    options = payload.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise InvalidRequestError("'stream_options.include_usage' must be a boolean", "stream_options")
+    return bool(options.get("include_usage", False))
+
+
+def _chosen_tool(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool the answer calls: the named one, else the first; None when tools are off."""
+    tools = payload.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not tools:
+        raise InvalidRequestError("'tools' must be a non-empty array", "tools")
+    for number, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            tool.get("type") != "function"
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not function["name"]
+        ):
+            raise InvalidRequestError(
+                f"tools[{number}] must be {{'type': 'function', 'function': {{'name': ...}}}}",
+                f"tools[{number}]",
+            )
+    choice = payload.get("tool_choice", "auto")
+    if choice == "none":
+        return None
+    if choice in ("auto", "required"):
+        return dict(tools[0])
+    wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    for tool in tools:
+        if tool["function"]["name"] == wanted:
+            return dict(tool)
+    raise InvalidRequestError(
+        "'tool_choice' must be none, auto, required or name one of the tools", "tool_choice"
     )

@@ -1,8 +1,11 @@
 """The HTTP side: one low-level aiohttp handler, run on the caller's loop or in a thread.
 
-Order of checks per request: auth (401), path (404), body (400), concurrency (429),
-rate limits (429, at arrival), fault draw (a drop closes at once), latency, then the
-drawn fault or the completion.
+Order of checks per request: auth (401), path and query (404), required headers (400),
+body (400), required body fields (400), model (404), concurrency (429), rate limits (429,
+at arrival), fault draw (a drop closes at once), latency, then the drawn fault or the
+completion: one JSON body, or server-sent events when the request asks to stream. The
+profile (``FakeConfig.profile``) decides the path, query, auth styles, headers, body
+fields and models.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from pipeline.fake.config import ContentFault, FakeConfig, FakeStats, Fault, Rec
 from pipeline.fake.content import (
     ChatRequest,
     InvalidRequestError,
-    completion_body,
+    completion,
     error_body,
     parse_request,
 )
+from pipeline.fake.profiles import Refusal
 from pipeline.fake.ratelimit import RateLimiter, format_duration
+from pipeline.fake.stream import events as stream_events
+from pipeline.fake.stream import write_events
 
-_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-portkey-api-key"})
 _SERVER_ERRORS = {
     Fault.ERROR_500: (500, "The server had an error while processing your request. Sorry about that!"),
     Fault.ERROR_502: (502, "Bad gateway."),
@@ -47,6 +53,8 @@ class FakeServer:
         self.stats = FakeStats()
         self._base_url: str | None = None
         self._bearer = None if config.api_key is None else f"Bearer {config.api_key}"
+        self._profile = config.profile
+        self._key_headers = tuple(s for s in config.profile.auth_styles if s != "bearer")
         self._limiter = (
             None
             if config.requests_per_minute is None and config.tokens_per_minute is None
@@ -92,20 +100,22 @@ class FakeServer:
         self.stats.by_status[response.status] += 1
         return response
 
-    async def _answer(self, request: web.BaseRequest, body: bytes) -> web.Response | None:
+    async def _answer(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse | None:
         """The response to send, or None to close the connection without one."""
         if self._bearer is not None and not self._authorized(request.headers):
             return _error(
                 401, "Incorrect API key provided", "invalid_request_error", code="invalid_api_key"
             )
-        if request.method != "POST" or not request.path.endswith("/chat/completions"):
-            return _error(
-                404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error"
-            )
+        refusal = self._profile.check_route(request.method, request.path, request.query, request.headers)
+        if refusal is not None:
+            return _refuse(refusal)
         try:
             chat = parse_request(body)
         except InvalidRequestError as exc:
             return _error(400, exc.message, "invalid_request_error", param=exc.param)
+        refusal = self._profile.check_body(chat.fields, chat.model)
+        if refusal is not None:
+            return _refuse(refusal)
         limit = self.config.max_concurrency
         if limit is not None and self._in_flight >= limit:
             return _error(
@@ -137,18 +147,19 @@ class FakeServer:
             return None
         self._in_flight += 1
         try:
-            return await self._respond(chat, body, fault, headers, content_fault)
+            return await self._respond(request, chat, body, fault, headers, content_fault)
         finally:
             self._in_flight -= 1
 
     async def _respond(
         self,
+        request: web.BaseRequest,
         chat: ChatRequest,
         body: bytes,
         fault: Fault | None,
         headers: dict[str, str],
         content_fault: ContentFault | None = None,
-    ) -> web.Response | None:
+    ) -> web.StreamResponse | None:
         """Wait the configured latency, then answer with the completion or the drawn fault."""
         delay = self.config.latency_s
         if self.config.latency_jitter_s:
@@ -181,21 +192,49 @@ class FakeServer:
             content_fault is ContentFault.SCHEMA_MISMATCH and chat.response_format.schema is None
         ):
             content_fault = None
-        answer = completion_body(chat, f"chatcmpl-{digest[:24]}", int(time.time()), content_fault)
+        answer = completion(chat, f"chatcmpl-{digest[:24]}", int(time.time()), content_fault)
+        if chat.stream:
+            self._count_content_fault(content_fault)
+            return await self._stream(request, chat, answer, digest, fault, headers)
+        encoded = orjson.dumps(answer)
         if fault is Fault.MALFORMED:
-            return _json(200, answer[: len(answer) // 2], headers)
-        if content_fault is ContentFault.INVALID_JSON:
+            return _json(200, encoded[: len(encoded) // 2], headers)
+        self._count_content_fault(content_fault)
+        self._count_completion(chat, digest)
+        return _json(200, encoded, headers)
+
+    async def _stream(
+        self, request: web.BaseRequest, chat: ChatRequest, answer: dict[str, object], digest: str,
+        fault: Fault | None, headers: dict[str, str],
+    ) -> web.StreamResponse | None:  # fmt: skip
+        """Send the answer as server-sent events; a cut closes the connection mid-event."""
+        events = stream_events(answer, chat.include_usage)
+        if fault is Fault.MALFORMED:
+            events[len(events) // 2] = b"data: {not json\n\n"
+        response = await write_events(request, events, headers, cut=fault is Fault.STREAM_CUT)
+        if response is None:
+            self.stats.cut += 1
+        elif fault is None:
+            self._count_completion(chat, digest)
+        return response
+
+    def _count_content_fault(self, fault: ContentFault | None) -> None:
+        if fault is ContentFault.INVALID_JSON:
             self.stats.invalid_json += 1
-        elif content_fault is ContentFault.SCHEMA_MISMATCH:
+        elif fault is ContentFault.SCHEMA_MISMATCH:
             self.stats.schema_mismatch += 1
+
+    def _count_completion(self, chat: ChatRequest, digest: str) -> None:
         self.stats.completions_by_request[digest] += 1
         if chat.seed is not None:
             self.stats.completions_by_seed[chat.seed] += 1
-        return _json(200, answer, headers)
 
     def _authorized(self, headers: Mapping[str, str]) -> bool:
+        """The key is presented in one of the profile's auth styles."""
         key = self.config.api_key
-        return headers.get("authorization") == self._bearer or headers.get("x-api-key") == key
+        if "bearer" in self._profile.auth_styles and headers.get("authorization") == self._bearer:
+            return True
+        return any(headers.get(name) == key for name in self._key_headers)
 
     def _draw_fault(self) -> Fault | None:
         """Draw every fault in order (a fixed number of draws per request); the first hit wins."""
@@ -214,7 +253,8 @@ class FakeServer:
         return hit
 
     def _bind(self, host: str, port: int) -> None:
-        self._base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+        root = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        self._base_url = root + self._profile.base_path
 
     def _close(self) -> None:
         """Release hanging requests so shutdown is quick."""
@@ -290,6 +330,12 @@ def _error(
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     return _json(status, error_body(message, error_type, param, code), headers)
+
+
+def _refuse(refusal: Refusal) -> web.Response:
+    return _error(
+        refusal.status, refusal.message, "invalid_request_error", param=refusal.param, code=refusal.code
+    )
 
 
 def _retry_headers(wait_ms: int) -> dict[str, str]:

@@ -1,55 +1,31 @@
-"""httpx client: auth styles, send one attempt, classify errors, parse choices and usage.
-
-This is the only module that catches httpx (or aiohttp) exceptions; it re-raises
-them as the ``AttemptError`` subclasses of ``pipeline.errors``. The API key lives
-only in the request headers built here; error messages are scrubbed of it.
-
-Transport: ``httpx.AsyncClient`` mounted on ``httpx_aiohttp.AiohttpTransport``
-sized to the run's concurrency. httpcore's own pool costs about ten times more
-CPU per request (see ``tests/bench``).
-"""
+"""What the server said: status -> error class, ``Retry-After``, ``x-ratelimit-*``, and a
+completion body -> ``Reply`` (choices, tool calls, usage, fingerprint, id)."""
 
 from __future__ import annotations
 
 import email.utils
 import re
-import time
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
-import aiohttp
-import anyio
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
 from pipeline.errors import (
     AttemptError,
     AuthFailed,
     BadRequest,
     BadResponse,
-    ConnectionFailed,
     NotFound,
     RateLimited,
     RequestTimeout,
     ServerError,
 )
-from pipeline.records import ChatRequest, RateLimitInfo, Reply
-from pipeline.spec import EndpointSpec
+from pipeline.records import RateLimitInfo, Reply, ToolCall
 
-_MAX_MESSAGE = 300
+MAX_MESSAGE = 300
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def auth_headers(auth: str, api_key: str | None) -> dict[str, str]:
-    """The header that carries the key in the endpoint's auth style."""
-    if api_key is None or auth == "none":
-        return {}
-    if auth == "bearer":
-        return {"Authorization": f"Bearer {api_key}"}
-    return {auth: api_key}
 
 
 def parse_retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | None:
@@ -114,12 +90,12 @@ def parse_rate_limits(headers: httpx.Headers) -> RateLimitInfo | None:
     )
 
 
-def _server_message(body: bytes) -> str:
+def server_message(body: bytes) -> str:
     """The ``error.message`` of an OpenAI-style error body, else the start of the body."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:_MAX_MESSAGE].decode("utf-8", "replace").strip()
+        return body[:MAX_MESSAGE].decode("utf-8", "replace").strip()
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -128,7 +104,7 @@ def _server_message(body: bytes) -> str:
             return error
         if isinstance(data.get("message"), str):
             return str(data["message"])
-    return body[:_MAX_MESSAGE].decode("utf-8", "replace").strip()
+    return body[:MAX_MESSAGE].decode("utf-8", "replace").strip()
 
 
 def error_for_status(
@@ -164,17 +140,52 @@ def parse_reply(body: bytes, status: int, latency_ms: float, rate_limits: RateLi
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadResponse(f"response body is not valid JSON ({exc.msg})", http_status=status) from None
+    return reply_from(data, status, latency_ms, rate_limits)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _content(choice: Any) -> str | None:
+    message = choice.get("message") if isinstance(choice, dict) else None
+    return _text(message.get("content")) if isinstance(message, dict) else None
+
+
+def _tool_calls(choice: dict[str, Any]) -> tuple[ToolCall, ...] | None:
+    """The first choice's tool calls as (id, name, arguments); None when it made none."""
+    message = choice.get("message")
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(calls, list) or not calls:
+        return None
+    found: list[ToolCall] = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            found.append(
+                ToolCall(_text(call.get("id")), _text(function.get("name")), _text(function.get("arguments")))
+            )
+    return tuple(found) or None
+
+
+def reply_from(
+    data: Any,
+    status: int,
+    latency_ms: float,
+    rate_limits: RateLimitInfo | None,
+    ttft_ms: float | None = None,
+) -> Reply:
+    """A decoded ``chat.completion`` object -> ``Reply``; no choices is ``BadResponse``."""
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise BadResponse("response has no choices", http_status=status)
     choice: dict[str, Any] = choices[0]
-    message = choice.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
+    content = _content(choice)
     usage = data.get("usage")
     if not isinstance(usage, dict):
         usage = {}
     return Reply(
-        content=content if isinstance(content, str) else None,
+        content=content,
         finish_reason=choice.get("finish_reason"),
         model=data.get("model"),
         prompt_tokens=usage.get("prompt_tokens"),
@@ -183,83 +194,9 @@ def parse_reply(body: bytes, status: int, latency_ms: float, rate_limits: RateLi
         http_status=status,
         latency_ms=latency_ms,
         rate_limits=rate_limits,
+        choices=(content,) if len(choices) == 1 else tuple(_content(c) for c in choices),
+        tool_calls=_tool_calls(choice),
+        ttft_ms=ttft_ms,
+        system_fingerprint=_text(data.get("system_fingerprint")),
+        response_id=_text(data.get("id")),
     )
-
-
-def _transport_error(exc: BaseException) -> AttemptError:
-    """A failure before a full answer arrived -> timeout or connection."""
-    if isinstance(exc, TimeoutError):
-        return RequestTimeout("timed out: no complete answer within endpoint.timeout_s")
-    cause = exc.__cause__
-    if isinstance(cause, TimeoutError | aiohttp.ServerTimeoutError):
-        return RequestTimeout(f"timed out: {type(cause).__name__}")
-    if isinstance(exc, httpx.TimeoutException) and cause is None:
-        return RequestTimeout(f"timed out: {type(exc).__name__}")
-    detail = str(cause or exc) or type(cause or exc).__name__
-    return ConnectionFailed(f"connection failed: {detail}"[:_MAX_MESSAGE])
-
-
-class ChatClient:
-    """Sends chat-completions requests to one endpoint."""
-
-    def __init__(
-        self,
-        endpoint: EndpointSpec,
-        *,
-        api_key: str | None,
-        max_connections: int,
-        base_url: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        root = (base_url or endpoint.base_url).rstrip("/")
-        self.url = f"{root}/chat/completions"
-        self._api_key = api_key
-        self._timeout_s = endpoint.timeout_s
-        headers = {"Content-Type": "application/json", **endpoint.headers}
-        headers.update(auth_headers(endpoint.auth, api_key))
-        self._http = httpx.AsyncClient(
-            transport=transport
-            or AiohttpTransport(
-                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-            ),
-            headers=headers,
-            params=endpoint.query or None,
-            timeout=httpx.Timeout(endpoint.timeout_s),
-            follow_redirects=False,
-        )
-
-    async def __aenter__(self) -> ChatClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._http.aclose()
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
-
-    async def send(self, request: ChatRequest) -> Reply:
-        """One attempt: the reply, or an ``AttemptError`` saying what went wrong."""
-        started = time.perf_counter()
-        try:
-            with anyio.fail_after(self._timeout_s):
-                response = await self._http.post(self.url, content=request.body)
-        except httpx.DecodingError as exc:
-            raise BadResponse(f"response body could not be decoded: {exc}"[:_MAX_MESSAGE]) from None
-        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
-            error = _transport_error(exc)
-            raise type(error)(self._scrub(error.message)) from None
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        rate_limits = parse_rate_limits(response.headers)
-        if response.status_code != 200:
-            raise error_for_status(
-                response.status_code,
-                self._scrub(_server_message(response.content))[:_MAX_MESSAGE],
-                parse_retry_after(response.headers),
-                rate_limits,
-            )
-        return parse_reply(response.content, 200, latency_ms, rate_limits)
