@@ -8,7 +8,7 @@ Exit codes (stable, documented in the README):
     4   aborted: the endpoint refused every request (bad key, unknown model or path)
     5   results could not be written mid-run (disk full?); what was written is kept
     75  another run is writing the same output (locked)
-    130 interrupted by SIGINT or SIGTERM; run the same command again to resume
+    130 interrupted by SIGINT (143: by SIGTERM); run the same command again to resume
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ EXIT_ABORTED = 4
 EXIT_WRITE_FAILED = 5
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def _positive_int(text: str) -> int:
@@ -123,7 +124,8 @@ def _print_summary(summary: RunSummary) -> None:
 def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
     """The exit code of a run that got to its end, and the reason in words."""
     if summary.ended == "interrupted":
-        return EXIT_INTERRUPTED, summary.reason or "interrupted"
+        terminated = summary.reason is not None and "SIGTERM" in summary.reason
+        return (EXIT_TERMINATED if terminated else EXIT_INTERRUPTED), summary.reason or "interrupted"
     if summary.ended == "aborted":
         return EXIT_ABORTED, summary.reason or "aborted"
     limit = job.limits.max_error_rate
@@ -175,8 +177,15 @@ def _run(args: argparse.Namespace) -> int:
             and plan.output_path.exists()
             and earlier.same_work(job_sha256, fingerprint, args.limit)
         ):
+            # a finished run with too many errors stays a failure when run again
+            code = EXIT_TOO_MANY_ERRORS if earlier.exit_code == EXIT_TOO_MANY_ERRORS else EXIT_OK
+            structlog.get_logger("pipeline").info(
+                "job.already_complete", run_id=earlier.run_id, output=str(plan.output_path), exit_code=code
+            )
             print(f"already complete (run {earlier.run_id}): {plan.output_path}; --force to run again")
-            return EXIT_OK
+            if code != EXIT_OK:
+                print(f"finished: {earlier.exit_reason}", file=sys.stderr)
+            return code
         runner = Runner(
             plan,
             api_key=api_key,

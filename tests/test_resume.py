@@ -102,12 +102,12 @@ def test_sigterm_stops_gracefully_and_the_same_command_resumes(
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process)
 
-    assert code == 130
+    assert code == 143
     assert "run the same command again to resume" in stderr
     assert not out.exists()
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["complete"] is False
-    assert manifest["exit_code"] == 130
+    assert manifest["exit_code"] == 143
     done_before = manifest["rows_by_status"]["ok"]
     assert 0 < done_before < rows
 
@@ -284,6 +284,10 @@ def test_max_error_rate_turns_a_finished_run_into_exit_3(
     assert main(["run", str(write_job(tmp_path, job))]) == 3
     assert pl.read_parquet(out).height == 10
     assert json.loads(manifest_path(out).read_text())["exit_code"] == 3
+    received = server.stats.received
+    # run again (a scheduler's retry): still a failure, and nothing is sent
+    assert main(["run", str(write_job(tmp_path, job))]) == 3
+    assert server.stats.received == received
 
 
 def test_manifest_records_the_run_without_secrets(
@@ -340,7 +344,7 @@ def test_second_signal_stops_at_once_after_checkpointing(
     process.send_signal(signal.SIGTERM)
     code, _, stderr = finish(process, timeout=30)
 
-    assert code == 130
+    assert code == 143
     assert time.monotonic() - stopped_at < 10
     assert "job.stopping_now" in stderr
     parts = pl.read_parquet(out.with_name(out.name + ".parts"))
