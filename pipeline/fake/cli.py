@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             bad_request_rate=args.bad_request_rate,
             malformed_rate=args.malformed_rate,
             fault_seed=args.fault_seed,
+            cached_share=args.cached_share,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -77,4 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{fault}-rate", type=float, default=0.0, metavar="P")
     parser.add_argument("--retry-after-s", type=float, default=1.0)
     parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument(
+        "--cached-share", type=float, default=0.0, metavar="S", help="report S of prompt tokens as cached"
+    )
     return parser

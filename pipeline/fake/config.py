@@ -29,6 +29,7 @@ class FakeConfig:
     continuously at ``limit / 60`` per second; a request bigger than the whole capacity is
     admitted when the bucket is full. Each fault rate is an independent probability per
     request, drawn from ``random.Random(fault_seed)`` so runs are reproducible.
+    ``cached_share`` of every prompt's tokens is reported as cached.
     """
 
     latency_s: float = 0.0
@@ -50,6 +51,7 @@ class FakeConfig:
     malformed_rate: float = 0.0
     fault_seed: int = 0
     record_requests: bool = False
+    cached_share: float = 0.0
 
     def __post_init__(self) -> None:
         """Reject settings the server cannot honour."""
@@ -60,6 +62,8 @@ class FakeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0.0 <= self.cached_share <= 1.0:
+            raise ValueError(f"cached_share must be between 0 and 1, got {self.cached_share}")
         if self.limit_window_s <= 0:
             raise ValueError(f"limit_window_s must be > 0, got {self.limit_window_s}")
         for fault, rate in self.fault_rates().items():

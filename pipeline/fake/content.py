@@ -2,6 +2,11 @@
 
 Content depends only on (messages, seed, choice index), so it is the same across runs
 and processes. Tokens are counted as matches of ``\\w+|[^\\w\\s]`` (deliberately not chars/4).
+
+Usage carries OpenAI's details: ``prompt_tokens_details.cached_tokens`` is
+``floor(prompt_tokens * cached_share)``, and models named ``o...`` (``o3-mini``,
+``openai/o4-mini``) "reason": ``completion_tokens_details.reasoning_tokens`` is twice
+the visible tokens, and counts in ``completion_tokens``, as OpenAI counts it.
 """
 
 from __future__ import annotations
@@ -98,7 +103,9 @@ def parse_request(body: bytes) -> ChatRequest:
     )
 
 
-def completion_body(chat: ChatRequest, completion_id: str, created: int) -> bytes:
+def completion_body(
+    chat: ChatRequest, completion_id: str, created: int, cached_share: float = 0.0
+) -> bytes:
     """The 200 body answering ``chat``."""
     choices = []
     completion_tokens = 0
@@ -115,6 +122,8 @@ def completion_body(chat: ChatRequest, completion_id: str, created: int) -> byte
                 "finish_reason": finish_reason,
             }
         )
+    reasoning_tokens = 2 * completion_tokens if is_reasoning_model(chat.model) else 0
+    completion_tokens += reasoning_tokens
     return orjson.dumps(
         {
             "id": completion_id,
@@ -127,9 +136,16 @@ def completion_body(chat: ChatRequest, completion_id: str, created: int) -> byte
                 "prompt_tokens": chat.prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": chat.prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": int(chat.prompt_tokens * cached_share)},
+                "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
             },
         }
     )
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Whether the fake reports reasoning tokens for this model (its name starts with "o")."""
+    return model.rsplit("/", 1)[-1].startswith("o")
 
 
 def generate_content(

@@ -168,7 +168,9 @@ class FakeServer:
                 400, "Invalid request (injected fault).", "invalid_request_error", headers=headers
             )
         digest = hashlib.sha256(body).hexdigest()
-        answer = completion_body(chat, f"chatcmpl-{digest[:24]}", int(time.time()))
+        answer = completion_body(
+            chat, f"chatcmpl-{digest[:24]}", int(time.time()), self.config.cached_share
+        )
         if fault is Fault.MALFORMED:
             return _json(200, answer[: len(answer) // 2], headers)
         self.stats.completions_by_request[digest] += 1
