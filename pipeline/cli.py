@@ -7,6 +7,7 @@ Exit codes (stable, documented in the README):
     3   the run finished, but more rows failed than ``limits.max_error_rate`` allows
     4   aborted: the endpoint refused every request (bad key, unknown model or path)
     5   results could not be written mid-run (disk full?); what was written is kept
+    6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
     75  another run is writing the same output (locked)
     130 interrupted by SIGINT or SIGTERM; run the same command again to resume
 """
@@ -25,6 +26,7 @@ import anyio
 import structlog
 
 from pipeline import __version__, fake
+from pipeline.budget import budget_price
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError, OutputLock
 from pipeline.log import configure_logging
@@ -35,7 +37,8 @@ from pipeline.manifest import (
     read_manifest,
     write_manifest,
 )
-from pipeline.progress import ProgressLine
+from pipeline.prices import PriceTable
+from pipeline.progress import ProgressLine, usd
 from pipeline.records import RunSummary
 from pipeline.runner import DEFAULT_GRACE_S, Runner, plan_run
 from pipeline.spec import JobSpec, load_job
@@ -46,6 +49,7 @@ EXIT_USER_ERROR = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_ABORTED = 4
 EXIT_WRITE_FAILED = 5
+EXIT_BUDGET = 6
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
@@ -89,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--grace-s", type=float, default=DEFAULT_GRACE_S, help="on SIGINT/SIGTERM, how long in-flight requests may finish"
     )
-    job_command("validate", "check a job and its input without sending anything")
+    run.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML) over the job's and the packaged ones")
+    validate = job_command("validate", "check a job and its input without sending anything")
+    validate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
     commands.add_parser("fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False)
     return parser
 
@@ -105,6 +111,24 @@ def api_key_for(job: JobSpec) -> str | None:
     return value
 
 
+def job_prices(job: JobSpec, price_file: Path | None) -> PriceTable:
+    """The run's price table; a budget for a model without a price is a user error."""
+    prices = PriceTable.for_job(job.prices, price_file)
+    budget_price(job.limits.max_cost_usd, job.request.model, prices)
+    return prices
+
+
+def _cost_line(summary: RunSummary) -> str:
+    text = f"cost {usd(summary.cost_usd)}"
+    if summary.unpriced_rows:
+        text += f" + {summary.unpriced_rows} rows without a price"
+    if summary.earlier_cost_usd:
+        text += f" ({usd(summary.cost_usd + summary.earlier_cost_usd)} with earlier runs)"
+    if summary.possibly_billed_attempts:
+        text += f"; {summary.possibly_billed_attempts} possibly billed attempts (sent, never answered in full)"
+    return text
+
+
 def _print_summary(summary: RunSummary) -> None:
     errors = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
     reused = f" ({summary.rows_reused} from earlier runs)" if summary.rows_reused else ""
@@ -112,7 +136,7 @@ def _print_summary(summary: RunSummary) -> None:
         f"{summary.rows_total} rows{reused}: {summary.rows_ok} ok, {summary.rows_error} error"
         + (f" ({errors})" if errors else "")
         + f"; {summary.prompt_tokens + summary.completion_tokens:,} tokens;"
-        + f" {summary.requests_sent} requests in {summary.elapsed_s:.1f}s"
+        + f" {summary.requests_sent} requests in {summary.elapsed_s:.1f}s; {_cost_line(summary)}"
     )
     if summary.complete:
         print(f"output: {summary.output_path}")
@@ -124,6 +148,8 @@ def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
         return EXIT_INTERRUPTED, summary.reason or "interrupted"
     if summary.ended == "aborted":
         return EXIT_ABORTED, summary.reason or "aborted"
+    if summary.ended == "budget":
+        return EXIT_BUDGET, summary.reason or "budget reached"
     limit = job.limits.max_error_rate
     if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
         rate = summary.rows_error / summary.rows_total
@@ -134,6 +160,7 @@ def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key_for(job)
+    job_prices(job, args.prices)
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     print(f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, model {job.request.model}, output {plan.output_path}")
     return EXIT_OK
@@ -142,6 +169,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key = api_key_for(job)
+    prices = job_prices(job, args.prices)
     plan = plan_run(job, input_path=args.input, output_path=args.output, limit=args.limit, day=args.date)
     job_sha256 = file_sha256(args.job)
     fingerprint = input_fingerprint(plan.input_path)
@@ -178,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
             retry_errors=args.retry_errors,
             grace_s=args.grace_s,
             handle_signals=True,
+            prices=prices,
         )
         started = datetime.now(UTC)
         try:
@@ -212,13 +241,19 @@ def _run(args: argparse.Namespace) -> int:
                 started_at=started.isoformat(),
                 finished_at=datetime.now(UTC).isoformat(),
                 pipeline_version=__version__,
+                cost_usd=round(summary.cost_usd, 6),
+                earlier_cost_usd=round(summary.earlier_cost_usd, 6),
+                unpriced_rows=summary.unpriced_rows,
+                possibly_billed_attempts=summary.possibly_billed_attempts,
+                max_cost_usd=job.limits.max_cost_usd,
             ),
         )
     _print_summary(summary)
     if code != EXIT_OK:
         print(f"{'stopped' if not summary.complete else 'finished'}: {reason}", file=sys.stderr)
     if not summary.complete:
-        print(f"{summary.rows_total} of {plan.rows} rows done; run the same command again to resume", file=sys.stderr)
+        again = "raise limits.max_cost_usd and run" if summary.ended == "budget" else "run"
+        print(f"{summary.rows_total} of {plan.rows} rows done; {again} the same command again to resume", file=sys.stderr)
     return code
 
 

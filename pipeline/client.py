@@ -173,6 +173,7 @@ def parse_reply(body: bytes, status: int, latency_ms: float, rate_limits: RateLi
     usage = data.get("usage")
     if not isinstance(usage, dict):
         usage = {}
+    prompt_details, completion_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
     return Reply(
         content=content if isinstance(content, str) else None,
         finish_reason=choice.get("finish_reason"),
@@ -183,6 +184,8 @@ def parse_reply(body: bytes, status: int, latency_ms: float, rate_limits: RateLi
         http_status=status,
         latency_ms=latency_ms,
         rate_limits=rate_limits,
+        cached_tokens=prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None,
+        reasoning_tokens=completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None,
     )
 
 

@@ -28,8 +28,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 from tenacity import AsyncRetrying, RetryCallState
 
 from pipeline import fake
+from pipeline.budget import Budget, budget_price, recorded_cost
 from pipeline.build import RequestBuilder, template_fields
 from pipeline.client import ChatClient
+from pipeline.cost import RowCost, attempt_ceiling, possibly_billed, reply_cost
 from pipeline.errors import (
     AttemptError,
     AuthFailed,
@@ -40,6 +42,7 @@ from pipeline.errors import (
     RateLimited,
 )
 from pipeline.limits import RateLimiter, TokenEstimator
+from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, RunStats
 from pipeline.records import ChatRequest, Outcome, PromptRow, Reply, RunSummary
 from pipeline.resume import DoneIndex, completion_key
@@ -158,6 +161,7 @@ async def _endpoint_url(job: JobSpec) -> AsyncIterator[str | None]:
         bad_request_rate=spec.bad_request_rate,
         malformed_rate=spec.malformed_rate,
         fault_seed=spec.fault_seed,
+        cached_share=spec.cached_share,
     )
     async with fake.serve(config) as server:
         log.info("fake_server.started", base_url=server.base_url)
@@ -182,6 +186,7 @@ class Runner:
         retry_errors: bool = False,
         grace_s: float = DEFAULT_GRACE_S,
         handle_signals: bool = False,
+        prices: PriceTable | None = None,
     ) -> None:
         job = plan.job
         self.plan = plan
@@ -202,6 +207,9 @@ class Runner:
         self.grace_s = grace_s
         self.handle_signals = handle_signals
         self.done: DoneIndex | None = None
+        self.prices = prices if prices is not None else PriceTable.for_job(job.prices)
+        self._budget_price = budget_price(job.limits.max_cost_usd, job.request.model, self.prices)
+        self.budget: Budget | None = None
         self._transport = transport
         self._client: ChatClient | None = None
         self._stopping = anyio.Event()
@@ -225,6 +233,9 @@ class Runner:
         earlier = [] if self.fresh else self.writer.earlier_results()
         if earlier:
             self.done = await anyio.to_thread.run_sync(DoneIndex.load, earlier)
+            self.stats.earlier_cost_usd = await anyio.to_thread.run_sync(recorded_cost, earlier)
+        if job.limits.max_cost_usd is not None:
+            self.budget = Budget(job.limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd)
         workers = 2 * job.limits.concurrency
         log.info(
             "job.started",
@@ -322,6 +333,10 @@ class Runner:
             rows_reused=self.stats.reused,
             ended=self._ended if self._stopping.is_set() else "complete",
             reason=self._reason,
+            cost_usd=self.stats.cost_usd,
+            unpriced_rows=self.stats.unpriced,
+            earlier_cost_usd=self.stats.earlier_cost_usd,
+            possibly_billed_attempts=self.stats.possibly_billed,
         )
         log.info(
             "job.finished",
@@ -339,6 +354,8 @@ class Runner:
             completion_tokens=summary.completion_tokens,
             requests=summary.requests_sent,
             elapsed_s=round(summary.elapsed_s, 3),
+            cost_usd=round(summary.cost_usd, 6),
+            possibly_billed_attempts=summary.possibly_billed_attempts,
         )
         return summary
 
@@ -410,9 +427,10 @@ class Runner:
         if self._reuse(row, request):
             return None
         attempts = [0]
+        bill = RowCost()
         retrying: AsyncRetrying = self.retrying.copy(before_sleep=partial(self._log_retry, row.id))
         try:
-            reply: Reply = await retrying(self._attempt, request, attempts)
+            reply: Reply = await retrying(self._attempt, request, attempts, bill)
         except AttemptError as exc:
             self._note_fatal(exc)
             return Outcome(
@@ -428,6 +446,8 @@ class Runner:
                 error_type=exc.error_type,
                 error_message=exc.message,
                 keep=row.keep,
+                cost_usd=bill.usd,
+                possibly_billed_attempts=bill.possibly_billed,
             )
         self._fatal_streak = 0
         return Outcome(
@@ -448,6 +468,10 @@ class Runner:
             latency_ms=reply.latency_ms,
             http_status=reply.http_status,
             keep=row.keep,
+            cost_usd=bill.usd,
+            cached_tokens=reply.cached_tokens,
+            reasoning_tokens=reply.reasoning_tokens,
+            possibly_billed_attempts=bill.possibly_billed,
         )
 
     def _note_fatal(self, exc: AttemptError) -> None:
@@ -460,11 +484,25 @@ class Runner:
         if model_missing or self._fatal_streak >= FATAL_STREAK:
             self.stop("aborted", f"the endpoint refuses every request: {exc.message}")
 
-    async def _attempt(self, request: ChatRequest, attempts: list[int]) -> Reply:
-        """One attempt: pay the rate limiter, hold an in-flight slot, send."""
+    def _reserve(self, request: ChatRequest) -> float:
+        """Reserve the attempt's cost ceiling under the budget; stop the run when it does not fit."""
+        if self.budget is None or self._budget_price is None:
+            return 0.0
+        completion = request.max_tokens if request.max_tokens is not None else self.estimator.completion_guess
+        amount = attempt_ceiling(
+            self._budget_price, request.estimated_prompt_tokens * self.estimator.prompt_ratio, completion
+        )
+        if not self.budget.reserve(amount):
+            self.stop("budget", self.budget.refusal(amount))
+            raise _Stopped
+        return amount
+
+    async def _attempt(self, request: ChatRequest, attempts: list[int], bill: RowCost) -> Reply:
+        """One attempt: reserve its cost, pay the rate limiter, hold an in-flight slot, send, price the answer."""
         assert self._client is not None
         if self._stopping.is_set():
             raise _Stopped
+        reserved = self._reserve(request)
         cost = self.estimator.cost(request)
         await self.limiter.acquire(cost)
         attempts[0] += 1
@@ -473,6 +511,10 @@ class Runner:
             async with self.in_flight:
                 reply = await self._client.send(request)
         except AttemptError as exc:
+            if self.budget is not None:
+                self.budget.release(reserved)
+            if possibly_billed(exc):
+                bill.possibly_billed += 1
             if exc.rate_limits is not None:
                 self.limiter.observe(exc.rate_limits)
             if isinstance(exc, RateLimited):
@@ -484,6 +526,10 @@ class Runner:
         if reply.prompt_tokens is not None and reply.completion_tokens is not None:
             self.limiter.settle(cost, self.estimator.charged(request, reply.prompt_tokens, reply.completion_tokens))
             self.estimator.learn(request, reply.prompt_tokens, reply.completion_tokens)
+        usd = reply_cost(self.prices.lookup(reply.model, self.plan.job.request.model), reply)
+        bill.add(usd)
+        if self.budget is not None:
+            self.budget.settle(reserved, usd)
         return reply
 
     def _log_retry(self, row_id: str, state: RetryCallState) -> None:
@@ -533,6 +579,7 @@ class Runner:
             stats.errors_by_type[outcome.error_type or "unknown"] += 1
         stats.prompt_tokens += outcome.prompt_tokens or 0
         stats.completion_tokens += outcome.completion_tokens or 0
+        stats.add_cost(outcome.cost_usd, outcome.possibly_billed_attempts)
 
     async def _draw(self) -> None:
         """Redraw the progress line until the run ends."""
