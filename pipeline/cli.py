@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import TextIO, cast
 
 import anyio
 import structlog
 
-from pipeline import __version__, fake
+from pipeline import __version__, estimate, fake
 from pipeline.budget import budget_price
+from pipeline.build import RequestBuilder
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError, OutputLock
 from pipeline.log import configure_logging
@@ -96,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML) over the job's and the packaged ones")
     validate = job_command("validate", "check a job and its input without sending anything")
     validate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    estimate = job_command("estimate", "rows, tokens, cost and duration of a job; sends nothing unless --sample")
+    estimate.add_argument("--sample", type=_positive_int, metavar="N", help="send the first N rows for real and extrapolate")
+    estimate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
     commands.add_parser("fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False)
     return parser
 
@@ -163,6 +169,23 @@ def _validate(args: argparse.Namespace) -> int:
     job_prices(job, args.prices)
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     print(f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, model {job.request.model}, output {plan.output_path}")
+    return EXIT_OK
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    prices = job_prices(job, args.prices)
+    api_key = api_key_for(job) if args.sample else None
+    plan = plan_run(job, input_path=args.input, limit=args.limit)
+    configure_logging(secrets=[api_key] if api_key else [], level=logging.WARNING)
+    builder = RequestBuilder(job.request, prompt_column=job.input.prompt_column, messages_column=job.input.messages_column)
+    count = estimate.count_prompts(plan, builder)
+    sample = None
+    if args.sample:
+        sample = anyio.run(partial(estimate.run_sample, plan, args.sample, api_key=api_key, prices=prices), backend="asyncio")
+    price = prices.lookup(sample.model if sample else None, job.request.model)
+    print(f"{args.job}: {plan.input_path}, model {job.request.model}")
+    print(estimate.render(estimate.extrapolate(job, count, price, sample), job))
     return EXIT_OK
 
 
@@ -266,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args)
+        if args.command == "estimate":
+            return _estimate(args)
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
