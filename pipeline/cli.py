@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     estimate = job_command("estimate", "rows, tokens, cost and duration of a job; sends nothing unless --sample")
     estimate.add_argument("--sample", type=_positive_int, metavar="N", help="send the first N rows for real and extrapolate")
     estimate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    report = commands.add_parser("report", help="summarize an output file; --html writes a page with charts")
+    report.add_argument("output", type=Path, help="an output Parquet file")
+    report.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here")
     commands.add_parser("fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False)
     return parser
 
@@ -186,6 +189,21 @@ def _estimate(args: argparse.Namespace) -> int:
     price = prices.lookup(sample.model if sample else None, job.request.model)
     print(f"{args.job}: {plan.input_path}, model {job.request.model}")
     print(estimate.render(estimate.extrapolate(job, count, price, sample), job))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline import report  # polars-heavy: only for this command
+
+    summary = report.summarize(args.output)
+    print(report.render_text(summary))
+    if args.html is not None:
+        try:
+            args.html.parent.mkdir(parents=True, exist_ok=True)
+            args.html.write_text(report.render_html(summary), encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"{args.html}: cannot write: {exc.strerror}") from None
+        print(f"html report: {args.html}")
     return EXIT_OK
 
 
@@ -291,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         if args.command == "estimate":
             return _estimate(args)
+        if args.command == "report":
+            return _report(args)
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
