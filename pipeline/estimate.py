@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import anyio
 import polars as pl
 
 from pipeline.build import RequestBuilder, estimate_prompt_tokens
@@ -36,6 +38,10 @@ from pipeline.runner import Runner, RunPlan, plan_run
 from pipeline.spec import JobSpec
 
 _GUESS_WITHOUT_MAX_TOKENS = 256
+_SAMPLE_SCHEMA = {
+    "id": pl.String, "model": pl.String, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+    "cached_tokens": pl.Int64, "latency_ms": pl.Float64, "cost_usd": pl.Float64,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,7 @@ class Sample:
     latency_s: float | None
     cost_usd: float | None
     model: str | None
+    stopped: str | None = None
 
     @property
     def prompt_ratio(self) -> float:
@@ -120,6 +127,16 @@ def count_prompts(plan: RunPlan, builder: RequestBuilder, *, keep_ids: int = 0) 
     return PromptCount(rows, bad, tokens, by_id)
 
 
+def _read_sample(output: Path) -> pl.DataFrame:
+    """The sample's rows: its output, or the parts a stopped sample leaves, or none."""
+    parts = output.with_name(output.name + ".parts")
+    if output.exists():
+        return pl.read_parquet(output)
+    if any(parts.glob("*.parquet")):
+        return pl.read_parquet(parts)
+    return pl.DataFrame(schema=_SAMPLE_SCHEMA)
+
+
 async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable) -> Sample:
     """Send the job's first ``n`` rows for real, into a temporary output; measure them."""
     job = plan.job
@@ -127,9 +144,10 @@ async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: Pric
     limit = min(n, plan.limit) if plan.limit is not None else n
     with tempfile.TemporaryDirectory(prefix="pipeline-sample-") as folder:
         sample_plan = plan_run(job, input_path=plan.input_path, output_path=Path(folder) / "sample.parquet", limit=limit)
-        estimated = count_prompts(sample_plan, builder, keep_ids=limit).by_id
+        counted = await anyio.to_thread.run_sync(partial(count_prompts, sample_plan, builder, keep_ids=limit))
+        estimated = counted.by_id
         summary = await Runner(sample_plan, api_key=api_key, prices=prices, fresh=True).run()
-        df = pl.read_parquet(summary.output_path)
+        df = await anyio.to_thread.run_sync(_read_sample, Path(summary.output_path))
     ok = df.filter(pl.col("prompt_tokens").is_not_null() & pl.col("completion_tokens").is_not_null())
     models = ok["model"].drop_nulls().mode().to_list()
     return Sample(
@@ -143,6 +161,7 @@ async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: Pric
         latency_s=float(ok["latency_ms"].mean()) / 1000.0 if ok.height else None,  # type: ignore[arg-type]
         cost_usd=None if df["cost_usd"].null_count() else float(df["cost_usd"].sum()),
         model=models[0] if models else None,
+        stopped=None if summary.complete else summary.reason,
     )
 
 
@@ -260,4 +279,8 @@ def render(estimate: Estimate, job: JobSpec) -> str:
     if sample is not None:
         cost = f", cost {_usd(sample.cost_usd)}" if sample.cost_usd is not None else ""
         lines.append(f"sample          {sample.rows} rows sent ({sample.requests} requests, {sample.ok_rows} answered{cost})")
+        if sample.stopped:
+            lines.append(f"                the sample stopped early: {sample.stopped}")
+        if not sample.ok_rows:
+            lines.append("                no row was answered: the figures above are offline guesses")
     return "\n".join(lines)

@@ -96,6 +96,28 @@ def test_estimate_sends_nothing_without_a_sample(
     assert not (tmp_path / "o.parquet").exists()
 
 
+def test_a_sample_that_gets_no_answer_falls_back_to_offline_figures(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = fake_server(api_key="sk-right")
+    monkeypatch.setenv("TEST_API_KEY", "sk-wrong")
+    job = make_job(reviews(40), server.base_url, tmp_path / "o.parquet", endpoint={"api_key_env": "TEST_API_KEY"})
+
+    assert main(["estimate", str(write_job(tmp_path, job)), "--sample", "10", "--limit", "30"]) == 0
+
+    out = capsys.readouterr().out
+    assert "rows            30\n" in out
+    assert "0 answered" in out
+    assert "the sample stopped early: the endpoint refuses every request" in out
+    assert "no row was answered: the figures above are offline guesses" in out
+    assert "offline: about 4 characters a token" in out
+    assert server.stats.received <= 10
+
+
 def _prompt_tokens(text: str) -> int:
     match = re.search(r"prompt tokens +~([\d,]+)", text)
     assert match, text
