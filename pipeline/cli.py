@@ -7,6 +7,7 @@ Exit codes (stable, documented in the README):
     3   the run finished, but more rows failed than ``limits.max_error_rate`` allows
     4   aborted: the endpoint refused every request (bad key, unknown model or path)
     5   results could not be written mid-run (disk full?); what was written is kept
+    6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
     75  another run is writing the same output (locked)
     130 interrupted by SIGINT (143: by SIGTERM); run the same command again to resume
 """
@@ -15,16 +16,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import TextIO, cast
 
 import anyio
 import structlog
 
-from pipeline import __version__, fake
+from pipeline import __version__, estimate, fake
+from pipeline.budget import budget_price
+from pipeline.build import RequestBuilder
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError, OutputLock
 from pipeline.log import configure_logging
@@ -35,7 +40,8 @@ from pipeline.manifest import (
     read_manifest,
     write_manifest,
 )
-from pipeline.progress import ProgressLine
+from pipeline.prices import PriceTable
+from pipeline.progress import ProgressLine, usd
 from pipeline.records import RunSummary
 from pipeline.runner import DEFAULT_GRACE_S, Runner, plan_run
 from pipeline.spec import JobSpec, load_job
@@ -46,6 +52,7 @@ EXIT_USER_ERROR = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_ABORTED = 4
 EXIT_WRITE_FAILED = 5
+EXIT_BUDGET = 6
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -90,7 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--grace-s", type=float, default=DEFAULT_GRACE_S, help="on SIGINT/SIGTERM, how long in-flight requests may finish"
     )
-    job_command("validate", "check a job and its input without sending anything")
+    run.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML) over the job's and the packaged ones")
+    validate = job_command("validate", "check a job and its input without sending anything")
+    validate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    estimate = job_command("estimate", "rows, tokens, cost and duration of a job; sends nothing unless --sample")
+    estimate.add_argument("--sample", type=_positive_int, metavar="N", help="send the first N rows for real and extrapolate")
+    estimate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    report = commands.add_parser("report", help="summarize an output file; --html writes a page with charts")
+    report.add_argument("output", type=Path, help="an output Parquet file")
+    report.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here")
     commands.add_parser("fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False)
     return parser
 
@@ -106,6 +121,25 @@ def api_key_for(job: JobSpec) -> str | None:
     return value
 
 
+def job_prices(job: JobSpec, price_file: Path | None) -> PriceTable:
+    """The run's price table; a budget for a model without a price is a user error."""
+    prices = PriceTable.for_job(job.prices, price_file)
+    for model in [job.request.model] if job.request.model else job.request.models or []:
+        budget_price(job.limits.max_cost_usd, model, prices)
+    return prices
+
+
+def _cost_line(summary: RunSummary) -> str:
+    text = f"cost {usd(summary.cost_usd)}"
+    if summary.unpriced_rows:
+        text += f" + {summary.unpriced_rows} rows without a price"
+    if summary.earlier_cost_usd:
+        text += f" ({usd(summary.cost_usd + summary.earlier_cost_usd)} with earlier runs)"
+    if summary.possibly_billed_attempts:
+        text += f"; {summary.possibly_billed_attempts} possibly billed attempts (sent, never answered in full)"
+    return text
+
+
 def _print_summary(summary: RunSummary) -> None:
     errors = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
     reused = f" ({summary.rows_reused} from earlier runs)" if summary.rows_reused else ""
@@ -115,7 +149,7 @@ def _print_summary(summary: RunSummary) -> None:
         + f"; {summary.prompt_tokens + summary.completion_tokens:,} tokens;"
         + f" {summary.requests_sent} requests"
         + (f" ({summary.json_reasks} JSON re-asks)" if summary.json_reasks else "")
-        + f" in {summary.elapsed_s:.1f}s"
+        + f" in {summary.elapsed_s:.1f}s; {_cost_line(summary)}"
     )
     if summary.complete:
         print(f"output: {summary.output_path}")
@@ -128,6 +162,8 @@ def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
         return (EXIT_TERMINATED if terminated else EXIT_INTERRUPTED), summary.reason or "interrupted"
     if summary.ended == "aborted":
         return EXIT_ABORTED, summary.reason or "aborted"
+    if summary.ended == "budget":
+        return EXIT_BUDGET, summary.reason or "budget reached"
     limit = job.limits.max_error_rate
     if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
         rate = summary.rows_error / summary.rows_total
@@ -138,6 +174,7 @@ def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key_for(job)
+    job_prices(job, args.prices)
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     request = job.request
     if request.models:
@@ -148,9 +185,42 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    prices = job_prices(job, args.prices)
+    api_key = api_key_for(job) if args.sample else None
+    plan = plan_run(job, input_path=args.input, limit=args.limit)
+    configure_logging(secrets=[api_key] if api_key else [], level=logging.WARNING)
+    builder = RequestBuilder(job.request, prompt_column=job.input.prompt_column, messages_column=job.input.messages_column)
+    count = estimate.count_prompts(plan, builder)
+    sample = None
+    if args.sample:
+        sample = anyio.run(partial(estimate.run_sample, plan, args.sample, api_key=api_key, prices=prices), backend="asyncio")
+    price = prices.lookup(sample.model if sample else None, job.request.model)
+    print(f"{args.job}: {plan.input_path}, model {job.request.model}")
+    print(estimate.render(estimate.extrapolate(job, count, price, sample), job))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline import report  # polars-heavy: only for this command
+
+    summary = report.summarize(args.output)
+    print(report.render_text(summary))
+    if args.html is not None:
+        try:
+            args.html.parent.mkdir(parents=True, exist_ok=True)
+            args.html.write_text(report.render_html(summary), encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"{args.html}: cannot write: {exc.strerror}") from None
+        print(f"html report: {args.html}")
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key = api_key_for(job)
+    prices = job_prices(job, args.prices)
     plan = plan_run(job, input_path=args.input, output_path=args.output, limit=args.limit, day=args.date)
     job_sha256 = file_sha256(args.job)
     fingerprint = input_fingerprint(plan.input_path)
@@ -194,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
             retry_errors=args.retry_errors,
             grace_s=args.grace_s,
             handle_signals=True,
+            prices=prices,
         )
         started = datetime.now(UTC)
         try:
@@ -228,13 +299,19 @@ def _run(args: argparse.Namespace) -> int:
                 started_at=started.isoformat(),
                 finished_at=datetime.now(UTC).isoformat(),
                 pipeline_version=__version__,
+                cost_usd=round(summary.cost_usd, 6),
+                earlier_cost_usd=round(summary.earlier_cost_usd, 6),
+                unpriced_rows=summary.unpriced_rows,
+                possibly_billed_attempts=summary.possibly_billed_attempts,
+                max_cost_usd=job.limits.max_cost_usd,
             ),
         )
     _print_summary(summary)
     if code != EXIT_OK:
         print(f"{'stopped' if not summary.complete else 'finished'}: {reason}", file=sys.stderr)
     if not summary.complete:
-        print(f"{summary.rows_total} of {plan.rows} rows done; run the same command again to resume", file=sys.stderr)
+        again = "raise limits.max_cost_usd and run" if summary.ended == "budget" else "run"
+        print(f"{summary.rows_total} of {plan.rows} rows done; {again} the same command again to resume", file=sys.stderr)
     return code
 
 
@@ -247,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args)
+        if args.command == "estimate":
+            return _estimate(args)
+        if args.command == "report":
+            return _report(args)
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

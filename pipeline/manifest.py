@@ -61,6 +61,11 @@ class Manifest:
     finished_at: str
     pipeline_version: str
     extra: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float | None = None
+    earlier_cost_usd: float = 0.0
+    unpriced_rows: int = 0
+    possibly_billed_attempts: int = 0
+    max_cost_usd: float | None = None
 
     def same_work(self, job_sha256: str, fingerprint: dict[str, Any], limit: int | None) -> bool:
         """Whether this manifest describes a complete run of exactly this job on this input."""

@@ -24,6 +24,26 @@ class RunStats:
     completion_tokens: int = 0
     errors_by_type: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    earlier_cost_usd: float = 0.0
+    possibly_billed: int = 0
+
+    def add_cost(self, cost_usd: float | None, possibly_billed: int) -> None:
+        """Count one written row's cost (``None``: it could not be priced)."""
+        if cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += cost_usd
+        self.possibly_billed += possibly_billed
+
+    @property
+    def projected_cost_usd(self) -> float | None:
+        """Spent so far (earlier runs included) plus this run's cost per row times the rows left."""
+        sent = self.done - self.reused
+        if sent <= 0:
+            return None
+        return self.earlier_cost_usd + self.cost_usd + self.cost_usd / sent * max(0, self.total - self.done)
 
     @property
     def elapsed_s(self) -> float:
@@ -38,8 +58,23 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def usd(value: float) -> str:
+    """``$0.0123``, ``$4.56``, ``$1,234``: four decimals under a dollar, none from a hundred."""
+    if value >= 100:
+        return f"${value:,.0f}"
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+
+
+def _cost(stats: RunStats) -> str:
+    """``$0.0123 ~$0.2468``: spent, and the projected total; ``+?`` when some rows have no price."""
+    unknown = "+?" if stats.unpriced else ""
+    projected = stats.projected_cost_usd
+    total = "?" if projected is None else usd(projected) + unknown
+    return f"{usd(stats.earlier_cost_usd + stats.cost_usd)}{unknown} ~{total}"
+
+
 def render(stats: RunStats, width: int = 24) -> str:
-    """``[#####.....] 500/1000 ok 498 err 2 | 85.1 req/s | 41,200 tok/min | ETA 00:06``."""
+    """``[#####.....] 500/1000 ok 498 err 2 | 85.1 req/s | 41,200 tok/min | $0.0123 ~$0.0246 | ETA 00:06``."""
     elapsed = max(stats.elapsed_s, 1e-9)
     fraction = stats.done / stats.total if stats.total else 1.0
     filled = int(width * min(1.0, fraction))
@@ -50,7 +85,7 @@ def render(stats: RunStats, width: int = 24) -> str:
     eta = _clock((stats.total - stats.done) / row_rate) if row_rate > 0 else "--:--"
     return (
         f"[{bar}] {stats.done:,}/{stats.total:,} ok {stats.ok:,} err {stats.error:,}"
-        f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | ETA {eta}"
+        f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | {_cost(stats)} | ETA {eta}"
     )
 
 

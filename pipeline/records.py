@@ -90,6 +90,8 @@ class Reply:
     ttft_ms: float | None = None
     system_fingerprint: str | None = None
     response_id: str | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,14 +127,21 @@ class Outcome:
     ttft_ms: float | None = None
     keep: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float | None = 0.0
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    possibly_billed_attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     """What a run reports: counts, tokens, time, where the output went, how it ended.
 
-    ``ended`` is ``"complete"``, ``"interrupted"`` (a signal) or ``"aborted"`` (the
-    endpoint refused everything; ``reason`` says why).
+    ``ended`` is ``"complete"``, ``"interrupted"`` (a signal), ``"aborted"`` (the
+    endpoint refused everything) or ``"budget"`` (``limits.max_cost_usd`` reached);
+    ``reason`` says why. ``cost_usd`` is what this run's answers cost (rows that could
+    not be priced left out: ``unpriced_rows``); ``earlier_cost_usd`` what the results of
+    earlier runs of the same output cost.
     """
 
     output_path: str
@@ -148,6 +157,10 @@ class RunSummary:
     rows_reused: int = 0
     ended: str = "complete"
     reason: str | None = None
+    cost_usd: float = 0.0
+    unpriced_rows: int = 0
+    earlier_cost_usd: float = 0.0
+    possibly_billed_attempts: int = 0
 
     @property
     def complete(self) -> bool:

@@ -35,8 +35,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 from tenacity import AsyncRetrying, RetryCallState
 
 from pipeline import fake
+from pipeline.budget import Budget, recorded_cost
 from pipeline.build import RequestBuilder, split_headers, template_fields
 from pipeline.client import ChatClient
+from pipeline.cost import RowCost, attempt_ceiling, possibly_billed, reply_cost
 from pipeline.errors import (
     AnswerError,
     AttemptError,
@@ -48,6 +50,7 @@ from pipeline.errors import (
     RateLimited,
 )
 from pipeline.limits import RateLimiter, TokenEstimator
+from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, RunStats
 from pipeline.records import ChatRequest, Outcome, PromptRow, Reply, RunSummary
 from pipeline.resume import DoneIndex, completion_key
@@ -191,6 +194,7 @@ async def _endpoint_url(job: JobSpec) -> AsyncIterator[str | None]:
         invalid_json_rate=spec.invalid_json_rate,
         schema_mismatch_rate=spec.schema_mismatch_rate,
         fault_seed=spec.fault_seed,
+        cached_share=spec.cached_share,
     )
     async with fake.serve(config) as server:
         log.info("fake_server.started", base_url=server.base_url)
@@ -215,6 +219,7 @@ class Runner:
         retry_errors: bool = False,
         grace_s: float = DEFAULT_GRACE_S,
         handle_signals: bool = False,
+        prices: PriceTable | None = None,
     ) -> None:
         job = plan.job
         self.plan = plan
@@ -248,6 +253,8 @@ class Runner:
         self.grace_s = grace_s
         self.handle_signals = handle_signals
         self.done: DoneIndex | None = None
+        self.prices = prices if prices is not None else PriceTable.for_job(job.prices)
+        self.budget: Budget | None = None
         self._transport = transport
         self._client: ChatClient | None = None
         self._stopping = anyio.Event()
@@ -271,6 +278,9 @@ class Runner:
         earlier = [] if self.fresh else self.writer.earlier_results()
         if earlier:
             self.done = await anyio.to_thread.run_sync(DoneIndex.load, earlier)
+            self.stats.earlier_cost_usd = await anyio.to_thread.run_sync(recorded_cost, earlier)
+        if job.limits.max_cost_usd is not None:
+            self.budget = Budget(job.limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd)
         workers = 2 * job.limits.concurrency
         log.info(
             "job.started",
@@ -371,6 +381,10 @@ class Runner:
             ended=self._ended if self._stopping.is_set() else "complete",
             reason=self._reason,
             json_reasks=self.stats.json_reasks,
+            cost_usd=self.stats.cost_usd,
+            unpriced_rows=self.stats.unpriced,
+            earlier_cost_usd=self.stats.earlier_cost_usd,
+            possibly_billed_attempts=self.stats.possibly_billed,
         )
         log.info(
             "job.finished",
@@ -389,6 +403,8 @@ class Runner:
             requests=summary.requests_sent,
             json_reasks=summary.json_reasks,
             elapsed_s=round(summary.elapsed_s, 3),
+            cost_usd=round(summary.cost_usd, 6),
+            possibly_billed_attempts=summary.possibly_billed_attempts,
         )
         return summary
 
@@ -474,11 +490,12 @@ class Runner:
         if self.extraction is not None:
             return await self._extract(row, seq, request, started, self.extraction)
         attempts = [0]
+        bill = RowCost()
         try:
-            reply = await self._send(row.id, request, attempts)
+            reply = await self._send(row.id, request, attempts, bill)
         except AttemptError as exc:
-            return self._failed(row, seq, request, started, attempts[0], exc)
-        return self._answered(row, seq, request, reply, started, attempts[0])
+            return self._failed(row, seq, request, started, attempts[0], exc, bill)
+        return self._answered(row, seq, request, reply, started, attempts[0], bill)
 
     def _answered(
         self,
@@ -488,6 +505,7 @@ class Runner:
         reply: Reply,
         started: datetime,
         attempts: int,
+        bill: RowCost,
         **overrides: Any,
     ) -> Outcome:
         """The outcome of a request that got an answer (``overrides`` set JSON-mode fields)."""
@@ -514,6 +532,10 @@ class Runner:
             "tool_calls": reply.tool_calls,
             "ttft_ms": reply.ttft_ms,
             "keep": row.keep,
+            "cost_usd": bill.usd,
+            "cached_tokens": reply.cached_tokens,
+            "reasoning_tokens": reply.reasoning_tokens,
+            "possibly_billed_attempts": bill.possibly_billed,
         }
         fields.update(overrides)
         return Outcome(**fields)
@@ -540,19 +562,29 @@ class Runner:
         retries = self.plan.job.request.json_retries
         base_hash = request.request_hash
         attempts = [0]
-        tokens: tuple[int | None, int | None, int | None] = (None, None, None)
+        bill = RowCost()
+        tokens: tuple[int | None, ...] = (None, None, None, None, None)
         reask = 0
         while True:
             try:
-                reply = await self._send(row.id, request, attempts)
+                reply = await self._send(row.id, request, attempts, bill)
             except AttemptError as exc:
                 return self._failed(
-                    row, seq, request, started, attempts[0], exc, tokens, self._json_columns(None, reask), base_hash
+                    row, seq, request, started, attempts[0], exc, bill, tokens, self._json_columns(None, reask), base_hash
                 )
-            tokens = (
-                _plus(tokens[0], reply.prompt_tokens),
-                _plus(tokens[1], reply.completion_tokens),
-                _plus(tokens[2], reply.total_tokens),
+            tokens = tuple(
+                _plus(total, count)
+                for total, count in zip(
+                    tokens,
+                    (
+                        reply.prompt_tokens,
+                        reply.completion_tokens,
+                        reply.total_tokens,
+                        reply.cached_tokens,
+                        reply.reasoning_tokens,
+                    ),
+                    strict=True,
+                )
             )
             value, error = None, None
             try:
@@ -579,11 +611,14 @@ class Runner:
                 reply,
                 started,
                 attempts[0],
+                bill,
                 status="ok" if error is None else "error",
                 request_hash=base_hash,
                 prompt_tokens=tokens[0],
                 completion_tokens=tokens[1],
                 total_tokens=tokens[2],
+                cached_tokens=tokens[3],
+                reasoning_tokens=tokens[4],
                 error_type=error.error_type if error else None,
                 error_message=error.message if error else None,
                 extra=self._json_columns(value, reask + 1),
@@ -595,10 +630,11 @@ class Runner:
             return {}
         return {self.extraction.column.name: value, "json_attempts": json_attempts}
 
-    async def _send(self, row_id: str, request: ChatRequest, attempts: list[int]) -> Reply:
-        """One request through retry, limiter and client; ``attempts`` counts the HTTP attempts."""
+    async def _send(self, row_id: str, request: ChatRequest, attempts: list[int], bill: RowCost) -> Reply:
+        """One request through retry, limiter and client; ``attempts`` counts the HTTP attempts,
+        ``bill`` what they cost."""
         retrying: AsyncRetrying = self.retrying.copy(before_sleep=partial(self._log_retry, row_id))
-        reply: Reply = await retrying(self._attempt, request, attempts)
+        reply: Reply = await retrying(self._attempt, request, attempts, bill)
         return reply
 
     def _failed(
@@ -609,7 +645,8 @@ class Runner:
         started: datetime,
         attempts: int,
         exc: AttemptError,
-        tokens: tuple[int | None, int | None, int | None] = (None, None, None),
+        bill: RowCost,
+        tokens: tuple[int | None, ...] = (None, None, None, None, None),
         extra: dict[str, object] | None = None,
         request_hash: str | None = None,
     ) -> Outcome:
@@ -635,23 +672,45 @@ class Runner:
             extra=extra or {},
         )
 
-    async def _attempt(self, request: ChatRequest, attempts: list[int]) -> Reply:
-        """One attempt: hold an in-flight slot, pay the rate limiter, send.
+    def _reserve(self, request: ChatRequest) -> float:
+        """Reserve the attempt's cost ceiling under the budget; stop the run when it does not fit."""
+        if self.budget is None:
+            return 0.0
+        price = self.prices.resolve(request.model) if request.model else None
+        if price is None:
+            self.stop("budget", f"model {request.model!r} has no known price, and limits.max_cost_usd needs one")
+            raise _Stopped
+        completion = request.max_tokens if request.max_tokens is not None else self.estimator.completion_guess
+        amount = attempt_ceiling(price, request.estimated_prompt_tokens * self.estimator.prompt_ratio, completion)
+        if not self.budget.reserve(amount):
+            self.stop("budget", self.budget.refusal(amount))
+            raise _Stopped
+        return amount
 
-        The limiter is paid only once the slot is held, right before sending, so a
-        reservation never goes stale while waiting for a slot.
+    async def _attempt(self, request: ChatRequest, attempts: list[int], bill: RowCost) -> Reply:
+        """One attempt: hold an in-flight slot, reserve its cost, pay the rate limiter, send,
+        price the answer.
+
+        The budget and the limiter are paid only once the slot is held, right before
+        sending, so a reservation never goes stale while waiting for a slot.
         """
         assert self._client is not None
         if self._stopping.is_set():
             raise _Stopped
         cost = self.estimator.cost(request)
+        reserved = 0.0
         try:
             async with self.in_flight:
+                reserved = self._reserve(request)
                 await self.limiter.acquire(cost)
                 attempts[0] += 1
                 self.stats.requests += 1
                 reply = await self._client.send(request)
         except AttemptError as exc:
+            if self.budget is not None:
+                self.budget.release(reserved)
+            if possibly_billed(exc):
+                bill.possibly_billed += 1
             self.limiter.answered(exc.rate_limits)
             if isinstance(exc, RateLimited):
                 self.limiter.settle(cost, 0)
@@ -662,6 +721,10 @@ class Runner:
         if reply.prompt_tokens is not None and reply.completion_tokens is not None:
             self.limiter.settle(cost, self.estimator.charged(request, reply.prompt_tokens, reply.completion_tokens))
             self.estimator.learn(request, reply.prompt_tokens, reply.completion_tokens)
+        usd = reply_cost(self.prices.lookup(reply.model, request.model), reply)
+        bill.add(usd)
+        if self.budget is not None:
+            self.budget.settle(reserved, usd)
         return reply
 
     def _log_retry(self, row_id: str, state: RetryCallState) -> None:
@@ -711,6 +774,7 @@ class Runner:
             stats.errors_by_type[outcome.error_type or "unknown"] += 1
         stats.prompt_tokens += outcome.prompt_tokens or 0
         stats.completion_tokens += outcome.completion_tokens or 0
+        stats.add_cost(outcome.cost_usd, outcome.possibly_billed_attempts)
 
     async def _draw(self) -> None:
         """Redraw the progress line until the run ends."""

@@ -210,6 +210,7 @@ class LimitsSpec(_Section):
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    max_cost_usd: PositiveFloat | None = None
 
 
 class RetrySpec(_Section):
@@ -245,6 +246,20 @@ class FakeSpec(_Section):
     schema_mismatch_rate: float = Field(default=0.0, ge=0, le=1)
     retry_after_s: PositiveFloat = 1.0
     fault_seed: int = 0
+    cached_share: float = Field(default=0.0, ge=0, le=1)
+
+
+class PriceSpec(_Section):
+    """One model's price in USD per million tokens (``cached_input`` defaults to ``input``)."""
+
+    input: NonNegativeFloat
+    output: NonNegativeFloat
+    cached_input: NonNegativeFloat | None = None
+    as_of: str | None = None
+    source: str | None = None
+    note: str | None = None
+    uncertain: bool = False
+    aliases: list[str] = Field(default_factory=list)
 
 
 class JobSpec(_Section):
@@ -258,6 +273,7 @@ class JobSpec(_Section):
     retry: RetrySpec = RetrySpec()
     output: OutputSpec = OutputSpec()
     fake: FakeSpec = FakeSpec()
+    prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _images_need_a_prompt(self) -> JobSpec:

@@ -102,7 +102,25 @@ def test_success_has_openai_shape(start: Start) -> None:
         "prompt_tokens": 3 + 4 + 3,  # "hi", "there", "!"
         "completion_tokens": count_tokens(content),
         "total_tokens": 10 + count_tokens(content),
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
+
+
+def test_cached_share_and_reasoning_models_report_usage_details(start: Start) -> None:
+    _, client = start(cached_share=0.5)
+    usage = client.post("/chat/completions", json=chat("one two three four five")).json()["usage"]
+    assert usage["prompt_tokens"] == 5 + 4 + 3
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 6}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 0}
+
+    body = chat("one two three four five", model="openai/o3-mini")
+    reasoning = client.post("/chat/completions", json=body).json()
+    visible = count_tokens(reasoning["choices"][0]["message"]["content"])
+    details = reasoning["usage"]["completion_tokens_details"]
+    assert details == {"reasoning_tokens": 2 * visible}
+    assert reasoning["usage"]["completion_tokens"] == 3 * visible
+    assert reasoning["usage"]["total_tokens"] == 12 + 3 * visible
 
 
 def test_content_is_pinned_across_processes(start: Start) -> None:
@@ -474,6 +492,7 @@ def test_serve_in_thread_reports_a_taken_port() -> None:
         ("requests_per_minute", 0, "requests_per_minute must be >= 1"),
         ("limit_window_s", 0.0, "limit_window_s must be > 0"),
         ("drop_rate", 1.5, "drop_rate must be between 0 and 1"),
+        ("cached_share", 1.5, "cached_share must be between 0 and 1"),
     ],
 )
 def test_config_validation(field: str, value: float, message: str) -> None:

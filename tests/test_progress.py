@@ -39,7 +39,7 @@ def test_render_shows_counts_rates_and_eta() -> None:
 
 def test_render_full_line() -> None:
     line = render(stats(total=4, done=1, ok=1, requests=2000), width=8)
-    assert line == "[##......] 1/4 ok 1 err 0 | 2.0 req/s | 0 tok/min | ETA 50:00"
+    assert line == "[##......] 1/4 ok 1 err 0 | 2.0 req/s | 0 tok/min | $0.0000 ~$0.0000 | ETA 50:00"
 
 
 def test_render_large_numbers_have_thousands_separators() -> None:
@@ -112,3 +112,17 @@ def test_progress_line_is_silent_elsewhere() -> None:
     progress.close(stats(total=1, done=1, ok=1))
     assert progress.enabled is False
     assert stream.getvalue() == ""
+
+
+def test_render_shows_cost_spent_and_projected() -> None:
+    run = stats(total=1000, done=300, ok=300, requests=300, reused=100)
+    run.earlier_cost_usd = 1.0
+    run.add_cost(0.5, 0)
+    run.add_cost(1.5, 2)
+    # 2.00 spent over 200 sent rows: 700 rows left at 0.01 each
+    assert run.projected_cost_usd == 1.0 + 2.0 + 7.0
+    assert "| $3.00 ~$10.00 |" in render(run)
+    run.add_cost(None, 1)
+    assert "| $3.00+? ~$10.00+? |" in render(run)
+    assert run.possibly_billed == 3
+    assert "| $0.0000 ~? |" in render(stats(total=5))

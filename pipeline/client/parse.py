@@ -184,6 +184,7 @@ def reply_from(
     usage = data.get("usage")
     if not isinstance(usage, dict):
         usage = {}
+    prompt_details, completion_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
     return Reply(
         content=content,
         finish_reason=choice.get("finish_reason"),
@@ -199,4 +200,6 @@ def reply_from(
         ttft_ms=ttft_ms,
         system_fingerprint=_text(data.get("system_fingerprint")),
         response_id=_text(data.get("id")),
+        cached_tokens=prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None,
+        reasoning_tokens=completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None,
     )

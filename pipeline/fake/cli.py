@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             stream_cut_rate=args.stream_cut_rate,
             fault_seed=args.fault_seed,
             profile=profile(args.profile),
+            cached_share=args.cached_share,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -88,4 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--retry-after-s", type=float, default=1.0)
     parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument(
+        "--cached-share", type=float, default=0.0, metavar="S", help="report S of prompt tokens as cached"
+    )
     return parser

@@ -48,6 +48,7 @@ class FakeConfig:
     ``random.Random(f"{fault_seed}:content")``, and only when one is set, so turning them
     on leaves every other fault's draws unchanged. A schema mismatch needs a schema:
     ``json_object`` answers are left whole.
+    ``cached_share`` of every prompt's tokens is reported as cached.
     """
 
     latency_s: float = 0.0
@@ -73,6 +74,7 @@ class FakeConfig:
     fault_seed: int = 0
     profile: Profile = field(default_factory=Profile)
     record_requests: bool = False
+    cached_share: float = 0.0
 
     def __post_init__(self) -> None:
         """Reject settings the server cannot honour."""
@@ -83,6 +85,8 @@ class FakeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0.0 <= self.cached_share <= 1.0:
+            raise ValueError(f"cached_share must be between 0 and 1, got {self.cached_share}")
         if self.limit_window_s <= 0:
             raise ValueError(f"limit_window_s must be > 0, got {self.limit_window_s}")
         for fault, rate in (self.fault_rates() | self.content_fault_rates()).items():

@@ -7,6 +7,11 @@ Tokens are counted as matches of ``\\w+|[^\\w\\s]`` (deliberately not chars/4);
 an image part counts ``IMAGE_TOKENS``. With ``tools`` (and ``tool_choice`` not "none")
 every choice is a call of the first tool, or of the one ``tool_choice`` names, with
 arguments shaped by its parameters schema, ``content`` null and finish reason "tool_calls".
+
+Usage carries OpenAI's details: ``prompt_tokens_details.cached_tokens`` is
+``floor(prompt_tokens * cached_share)``, and models named ``o...`` (``o3-mini``,
+``openai/o4-mini``) "reason": ``completion_tokens_details.reasoning_tokens`` is twice
+the visible tokens, and counts in ``completion_tokens``, as OpenAI counts it.
 """
 
 from __future__ import annotations
@@ -192,7 +197,11 @@ def _response_format(value: Any) -> ResponseFormat | None:
 
 
 def completion(
-    chat: ChatRequest, completion_id: str, created: int, fault: ContentFault | None = None
+    chat: ChatRequest,
+    completion_id: str,
+    created: int,
+    fault: ContentFault | None = None,
+    cached_share: float = 0.0,
 ) -> dict[str, Any]:
     """The answer to ``chat`` as a ``chat.completion`` object; ``fault`` spoils the content
     of a JSON-mode answer."""
@@ -218,6 +227,8 @@ def completion(
         choices.append(
             {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
         )
+    reasoning_tokens = 2 * completion_tokens if is_reasoning_model(chat.model) else 0
+    completion_tokens += reasoning_tokens
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -229,15 +240,21 @@ def completion(
             "prompt_tokens": chat.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": chat.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": int(chat.prompt_tokens * cached_share)},
+            "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
         },
     }
 
 
 def completion_body(
-    chat: ChatRequest, completion_id: str, created: int, fault: ContentFault | None = None
+    chat: ChatRequest,
+    completion_id: str,
+    created: int,
+    fault: ContentFault | None = None,
+    cached_share: float = 0.0,
 ) -> bytes:
     """The 200 body answering ``chat``."""
-    return orjson.dumps(completion(chat, completion_id, created, fault))
+    return orjson.dumps(completion(chat, completion_id, created, fault, cached_share))
 
 
 def _rng(messages_key: bytes, seed: int | None, index: int) -> random.Random:
@@ -274,6 +291,11 @@ def generate_tool_call(
         "function": {"name": function["name"], "arguments": text},
     }
     return call, count_tokens(function["name"]) + count_tokens(text)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Whether the fake reports reasoning tokens for this model (its name starts with "o")."""
+    return model.rsplit("/", 1)[-1].startswith("o")
 
 
 def generate_content(

@@ -192,7 +192,9 @@ class FakeServer:
             content_fault is ContentFault.SCHEMA_MISMATCH and chat.response_format.schema is None
         ):
             content_fault = None
-        answer = completion(chat, f"chatcmpl-{digest[:24]}", int(time.time()), content_fault)
+        answer = completion(
+            chat, f"chatcmpl-{digest[:24]}", int(time.time()), content_fault, self.config.cached_share
+        )
         if chat.stream:
             self._count_content_fault(content_fault)
             return await self._stream(request, chat, answer, digest, fault, headers)

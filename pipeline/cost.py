@@ -1,0 +1,108 @@
+"""Cost arithmetic: what one answer's usage costs, summed over a row's attempts. Pure, no I/O.
+
+Prices are USD per million tokens. For one answer::
+
+    cost = ((prompt - cached) * input + cached * cached_input + output_tokens * output) / 1e6
+
+* ``cached`` is ``usage.prompt_tokens_details.cached_tokens``: a part of the prompt
+  tokens, billed at the cached-input price (capped at the prompt tokens).
+* ``output_tokens`` is ``completion_tokens``. Reasoning tokens
+  (``usage.completion_tokens_details.reasoning_tokens``) are part of it, as OpenAI
+  counts them, and are billed as output. A provider that counts them *outside*
+  completion tokens shows it in ``total_tokens == prompt + completion + reasoning``;
+  then they are added.
+
+A row's cost is the sum over every attempt that returned usage; an attempt that
+could not be priced (no usage, or no price for the model) makes the row's cost
+unknown (``None``), never a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import AttemptError, BadResponse, ConnectionFailed, RequestTimeout
+from pipeline.records import Reply
+
+PER_MILLION = 1_000_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens for one model, and where the figures came from."""
+
+    input: float
+    cached_input: float
+    output: float
+    model: str = ""
+    as_of: str | None = None
+    source: str | None = None
+    uncertain: bool = False
+
+
+def usage_cost(
+    price: Price,
+    prompt_tokens: int,
+    completion_tokens: int,
+    *,
+    cached_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
+    total_tokens: int | None = None,
+) -> float:
+    """USD for one answer's usage (see the module docstring)."""
+    cached = min(max(cached_tokens or 0, 0), prompt_tokens)
+    output = completion_tokens
+    reasoning = reasoning_tokens or 0
+    if reasoning > 0 and total_tokens is not None and total_tokens == prompt_tokens + completion_tokens + reasoning:
+        output += reasoning
+    return (
+        (prompt_tokens - cached) * price.input + cached * price.cached_input + output * price.output
+    ) / PER_MILLION
+
+
+def reply_cost(price: Price | None, reply: Reply) -> float | None:
+    """USD for one answer, or ``None`` when it has no price or reports no usage."""
+    if price is None or reply.prompt_tokens is None or reply.completion_tokens is None:
+        return None
+    return usage_cost(
+        price,
+        reply.prompt_tokens,
+        reply.completion_tokens,
+        cached_tokens=reply.cached_tokens,
+        reasoning_tokens=reply.reasoning_tokens,
+        total_tokens=reply.total_tokens,
+    )
+
+
+def attempt_ceiling(price: Price, prompt_tokens: float, completion_tokens: float) -> float:
+    """The most an attempt is expected to cost: nothing cached, every output token used."""
+    return (prompt_tokens * price.input + completion_tokens * price.output) / PER_MILLION
+
+
+@dataclass(slots=True)
+class RowCost:
+    """One row's cost over its attempts.
+
+    ``usd`` sums the answers that returned usage (``None`` once one could not be
+    priced); ``possibly_billed`` counts attempts sent whose answer never arrived in
+    full (timeouts, dropped connections, broken bodies), which a provider may bill.
+    """
+
+    usd: float | None = 0.0
+    possibly_billed: int = 0
+
+    def add(self, cost: float | None) -> None:
+        """Count one answer's cost (``None``: it could not be priced)."""
+        self.usd = None if cost is None or self.usd is None else self.usd + cost
+
+
+def possibly_billed(exc: AttemptError) -> bool:
+    """Whether a failed attempt may have been billed: sent, but its answer never arrived in full.
+
+    Client-side timeouts, dropped connections and broken 200 bodies count; an HTTP error
+    status (a 408 included) is a complete answer and does not. A connection refused
+    before the request was sent cannot be told apart cheaply and counts too.
+    """
+    if isinstance(exc, BadResponse):
+        return True
+    return isinstance(exc, RequestTimeout | ConnectionFailed) and exc.http_status is None
