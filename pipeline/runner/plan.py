@@ -1,0 +1,110 @@
+"""Everything resolved before the first request: the input checked, the output path filled in."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from pipeline.build import split_headers, template_fields
+from pipeline.errors import JobError
+from pipeline.sinks import RESERVED_COLUMNS
+from pipeline.sources import Source, open_source
+from pipeline.spec import JobSpec
+from pipeline.structured import Extraction, load_extraction
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """Everything resolved before the first request: paths, source, row count."""
+
+    job: JobSpec
+    input_path: Path
+    output_path: Path
+    source: Source
+    rows: int
+    limit: int | None
+    run_id: str
+    extraction: Extraction | None = None
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id that sorts by time: ``20261123T010203Z-1a2b3c``."""
+    moment = now or datetime.now(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def resolve_output(template: str, name: str, *, run_id: str, day: date | None = None) -> Path:
+    """Fill ``{name}``, ``{date}`` (UTC today, or ``day``), ``{datetime}`` and ``{run_id}``."""
+    now = datetime.now(UTC)
+    values = {
+        "name": name,
+        "date": (day or now.date()).isoformat(),
+        "datetime": now.strftime("%Y-%m-%dT%H%M%SZ"),
+        "run_id": run_id,
+    }
+    try:
+        return Path(template.format_map(values))
+    except (KeyError, ValueError) as exc:
+        raise JobError(
+            f"[output] path: unknown placeholder {exc} (use {{name}}, {{date}}, {{datetime}} or {{run_id}})"
+        ) from None
+
+
+def value_columns(job: JobSpec) -> list[str]:
+    """Input columns the request builder reads (so each is checked to exist before the run)."""
+    names: list[str] = []
+    if job.input.messages_column:
+        names.append(job.input.messages_column)
+    if job.input.prompt_column:
+        names.append(job.input.prompt_column)
+    if job.request.template:
+        names.extend(template_fields(job.request.template))
+    request = job.request
+    names.extend(c for c in (request.model_column, request.seed_column, request.image_column) if c)
+    _, header_templates = split_headers(job.endpoint.headers)
+    if header_templates is not None:
+        names.extend(header_templates.columns())
+    return list(dict.fromkeys(names))
+
+
+def optional_columns(job: JobSpec) -> list[str]:
+    """The optional output columns this job fills: choices (n > 1), tool_calls, ttft_ms."""
+    request = job.request
+    wanted = {"choices": request.choices > 1, "tool_calls": request.tools is not None, "ttft_ms": request.stream}
+    return [name for name, on in wanted.items() if on]
+
+
+def plan_run(
+    job: JobSpec,
+    *,
+    input_path: Path | None = None,
+    output_path: Path | None = None,
+    limit: int | None = None,
+    day: date | None = None,
+) -> RunPlan:
+    """Open and check the input, resolve the output; raises ``UserError`` on any mistake."""
+    extraction = load_extraction(job.request)
+    taken = set(RESERVED_COLUMNS) | set(extraction.output_schema.names if extraction else ())
+    clash = sorted(set(job.input.keep_columns) & taken)
+    if clash:
+        raise JobError(f"[input] keep_columns: {clash[0]!r} is already an output column")
+    source_path = input_path or Path(job.input.path)
+    source = open_source(
+        source_path,
+        id_column=job.input.id_column,
+        value_columns=value_columns(job),
+        keep_columns=job.input.keep_columns,
+        batch_size=job.input.batch_size,
+    )
+    preflight = source.preflight(limit)
+    run_id = new_run_id()
+    output = output_path or resolve_output(job.output.path, job.name, run_id=run_id, day=day)
+    return RunPlan(job, source_path, output, source, preflight.rows, limit, run_id, extraction)
+
+
+
+def models_of(job: JobSpec) -> list[str | None]:
+    """The models each row is sent to: ``models``, else one (``model``, or per row: None)."""
+    return [*job.request.models] if job.request.models else [None]

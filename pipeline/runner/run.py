@@ -1,0 +1,306 @@
+"""The composer: one task group; reader -> N workers -> writer; stop, signals, summary."""
+
+from __future__ import annotations
+
+import signal
+import time
+from functools import partial
+
+import anyio
+import httpx
+import structlog
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from pipeline.budget import Budget, recorded_cost
+from pipeline.client import ChatClient
+from pipeline.errors import OutputError
+from pipeline.prices import PriceTable
+from pipeline.progress import ProgressLine, RunStats
+from pipeline.records import Outcome, PromptRow, RunSummary
+from pipeline.resume import DoneIndex
+from pipeline.runner.endpoint import endpoint_url
+from pipeline.runner.plan import RunPlan, models_of, optional_columns
+from pipeline.runner.rows import RowProcessor, Stopped
+from pipeline.sinks import PartWriter
+
+log = structlog.get_logger("pipeline")
+
+FLUSH_ROWS = 500
+FLUSH_INTERVAL_S = 1.0
+PROGRESS_INTERVAL_S = 0.5
+DEFAULT_GRACE_S = 30.0
+_ROW_BUFFER = 4096
+
+
+class Runner:
+    """One run of one job."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        *,
+        api_key: str | None,
+        progress: ProgressLine | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        fresh: bool = False,
+        retry_errors: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+        handle_signals: bool = False,
+        prices: PriceTable | None = None,
+    ) -> None:
+        job = plan.job
+        self.plan = plan
+        self.api_key = api_key
+        self.stats = RunStats(total=plan.rows * len(models_of(job)))
+        self._stopping = anyio.Event()
+        self.rows = RowProcessor(
+            plan,
+            self.stats,
+            prices=prices if prices is not None else PriceTable.for_job(job.prices),
+            retry_errors=retry_errors,
+            stop=self.stop,
+            stopping=self._stopping,
+        )
+        self.writer = PartWriter(
+            plan.output_path,
+            plan.source.keep_schema(),
+            plan.extraction.output_schema if plan.extraction else None,
+            optional_columns(job),
+        )
+        self.progress = progress
+        self.source_name = str(plan.input_path)
+        self.fresh = fresh
+        self.grace_s = grace_s
+        self.handle_signals = handle_signals
+        self._transport = transport
+        self._ended = "complete"
+        self._reason: str | None = None
+        self._work_scope: anyio.CancelScope | None = None
+
+    def stop(self, ended: str, reason: str) -> None:
+        """Stop taking rows; in-flight requests get ``grace_s`` to finish."""
+        if self._stopping.is_set():
+            return
+        self._ended, self._reason = ended, reason
+        self._stopping.set()
+        log.warning("job.stopping", reason=reason, grace_s=self.grace_s)
+
+    async def run(self) -> RunSummary:
+        """Send every row not already done, write every outcome, merge the output."""
+        job = self.plan.job
+        await anyio.to_thread.run_sync(partial(self.writer.prepare, fresh=self.fresh))
+        earlier = [] if self.fresh else self.writer.earlier_results()
+        if earlier:
+            self.rows.done = await anyio.to_thread.run_sync(DoneIndex.load, earlier)
+            self.stats.earlier_cost_usd = await anyio.to_thread.run_sync(recorded_cost, earlier)
+        if job.limits.max_cost_usd is not None:
+            self.rows.budget = Budget(job.limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd)
+        workers = 2 * job.limits.concurrency
+        log.info(
+            "job.started",
+            job=job.name,
+            run_id=self.plan.run_id,
+            rows=self.plan.rows,
+            input=self.source_name,
+            output=str(self.plan.output_path),
+            model=job.request.model or job.request.models or f"column {job.request.model_column}",
+            concurrency=job.limits.concurrency,
+            earlier_results=len(self.rows.done) if self.rows.done is not None else 0,
+        )
+        try:
+            await self._run_stages(workers)
+        except BaseExceptionGroup as group:
+            output_errors = group.subgroup(OutputError)
+            if output_errors is not None and output_errors.exceptions:
+                raise _first_leaf(output_errors) from None
+            raise
+        if not self._stopping.is_set():
+            carried = None
+            if self.rows.done is not None:
+                carried = [
+                    (path, self.rows.done.carried.selected[i], {row: seq for (src, row), seq in self.rows.done.carried.moved.items() if src == i})
+                    for i, path in enumerate(self.rows.done.sources)
+                ]
+            await anyio.to_thread.run_sync(self.writer.finalize, carried)
+        if self.progress is not None:
+            self.progress.close(self.stats)
+        return self._summary()
+
+    async def _run_stages(self, workers: int) -> None:
+        job = self.plan.job
+        async with endpoint_url(job) as base_url, ChatClient(
+            job.endpoint,
+            api_key=self.api_key,
+            max_connections=job.limits.concurrency,
+            base_url=base_url,
+            transport=self._transport,
+            headers=self.rows.static_headers,
+            stream=job.request.stream,
+        ) as client:
+            self.rows.client = client
+            rows_send, rows_receive = anyio.create_memory_object_stream[PromptRow](
+                max(_ROW_BUFFER, 2 * workers)
+            )
+            out_send, out_receive = anyio.create_memory_object_stream[Outcome](max(1024, 2 * workers))
+            writer_done = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write, out_receive, writer_done)
+                if self.progress is not None and self.progress.enabled:
+                    tg.start_soon(self._draw)
+                if self.handle_signals:
+                    tg.start_soon(self._watch_signals)
+                tg.start_soon(self._enforce_grace)
+                async with anyio.create_task_group() as work:
+                    self._work_scope = work.cancel_scope
+                    work.start_soon(self._read, rows_send)
+                    async with out_send, rows_receive:
+                        for _ in range(workers):
+                            work.start_soon(self._work, rows_receive.clone(), out_send.clone())
+                await writer_done.wait()
+                tg.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        """First SIGINT/SIGTERM: stop gracefully. Second: cancel in-flight requests now."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self._stopping.is_set():
+                    log.warning("job.stopping_now", signal=name)
+                    self._cancel_work()
+                else:
+                    self.stop("interrupted", f"received {name}")
+
+    async def _enforce_grace(self) -> None:
+        """Once stopping, give in-flight requests ``grace_s``, then cancel them."""
+        await self._stopping.wait()
+        await anyio.sleep(self.grace_s)
+        self._cancel_work()
+
+    def _cancel_work(self) -> None:
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    def _summary(self) -> RunSummary:
+        summary = RunSummary(
+            output_path=str(self.plan.output_path),
+            rows_total=self.stats.done,
+            rows_ok=self.stats.ok,
+            rows_error=self.stats.error,
+            errors_by_type=dict(self.stats.errors_by_type),
+            prompt_tokens=self.stats.prompt_tokens,
+            completion_tokens=self.stats.completion_tokens,
+            requests_sent=self.stats.requests,
+            elapsed_s=self.stats.elapsed_s,
+            rows_reused=self.stats.reused,
+            ended=self._ended if self._stopping.is_set() else "complete",
+            reason=self._reason,
+            json_reasks=self.stats.json_reasks,
+            cost_usd=self.stats.cost_usd,
+            unpriced_rows=self.stats.unpriced,
+            earlier_cost_usd=self.stats.earlier_cost_usd,
+            possibly_billed_attempts=self.stats.possibly_billed,
+        )
+        log.info(
+            "job.finished",
+            job=self.plan.job.name,
+            run_id=self.plan.run_id,
+            ended=summary.ended,
+            reason=summary.reason,
+            output=summary.output_path,
+            rows=summary.rows_total,
+            ok=summary.rows_ok,
+            error=summary.rows_error,
+            reused=summary.rows_reused,
+            errors_by_type=summary.errors_by_type,
+            prompt_tokens=summary.prompt_tokens,
+            completion_tokens=summary.completion_tokens,
+            requests=summary.requests_sent,
+            json_reasks=summary.json_reasks,
+            elapsed_s=round(summary.elapsed_s, 3),
+            cost_usd=round(summary.cost_usd, 6),
+            possibly_billed_attempts=summary.possibly_billed_attempts,
+        )
+        return summary
+
+    async def _read(self, send: MemoryObjectSendStream[PromptRow]) -> None:
+        """Feed rows, a batch at a time from a thread, keeping the buffer ahead of the workers full."""
+        batches = self.plan.source.batches(self.plan.limit)
+        async with send:
+            while not self._stopping.is_set():
+                batch = await anyio.to_thread.run_sync(next, batches, None)
+                if batch is None:
+                    return
+                for row in batch:
+                    try:
+                        send.send_nowait(row)
+                    except anyio.WouldBlock:
+                        await send.send(row)
+
+    async def _work(self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]) -> None:
+        """One worker: take a row, produce its outcomes (one per model), repeat, until the
+        rows run out or the run stops."""
+        async with rows, out:
+            async for row in rows:
+                for index, model in enumerate(self.rows.models):
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        outcome = await self.rows.process(row, index, model)
+                    except Stopped:
+                        return
+                    if outcome is None:
+                        continue
+                    try:
+                        out.send_nowait(outcome)
+                    except anyio.WouldBlock:
+                        await out.send(outcome)
+
+    async def _write(self, outcomes: ObjectReceiveStream[Outcome], done: anyio.Event) -> None:
+        """Collect outcomes, write a part file every second or every ``FLUSH_ROWS`` rows."""
+        buffer: list[Outcome] = []
+        deadline = time.monotonic() + FLUSH_INTERVAL_S
+        async with outcomes:
+            while True:
+                outcome: Outcome | None = None
+                with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                    try:
+                        outcome = await outcomes.receive()
+                    except anyio.EndOfStream:
+                        break
+                if outcome is not None:
+                    buffer.append(outcome)
+                    self._count(outcome)
+                if len(buffer) >= FLUSH_ROWS or time.monotonic() >= deadline:
+                    batch, buffer = buffer, []
+                    if batch:
+                        await anyio.to_thread.run_sync(self.writer.write_part, batch)
+                    deadline = time.monotonic() + FLUSH_INTERVAL_S
+        await anyio.to_thread.run_sync(self.writer.write_part, buffer)
+        done.set()
+
+    def _count(self, outcome: Outcome) -> None:
+        stats = self.stats
+        stats.done += 1
+        if outcome.status == "ok":
+            stats.ok += 1
+        else:
+            stats.error += 1
+            stats.errors_by_type[outcome.error_type or "unknown"] += 1
+        stats.prompt_tokens += outcome.prompt_tokens or 0
+        stats.completion_tokens += outcome.completion_tokens or 0
+        stats.add_cost(outcome.cost_usd, outcome.possibly_billed_attempts)
+
+    async def _draw(self) -> None:
+        """Redraw the progress line until the run ends."""
+        assert self.progress is not None
+        while True:
+            self.progress.draw(self.stats)
+            await anyio.sleep(PROGRESS_INTERVAL_S)
+
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first non-group exception inside a (nested) exception group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
