@@ -45,7 +45,7 @@ def main() -> None:
             transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
             )
-        runner = Runner(plan, api_key=api_key_for(job), transport=transport)
+        runner = Runner(plan, api_key=api_key_for(job), transport=transport, fresh=True)
         cpu_before, wall_before = _cpu_s(), time.perf_counter()
         summary = anyio.run(runner.run, backend="asyncio")
         cpu, wall = _cpu_s() - cpu_before, time.perf_counter() - wall_before

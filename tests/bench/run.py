@@ -156,7 +156,7 @@ def bench_c(folder: Path, *, configured: bool = True) -> None:
     rpm, tpm, max_tokens = 3000, 600_000, 256
     with fake_server("--latency-ms", "300", "--rpm", str(rpm), "--tpm", str(tpm)) as url:
         limits = f"requests_per_minute = {rpm}\ntokens_per_minute = {tpm}" if configured else ""
-        job = write_job(folder, "c", url, concurrency=128, max_tokens=max_tokens, limits=limits)
+        job = write_job(folder, "c" if configured else "c2", url, concurrency=128, max_tokens=max_tokens, limits=limits)
         r = run_client(job, make_input(folder, 4_000), folder)
         stats = server_stats(url)
     df = pl.read_parquet(r["output"])
