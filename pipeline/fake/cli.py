@@ -11,6 +11,9 @@ from pipeline.fake.config import FakeConfig
 from pipeline.fake.profiles import PROFILES, profile
 from pipeline.fake.server import serve
 
+_NOT_CONFIG = frozenset({"host", "port", "api_key_env", "profile"})
+"""Arguments that are not FakeConfig fields; every other flag's dest is one."""
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, serve, and return 0 once signalled."""
@@ -22,30 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         if not api_key:
             parser.error(f"environment variable {args.api_key_env} is not set or empty")
     try:
-        config = FakeConfig(
-            latency_s=args.latency_ms / 1000,
-            latency_jitter_s=args.jitter_ms / 1000,
-            requests_per_minute=args.rpm,
-            tokens_per_minute=args.tpm,
-            limit_window_s=args.limit_window_s,
-            max_concurrency=args.max_concurrency,
-            api_key=api_key,
-            error_500_rate=args.error_500_rate,
-            error_502_rate=args.error_502_rate,
-            error_503_rate=args.error_503_rate,
-            rate_limit_rate=args.rate_limit_rate,
-            retry_after_s=args.retry_after_s,
-            drop_rate=args.drop_rate,
-            hang_rate=args.hang_rate,
-            bad_request_rate=args.bad_request_rate,
-            malformed_rate=args.malformed_rate,
-            invalid_json_rate=args.invalid_json_rate,
-            schema_mismatch_rate=args.schema_mismatch_rate,
-            stream_cut_rate=args.stream_cut_rate,
-            fault_seed=args.fault_seed,
-            profile=profile(args.profile),
-            cached_share=args.cached_share,
-        )
+        options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+        config = FakeConfig.from_options(**options, api_key=api_key, profile=profile(args.profile))
     except ValueError as exc:
         parser.error(str(exc))
     asyncio.run(_serve_until_signalled(config, args.host, args.port))
@@ -71,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="extra uniform(0, jitter)")
-    parser.add_argument("--rpm", type=int, help="requests per minute")
-    parser.add_argument("--tpm", type=int, help="tokens per minute")
+    parser.add_argument("--rpm", type=int, dest="requests_per_minute", help="requests per minute")
+    parser.add_argument("--tpm", type=int, dest="tokens_per_minute", help="tokens per minute")
     parser.add_argument("--limit-window-s", type=float, default=1.0, help="bucket window")
     parser.add_argument("--max-concurrency", type=int, help="429 beyond this many in flight")
     parser.add_argument(

@@ -93,6 +93,12 @@ class FakeConfig:
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{fault}_rate must be between 0 and 1, got {rate}")
 
+    @classmethod
+    def from_options(cls, *, latency_ms: float = 0.0, jitter_ms: float = 0.0, **fields: Any) -> FakeConfig:
+        """A config from user-facing options: latencies in milliseconds, the rest by field name
+        (what ``pipeline fake-server`` flags and a job's ``[fake]`` table hold)."""
+        return cls(latency_s=latency_ms / 1000.0, latency_jitter_s=jitter_ms / 1000.0, **fields)
+
     def fault_rates(self) -> dict[Fault, float]:
         """Each fault's probability, in the order faults are drawn.
 
