@@ -35,7 +35,8 @@ class ChatRequest:
     """A ready-to-send chat-completions body, canonically encoded.
 
     ``headers`` are the row's templated headers (None when the endpoint has none);
-    ``model`` is the model asked for.
+    ``model`` is the model asked for; ``max_tokens`` bounds the completion tokens of
+    the whole answer (``max_tokens`` times ``n``), as rate limits and budgets count them.
     """
 
     body: bytes

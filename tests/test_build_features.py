@@ -157,3 +157,16 @@ def test_image_that_cannot_be_sent_is_bad_input(value: Any, says: str) -> None:
     with pytest.raises(BadRowError) as info:
         image_url(value, "image")
     assert str(info.value) == says
+
+
+def test_n_choices_multiply_the_completion_bound_the_limits_count() -> None:
+    from pipeline.build import RequestBuilder
+    from pipeline.records import PromptRow
+    from pipeline.spec import RequestSpec
+
+    row = PromptRow(seq=0, id="a", values={"text": "hello"})
+    one = RequestBuilder(RequestSpec(model="m", max_tokens=50), prompt_column="text").build(row)
+    three = RequestBuilder(RequestSpec(model="m", max_tokens=50, params={"n": 3}), prompt_column="text").build(row)
+    assert one.max_tokens == 50
+    assert three.max_tokens == 150
+    assert b'"max_tokens":50' in three.body

@@ -113,6 +113,8 @@ class RequestBuilder:
             self._fixed["temperature"] = spec.temperature
         if spec.max_tokens is not None:
             self._fixed["max_tokens"] = spec.max_tokens
+        # each of the n choices may use max_tokens: that is what a provider charges against limits
+        self._completion_bound = spec.max_tokens * spec.choices if spec.max_tokens is not None else None
         if spec.tools is not None:
             self._fixed["tools"] = spec.tools
         if spec.tool_choice is not None:
@@ -195,7 +197,7 @@ class RequestBuilder:
             seed=seed,
             request_hash=request_hash(encoded),
             estimated_prompt_tokens=estimate_prompt_tokens(messages),
-            max_tokens=self._spec.max_tokens,
+            max_tokens=self._completion_bound,
             model=model,
             headers=self._headers.render(row) if self._headers is not None else None,
         )
