@@ -118,6 +118,10 @@ def api_key_for(job: JobSpec) -> str | None:
     value = os.environ.get(name)
     if not value:
         raise JobError(f"environment variable {name} (named by [endpoint] api_key_env) is not set")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise JobError(
+            f"environment variable {name} holds a control character (a line ending from an env file?)"
+        )
     return value
 
 
@@ -311,7 +315,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{'stopped' if not summary.complete else 'finished'}: {reason}", file=sys.stderr)
     if not summary.complete:
         again = "raise limits.max_cost_usd and run" if summary.ended == "budget" else "run"
-        print(f"{summary.rows_total} of {plan.rows} rows done; {again} the same command again to resume", file=sys.stderr)
+        print(
+            f"{summary.rows_total} of {runner.stats.total} rows done; {again} the same command again to resume",
+            file=sys.stderr,
+        )
     return code
 
 

@@ -12,8 +12,9 @@ larger than a bucket's capacity starts when that bucket is full. The server is t
 * ``observe`` lowers the buckets to the server's ``x-ratelimit-remaining-*`` and
   adopts its ``x-ratelimit-limit-*`` when that is lower than the configured limit
   (or none is configured: then the first request goes alone, to learn them);
-* ``cooldown`` (after a 429) pauses every caller at once and restarts the refill,
-  from empty, after the pause; callers already waiting take a new place in the queue.
+* ``cooldown`` (after a 429) pauses every caller at once and restarts the refill after
+  the pause, from empty at best (the debt of requests already sent is kept); callers
+  already waiting give their reservations back and take new places in the queue.
 """
 
 from __future__ import annotations
@@ -80,13 +81,18 @@ class Bucket:
         self.refill(now)
         self.level = min(self.level, remaining)
 
-    def pause_until(self, until: float) -> None:
-        """Empty the bucket and start refilling only at ``until``.
+    def pause_until(self, until: float, now: float, waiting: float) -> None:
+        """No refill before ``until``; the debt of what was already sent is kept.
 
-        Reservations still waiting are forgotten: their callers reserve again.
+        ``waiting`` is what callers still asleep had reserved: it is given back at once
+        (they reserve again, one after another, after the pause).
         """
-        self.level = 0.0
-        self.updated = until
+        if self.updated > now:
+            self.level -= (self.updated - now) * self.rate
+        else:
+            self.refill(now)
+        self.level = min(self.level + waiting, 0.0)
+        self.updated = max(now, until)
 
     def replaced(self, per_minute: float, burst_s: float) -> Bucket:
         """A bucket at another rate that keeps this one's level (and so its queue)."""
@@ -149,6 +155,8 @@ class RateLimiter:
         self.tokens = Bucket(tokens_per_minute, burst_s, now) if tokens_per_minute else None
         self._paused_until = 0.0
         self._epoch = 0
+        self._waiting_requests = 0
+        self._waiting_tokens = 0
         self._probe_sent = False
         self._probed = anyio.Event()
         if self.requests is not None or self.tokens is not None:
@@ -182,7 +190,13 @@ class RateLimiter:
         epoch = self._epoch
         wait = self._reserve(tokens, self._clock())
         while wait > 0:
-            await self._sleep(wait)
+            self._waiting_requests += 1
+            self._waiting_tokens += tokens
+            try:
+                await self._sleep(wait)
+            finally:
+                self._waiting_requests -= 1
+                self._waiting_tokens -= tokens
             if epoch == self._epoch:
                 return
             epoch = self._epoch
@@ -218,16 +232,18 @@ class RateLimiter:
         return bucket
 
     def cooldown(self, seconds: float) -> None:
-        """The server said 429: everyone waits ``seconds``, then refills from empty."""
+        """The server said 429: everyone waits ``seconds``; the refill restarts after the pause
+        (from empty at best: the debt of requests already sent is kept)."""
         now = self._clock()
         until = now + seconds
         if until <= self._paused_until:
             return
         self._paused_until = until
         self._epoch += 1
-        for bucket in (self.requests, self.tokens):
-            if bucket is not None:
-                bucket.pause_until(until)
+        if self.requests is not None:
+            self.requests.pause_until(until, now, self._waiting_requests)
+        if self.tokens is not None:
+            self.tokens.pause_until(until, now, self._waiting_tokens)
 
     @property
     def paused_until(self) -> float:

@@ -161,10 +161,13 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with exactly ``schema``'s columns: missing ones null, others cast."""
     arrays = []
     for field in schema:
+        column = None
         if field.name in table.column_names:
-            arrays.append(table[field.name].cast(field.type))
-        else:
-            arrays.append(pa.nulls(table.num_rows, type=field.type))
+            try:
+                column = table[field.name].cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                column = None  # an earlier run's column of another type cannot be kept
+        arrays.append(column if column is not None else pa.nulls(table.num_rows, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

@@ -51,6 +51,7 @@ BAD_JOBS: list[tuple[str, Callable[[dict[str, Any], Path], None], str]] = [
     ("missing template column", lambda j, _: j["request"].update(template="{nope}"), "column 'nope' not found"),
     ("duplicate ids", lambda j, t: j["input"].update(path=str(_duplicate_ids(t))), "duplicate id 'a'"),
     ("unset key variable", lambda j, _: j["endpoint"].update(api_key_env="SURELY_UNSET_KEY_VAR"), "SURELY_UNSET_KEY_VAR"),
+    ("key with a line ending", lambda j, _: j["endpoint"].update(api_key_env="TEST_KEY_WITH_CR"), "control character"),
     ("keep clashes", lambda j, _: j["input"].update(keep_columns=["text", "status"]), "'status'"),
     ("keep clashes optional", lambda j, _: j["input"].update(keep_columns=["ttft_ms"]), "'ttft_ms' is already an output column"),
     ("missing header column", lambda j, _: j["endpoint"].update(headers={"x-trace": "{id}-{trace}"}), "column 'trace' not found"),
@@ -71,8 +72,10 @@ def test_user_errors_are_one_line_exit_2_and_send_nothing(
     case: str,
     mutate: Callable[[dict[str, Any], Path], None],
     expected: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server = fake_server()
+    monkeypatch.setenv("TEST_KEY_WITH_CR", "sk-abc\r")
     out = tmp_path / "o.parquet"
     job = make_job(reviews(5), server.base_url, out)
     mutate(job, tmp_path)

@@ -567,3 +567,11 @@ async def test_unparseable_rate_limit_header_is_ignored(value: str) -> None:
     reply = await send(handler)
 
     assert reply.rate_limits == RateLimitInfo(remaining_tokens=5)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_a_retry_after_that_is_not_finite_is_ignored(value: str) -> None:
+    from pipeline.client import parse_retry_after
+
+    assert parse_retry_after(httpx.Headers({"retry-after": value})) is None
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": value})) is None

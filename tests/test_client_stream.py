@@ -203,3 +203,31 @@ def test_reply_keeps_all_choices_tool_calls_fingerprint_and_id() -> None:
     assert (reply.response_id, reply.system_fingerprint) == ("chatcmpl-2", "fp_2")
     plain = parse_reply(orjson.dumps({"choices": [{"message": {"content": "one"}}]}), 200, 1.0, None)
     assert (plain.choices, plain.tool_calls, plain.response_id) == (("one",), None, None)
+
+
+@pytest.mark.anyio
+async def test_an_error_event_naming_the_key_is_scrubbed() -> None:
+    key = "sk-stream-secret-77"
+    events = [chunk([delta(content="Hi")]), b"data: " + orjson.dumps({"error": {"message": f"bad key Bearer {key}"}}) + b"\n\n"]
+    spec = EndpointSpec(base_url=BASE_URL)
+    with pytest.raises(ServerError) as info:
+        async with ChatClient(
+            spec, api_key=key, max_connections=2, transport=httpx.MockTransport(sse(*events)), stream=True
+        ) as client:
+            await client.send(request())
+    assert key not in info.value.message
+    assert key not in str(info.value)
+    assert "***" in info.value.message
+
+
+def test_usage_that_is_not_a_number_is_ignored_not_a_crash() -> None:
+    body = orjson.dumps(
+        {
+            "choices": [{"message": {"content": "x"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": "5", "completion_tokens": True, "total_tokens": 7,
+                      "prompt_tokens_details": {"cached_tokens": "2"}},
+        }
+    )  # fmt: skip
+    reply = parse_reply(body, 200, 1.0, None)
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.total_tokens) == (None, None, 7)
+    assert reply.cached_tokens is None

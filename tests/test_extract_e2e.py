@@ -304,3 +304,25 @@ def test_rerun_reuses_re_asked_rows_by_their_first_request(
 
     assert server.stats.received == received
     assert pl.read_parquet(out).equals(first)
+
+
+def test_a_changed_local_schema_is_not_reused(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+) -> None:
+    server = fake_server()
+    source = reviews(8)
+    out = tmp_path / "out.parquet"
+    first = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+    job = make_job(
+        source, server.base_url, out,
+        request={"response_format": "json_object", "json_schema": str(schema_file(tmp_path, first, "a.json")), "max_tokens": 400},
+    )  # fmt: skip
+    run(tmp_path, job)
+    received = server.stats.received
+
+    second = {"type": "object", "properties": {"keywords": {"type": "array", "items": {"type": "string"}}}}
+    job["request"]["json_schema"] = str(schema_file(tmp_path, second, "b.json"))
+    df = run(tmp_path, job)
+
+    assert server.stats.received - received == 8  # the schema is not in the body, yet it changed
+    assert df["parsed"].struct.fields == ["keywords"]

@@ -170,7 +170,7 @@ def test_bucket_adjust_and_clamp() -> None:
 
 def test_bucket_pause_empties_and_delays_refill() -> None:
     bucket = Bucket(600, burst_s=0.25, now=0.0)
-    bucket.pause_until(2.0)
+    bucket.pause_until(2.0, now=0.0, waiting=0)
     assert bucket.level == pytest.approx(0.0)
     bucket.refill(1.5)
     assert bucket.level == pytest.approx(0.0)
@@ -601,3 +601,21 @@ def test_requests_in_any_window_stay_within_rate_and_capacity(
 
     assert len(starts) == len(arrivals)
     assert max_in_window(starts, window) <= rate * window + capacity + 1e-6
+
+
+
+def test_a_pause_keeps_the_debt_of_requests_already_sent() -> None:
+    bucket = Bucket(60_000, burst_s=0.25, now=0.0)  # 1000 tokens/s, capacity 250
+    assert bucket.reserve(5000, now=0.0) == 0.0  # sent: a 4750-token debt
+    bucket.pause_until(1.0, now=0.5, waiting=0)
+    # the debt (4750 - 500 refilled by 0.5 s) is not forgiven by the pause
+    assert bucket.reserve(250, now=1.0) == pytest.approx(4.25 + 0.25)
+
+
+def test_a_pause_gives_back_what_sleeping_callers_had_reserved() -> None:
+    bucket = Bucket(600, burst_s=0.25, now=0.0)  # 10/s, capacity 2.5
+    for _ in range(6):
+        bucket.reserve(1, now=0.0)  # 2 sent now, 4 asleep until 0.05 .. 0.35
+    bucket.pause_until(1.0, now=0.1, waiting=4)
+    assert bucket.level == pytest.approx(0.0)
+    assert bucket.reserve(1, now=0.1) == pytest.approx(1.0)  # first after the pause: 1.1 s

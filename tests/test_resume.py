@@ -373,3 +373,47 @@ def test_several_models_resume_per_row_and_model(
     second = pl.read_parquet(out)
     assert second["model"].to_list()[:4] == ["model-a", "model-c", "model-a", "model-c"]
     assert second.filter(pl.col("model") == "model-a").equals(first.filter(pl.col("model") == "model-a"))
+
+
+def test_a_stop_with_a_full_row_buffer_exits_with_its_own_code(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    job = make_job(reviews(12_000), server.base_url, out, limits={"max_cost_usd": 0.0005})
+
+    assert main(["run", str(write_job(tmp_path, job))]) == 6  # budget: the reader was still feeding
+
+    assert "Traceback" not in capsys.readouterr().err
+    assert json.loads(manifest_path(out).read_text())["exit_code"] == 6
+    parts = pl.read_parquet(out.with_name(out.name + ".parts"))
+    assert 0 < parts.height < 12_000
+    assert parts.height == server.stats.received
+
+
+def test_error_rows_keep_what_their_attempts_cost(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+) -> None:
+    server = fake_server(drop_rate=1.0)
+    out = tmp_path / "out.parquet"
+    job = make_job(reviews(5), server.base_url, out, retry={"max_attempts": 2})
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+
+    df = pl.read_parquet(out)
+    assert df["error_type"].unique().to_list() == ["connection"]
+    assert df["possibly_billed_attempts"].to_list() == [2] * 5
+
+
+def test_a_kept_column_whose_type_changed_does_not_break_the_merge(
+    tmp_path: Path, fake_server: FakeFactory
+) -> None:
+    server = fake_server()
+    source = tmp_path / "in.parquet"
+    pl.DataFrame({"review_id": ["a", "b"], "text": ["x y", "z w"], "product_id": ["P-1", "P-2"]}).write_parquet(source)
+    out = tmp_path / "out.parquet"
+    assert main(["run", str(write_job(tmp_path, make_job(source, server.base_url, out)))]) == 0
+
+    pl.DataFrame({"review_id": ["a", "b"], "text": ["x y", "z w"], "product_id": [1, 2]}).write_parquet(source)
+    assert main(["run", str(write_job(tmp_path, make_job(source, server.base_url, out)))]) == 0
+
+    assert pl.read_parquet(out)["product_id"].dtype == pl.Int64

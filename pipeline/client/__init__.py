@@ -172,7 +172,12 @@ class ChatClient:
                         body = await response.aread()  # a server that answered without streaming
                         return parse_reply(body, 200, (time.perf_counter() - started) * 1000.0, rate_limits)
                     async for event in EventSource(response).aiter_sse():
-                        assembler.feed(event.data)
+                        try:
+                            assembler.feed(event.data)
+                        except AttemptError as failure:
+                            failure.message = self._scrub(failure.message)
+                            failure.args = (failure.message,)
+                            raise
         except httpx.DecodingError as exc:
             raise BadResponse(f"response body could not be decoded: {exc}"[:MAX_MESSAGE]) from None
         except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:

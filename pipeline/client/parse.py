@@ -4,6 +4,7 @@ completion body -> ``Reply`` (choices, tool calls, usage, fingerprint, id)."""
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -28,21 +29,33 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
+def _finite(text: str) -> float | None:
+    """A finite number, or None (``inf`` and ``nan`` are not waits)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    """A token count as reported, or None when it is not a whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def parse_retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
+        seconds = _finite(millis)
+        if seconds is not None:
+            return max(0.0, seconds / 1000.0)
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _finite(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -189,9 +202,9 @@ def reply_from(
         content=content,
         finish_reason=choice.get("finish_reason"),
         model=data.get("model"),
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        total_tokens=usage.get("total_tokens"),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        total_tokens=_count(usage.get("total_tokens")),
         http_status=status,
         latency_ms=latency_ms,
         rate_limits=rate_limits,
@@ -200,6 +213,8 @@ def reply_from(
         ttft_ms=ttft_ms,
         system_fingerprint=_text(data.get("system_fingerprint")),
         response_id=_text(data.get("id")),
-        cached_tokens=prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None,
-        reasoning_tokens=completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None,
+        cached_tokens=_count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else None,
+        reasoning_tokens=(
+            _count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
+        ),
     )

@@ -8,12 +8,15 @@ answer and re-ask on an unusable one. Every attempt that returns usage is priced
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import anyio
+import orjson
 import structlog
 from tenacity import AsyncRetrying, RetryCallState
 
@@ -99,12 +102,27 @@ class RowProcessor:
         self.budget: Budget | None = None
         self.client: ChatClient | None = None
         self._fatal_streak = 0
+        extraction = self.extraction
+        local_schema = extraction is not None and extraction.mode == "json_object" and extraction.schema is not None
+        self._hash_salt = (
+            orjson.dumps(extraction.schema, option=orjson.OPT_SORT_KEYS) if local_schema and extraction else None
+        )
 
-    async def _build(self, row: PromptRow, model: str | None) -> ChatRequest:
-        """The row's request; built in a thread when that may read a file (images)."""
+    async def _build(self, row: PromptRow, model: str | None, reask: int = 0) -> ChatRequest:
+        """The row's request; built in a thread when that may read a file (images).
+
+        When answers are validated against a schema that is not sent (``json_object`` with
+        ``json_schema``), the request hash also covers that schema, so a resumed run does
+        not reuse answers checked against another schema.
+        """
         if self.builder.reads_files:
-            return await anyio.to_thread.run_sync(self.builder.build, row, model)
-        return self.builder.build(row, model)
+            request = await anyio.to_thread.run_sync(self.builder.build, row, model, reask)
+        else:
+            request = self.builder.build(row, model, reask)
+        if self._hash_salt is not None:
+            salted = hashlib.sha256(request.request_hash.encode() + self._hash_salt).hexdigest()
+            request = dataclasses.replace(request, request_hash=salted)
+        return request
 
     def _reuse(self, row: PromptRow, seq: int, request: ChatRequest) -> bool:
         """Whether an earlier run already finished this row with this exact request."""
@@ -260,7 +278,7 @@ class RowProcessor:
                     )
                     reask += 1
                     self.stats.json_reasks += 1
-                    request = self.builder.build(row, request.model, reask)
+                    request = await self._build(row, request.model, reask)
                     continue
                 error = exc
             return self._answered(
@@ -329,7 +347,16 @@ class RowProcessor:
             error_message=exc.message,
             keep=row.keep,
             extra=extra or {},
+            cost_usd=bill.usd,
+            cached_tokens=tokens[3],
+            reasoning_tokens=tokens[4],
+            possibly_billed_attempts=bill.possibly_billed,
         )
+
+    def _check_stopping(self) -> None:
+        """No new attempt once the run is stopping: the row is left for the next run."""
+        if self._stopping.is_set():
+            raise Stopped
 
     def _reserve(self, request: ChatRequest) -> float:
         """Reserve the attempt's cost ceiling under the budget; stop the run when it does not fit."""
@@ -354,14 +381,18 @@ class RowProcessor:
         sending, so a reservation never goes stale while waiting for a slot.
         """
         assert self.client is not None
-        if self._stopping.is_set():
-            raise Stopped
+        self._check_stopping()
         cost = self.estimator.cost(request)
         reserved = 0.0
         try:
             async with self.in_flight:
+                self._check_stopping()
                 reserved = self._reserve(request)
                 await self.limiter.acquire(cost)
+                if self._stopping.is_set():
+                    if self.budget is not None:
+                        self.budget.release(reserved)
+                    raise Stopped
                 attempts[0] += 1
                 self.stats.requests += 1
                 reply = await self.client.send(request)
@@ -373,7 +404,8 @@ class RowProcessor:
             self.limiter.answered(exc.rate_limits)
             if isinstance(exc, RateLimited):
                 self.limiter.settle(cost, 0)
-                self.limiter.cooldown(exc.retry_after_s or self.plan.job.retry.initial_backoff_s)
+                retry = self.plan.job.retry
+                self.limiter.cooldown(min(exc.retry_after_s or retry.initial_backoff_s, retry.max_backoff_s))
             raise
         self.limiter.answered(reply.rate_limits)
         self._fatal_streak = 0

@@ -224,7 +224,11 @@ class Runner:
         return summary
 
     async def _read(self, send: MemoryObjectSendStream[PromptRow]) -> None:
-        """Feed rows, a batch at a time from a thread, keeping the buffer ahead of the workers full."""
+        """Feed rows, a batch at a time from a thread, keeping the buffer ahead of the workers full.
+
+        Once the run is stopping (the workers are gone and the buffer may be closed), it
+        stops feeding.
+        """
         batches = self.plan.source.batches(self.plan.limit)
         async with send:
             while not self._stopping.is_set():
@@ -232,10 +236,17 @@ class Runner:
                 if batch is None:
                     return
                 for row in batch:
+                    if self._stopping.is_set():
+                        return
                     try:
                         send.send_nowait(row)
                     except anyio.WouldBlock:
-                        await send.send(row)
+                        try:
+                            await send.send(row)
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            return
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return
 
     async def _work(self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]) -> None:
         """One worker: take a row, produce its outcomes (one per model), repeat, until the
