@@ -14,6 +14,7 @@ The schema is ``OUTPUT_SCHEMA``, then the optional columns the job asks for (in
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -209,6 +210,7 @@ class PartWriter:
         self._outcome_columns = frozenset(OUTPUT_COLUMNS) | frozenset(optional)
         self._part_schema = self.schema.append(pa.field(_SEQ, pa.int64(), nullable=False))
         self._extra_names = frozenset(extra.names if extra is not None else ())
+        self._keep_names = list(keep.names)
         self._parts = 0
         self.run_number = 1
 
@@ -260,6 +262,15 @@ class PartWriter:
         arrays.append(pa.array([o.seq for o in ordered], type=pa.int64()))
         return pa.Table.from_arrays(arrays, schema=self._part_schema)
 
+    def _refresh_kept(self, table: pa.Table, kept_values: Iterator[dict[str, Any]]) -> pa.Table:
+        """The table with its kept columns taken from the next ``num_rows`` input values."""
+        rows = list(itertools.islice(kept_values, table.num_rows))
+        for name in self._keep_names:
+            index = table.schema.get_field_index(name)
+            field = table.schema.field(index)
+            table = table.set_column(index, field, _column([row.get(name) for row in rows], field.type))
+        return table
+
     def write_part(self, outcomes: Sequence[Outcome]) -> None:
         """One part file, written under a temp name, fsynced, renamed (blocking: run in a thread)."""
         if not outcomes:
@@ -277,10 +288,16 @@ class PartWriter:
         except OSError as exc:
             raise OutputError(f"{final}: cannot write results: {exc.strerror or exc}") from None
 
-    def finalize(self, carried: list[tuple[Path, bytearray, dict[int, int]]] | None = None) -> None:
+    def finalize(
+        self,
+        carried: list[tuple[Path, bytearray, dict[int, int]]] | None = None,
+        kept_values: Iterator[dict[str, Any]] | None = None,
+    ) -> None:
         """Merge this run's parts and the carried earlier results into the output, in input order.
 
-        The output appears by rename, complete; the parts folder is removed after.
+        ``kept_values`` (one dict per output row, in order) replaces the kept columns, so
+        rows carried from an earlier run show the input's current values. The output
+        appears by rename, complete; the parts folder is removed after.
         """
         pieces = [Piece(part) for part in self.own_parts()]
         for path, keep, moved in carried or []:
@@ -289,7 +306,10 @@ class PartWriter:
         try:
             with pq.ParquetWriter(temp, self.schema, compression="zstd") as writer:
                 for window in merge_pieces(pieces, self._part_schema):
-                    writer.write_table(window.drop_columns([_SEQ]))
+                    table = window.drop_columns([_SEQ])
+                    if kept_values is not None and self._keep_names:
+                        table = self._refresh_kept(table, kept_values)
+                    writer.write_table(table)
             temp.replace(self.output)
             _fsync_dir(self.output.parent)
         except OSError as exc:

@@ -417,3 +417,22 @@ def test_a_kept_column_whose_type_changed_does_not_break_the_merge(
     assert main(["run", str(write_job(tmp_path, make_job(source, server.base_url, out)))]) == 0
 
     assert pl.read_parquet(out)["product_id"].dtype == pl.Int64
+
+
+def test_reused_rows_show_the_inputs_current_kept_values(
+    tmp_path: Path, fake_server: FakeFactory
+) -> None:
+    server = fake_server()
+    source = tmp_path / "in.parquet"
+    pl.DataFrame({"review_id": ["a", "b", "c"], "text": ["x y", "z w", "u v"], "product_id": ["P-1", "P-2", "P-3"]}).write_parquet(source)
+    out = tmp_path / "out.parquet"
+    job = make_job(source, server.base_url, out, input={"keep_columns": []})
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+
+    pl.DataFrame({"review_id": ["a", "b", "c"], "text": ["x y", "z w", "u v"], "product_id": ["P-1", "P-9", "P-3"]}).write_parquet(source)
+    job["input"]["keep_columns"] = ["product_id"]
+    received = server.stats.received
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+
+    assert server.stats.received == received  # every row reused
+    assert pl.read_parquet(out)["product_id"].to_list() == ["P-1", "P-9", "P-3"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import anyio
 import httpx
@@ -122,10 +124,19 @@ class Runner:
                     (path, self.rows.done.carried.selected[i], {row: seq for (src, row), seq in self.rows.done.carried.moved.items() if src == i})
                     for i, path in enumerate(self.rows.done.sources)
                 ]
-            await anyio.to_thread.run_sync(self.writer.finalize, carried)
+            kept = self._kept_values() if carried and self.plan.job.input.keep_columns else None
+            await anyio.to_thread.run_sync(self.writer.finalize, carried, kept)
         if self.progress is not None:
             self.progress.close(self.stats)
         return self._summary()
+
+    def _kept_values(self) -> Iterator[dict[str, Any]]:
+        """The input's kept values again, one per output row (each row once per model)."""
+        copies = len(self.rows.models)
+        for batch in self.plan.source.batches(self.plan.limit):
+            for row in batch:
+                for _ in range(copies):
+                    yield row.keep
 
     async def _run_stages(self, workers: int) -> None:
         job = self.plan.job
