@@ -170,3 +170,13 @@ def test_n_choices_multiply_the_completion_bound_the_limits_count() -> None:
     assert one.max_tokens == 50
     assert three.max_tokens == 150
     assert b'"max_tokens":50' in three.body
+
+
+def test_max_completion_tokens_in_params_bounds_the_completion_too() -> None:
+    from pipeline.build import RequestBuilder
+    from pipeline.records import PromptRow
+    from pipeline.spec import RequestSpec
+
+    row = PromptRow(seq=0, id="a", values={"text": "hello"})
+    spec = RequestSpec(model="o4-mini", params={"max_completion_tokens": 400, "n": 2})
+    assert RequestBuilder(spec, prompt_column="text").build(row).max_tokens == 800

@@ -25,7 +25,7 @@ def image_url(value: object, column: str) -> str:
         raise BadRowError(f"image column {column!r} is null")
     if not isinstance(value, str) or not value.strip():
         raise BadRowError(f"image column {column!r} must hold a URL or a file path, got {value!r}")
-    if value.startswith(("http://", "https://", "data:")):
+    if value[:8].lower().startswith(("http://", "https://", "data:")):
         return value
     mime, _ = mimetypes.guess_type(value)
     if mime is None or not mime.startswith("image/"):

@@ -113,8 +113,10 @@ class RequestBuilder:
             self._fixed["temperature"] = spec.temperature
         if spec.max_tokens is not None:
             self._fixed["max_tokens"] = spec.max_tokens
-        # each of the n choices may use max_tokens: that is what a provider charges against limits
-        self._completion_bound = spec.max_tokens * spec.choices if spec.max_tokens is not None else None
+        # each of the n choices may use max_tokens (or params.max_completion_tokens, which
+        # reasoning models take instead): that is what a provider charges against limits
+        bound = spec.max_tokens if spec.max_tokens is not None else spec.params.get("max_completion_tokens")
+        self._completion_bound = bound * spec.choices if isinstance(bound, int) and bound > 0 else None
         if spec.tools is not None:
             self._fixed["tools"] = spec.tools
         if spec.tool_choice is not None:
