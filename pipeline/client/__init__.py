@@ -94,7 +94,7 @@ class ChatClient:
         stream: bool = False,
     ) -> None:
         root = (base_url or endpoint.base_url).rstrip("/")
-        self.url = f"{root}/chat/completions"
+        self.url = httpx.URL(f"{root}/chat/completions")  # parsed once, not per request
         self._api_key = api_key
         self._timeout_s = endpoint.timeout_s
         self._stream = stream
