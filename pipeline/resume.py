@@ -83,10 +83,6 @@ class Carried:
     selected: list[bytearray]
     moved: dict[tuple[int, int], int] = field(default_factory=dict)
 
-    def rows_of(self, source: int) -> bytearray:
-        """The selection mask of one source (1 = keep that row)."""
-        return self.selected[source]
-
 
 class DoneIndex:
     """Sorted keys of earlier results with their location, position and status."""

@@ -246,17 +246,6 @@ def completion(
     }
 
 
-def completion_body(
-    chat: ChatRequest,
-    completion_id: str,
-    created: int,
-    fault: ContentFault | None = None,
-    cached_share: float = 0.0,
-) -> bytes:
-    """The 200 body answering ``chat``."""
-    return orjson.dumps(completion(chat, completion_id, created, fault, cached_share))
-
-
 def _rng(messages_key: bytes, seed: int | None, index: int) -> random.Random:
     digest = hashlib.sha256(b"%b\x00%r\x00%d" % (messages_key, seed, index)).digest()
     return random.Random(int.from_bytes(digest[:8]))
