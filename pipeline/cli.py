@@ -294,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
                 exit_reason=reason,
                 rows_by_status={"ok": summary.rows_ok, "error": summary.rows_error},
                 rows_by_error_type=summary.errors_by_type,
-                rows_sent=summary.rows_total - summary.rows_reused,
+                rows_sent=summary.rows_sent,
                 rows_reused=summary.rows_reused,
                 requests_sent=summary.requests_sent,
                 prompt_tokens=summary.prompt_tokens,

@@ -19,6 +19,7 @@ class RunStats:
     error: int = 0
     requests: int = 0
     reused: int = 0
+    sent: int = 0
     json_reasks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

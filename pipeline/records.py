@@ -156,6 +156,7 @@ class RunSummary:
     elapsed_s: float
     json_reasks: int = 0
     rows_reused: int = 0
+    rows_sent: int = 0
     ended: str = "complete"
     reason: str | None = None
     cost_usd: float = 0.0

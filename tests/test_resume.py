@@ -307,6 +307,7 @@ def test_manifest_records_the_run_without_secrets(
     assert manifest["exit_code"] == 0
     assert manifest["input_rows"] == 7
     assert manifest["rows_by_status"] == {"ok": 7, "error": 0}
+    assert manifest["rows_sent"] == 7
     assert len(manifest["job_sha256"]) == 64
     assert manifest["run_id"]
     assert manifest["pipeline_version"] == "0.1.0"

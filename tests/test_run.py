@@ -201,6 +201,8 @@ def test_bad_rows_become_error_rows_and_do_not_stop_the_run(
     assert "{topic}" in by_id["e"]["error_message"]
     assert {by_id[k]["attempts"] for k in ("line:2", "c", "d", "e")} == {0}
     assert server.stats.received == 2
+    manifest = json.loads(out.with_name("out.manifest.json").read_text())
+    assert manifest["rows_sent"] == 2  # bad rows were never sent
 
 
 def test_null_prompt_in_parquet_names_the_row(tmp_path: Path, fake_server: FakeFactory) -> None:

@@ -204,6 +204,7 @@ class Runner:
             requests_sent=self.stats.requests,
             elapsed_s=self.stats.elapsed_s,
             rows_reused=self.stats.reused,
+            rows_sent=self.stats.sent,
             ended=self._ended if self._stopping.is_set() else "complete",
             reason=self._reason,
             json_reasks=self.stats.json_reasks,
@@ -304,6 +305,7 @@ class Runner:
     def _count(self, outcome: Outcome) -> None:
         stats = self.stats
         stats.done += 1
+        stats.sent += outcome.attempts > 0
         if outcome.status == "ok":
             stats.ok += 1
         else:
