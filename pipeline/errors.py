@@ -9,6 +9,7 @@ unwritable output), which stop a run before anything is sent, and errors of
     │   ├── JobError              the job file or a CLI override is wrong
     │   ├── InputError            the input file is missing, unreadable or lacks a column
     │   └── OutputError           the output path cannot be written
+    ├── LockedError               another run holds the output (pipeline.lock; exit 75)
     ├── BadRowError               one input row cannot become a request (bad_input)
     ├── AnswerError               a JSON-mode answer arrived but cannot be used; re-asked
     │   │                         up to ``json_retries`` times, apart from transport retries
