@@ -22,7 +22,7 @@ import sys
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 import anyio
 import structlog
@@ -43,7 +43,7 @@ from pipeline.manifest import (
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, usd
 from pipeline.records import RunSummary
-from pipeline.runner import DEFAULT_GRACE_S, Runner, plan_run
+from pipeline.runner import DEFAULT_GRACE_S, Runner, RunPlan, plan_run
 from pipeline.spec import JobSpec, load_job
 
 EXIT_OK = 0
@@ -175,6 +175,49 @@ def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
     return EXIT_OK, "complete"
 
 
+def _manifest(
+    args: argparse.Namespace,
+    job: JobSpec,
+    plan: RunPlan,
+    summary: RunSummary,
+    code: int,
+    reason: str,
+    job_sha256: str,
+    fingerprint: dict[str, Any],
+    started: datetime,
+) -> Manifest:
+    """The record of a run that got to its end (complete or not)."""
+    return Manifest(
+        run_id=plan.run_id,
+        job_name=job.name,
+        job_file=str(args.job),
+        job_sha256=job_sha256,
+        input=fingerprint,
+        input_rows=plan.rows,
+        limit=args.limit,
+        output=str(plan.output_path),
+        complete=summary.complete,
+        exit_code=code,
+        exit_reason=reason,
+        rows_by_status={"ok": summary.rows_ok, "error": summary.rows_error},
+        rows_by_error_type=summary.errors_by_type,
+        rows_sent=summary.rows_sent,
+        rows_reused=summary.rows_reused,
+        requests_sent=summary.requests_sent,
+        prompt_tokens=summary.prompt_tokens,
+        completion_tokens=summary.completion_tokens,
+        duration_s=round(summary.elapsed_s, 3),
+        started_at=started.isoformat(),
+        finished_at=datetime.now(UTC).isoformat(),
+        pipeline_version=__version__,
+        cost_usd=round(summary.cost_usd, 6),
+        earlier_cost_usd=round(summary.earlier_cost_usd, 6),
+        unpriced_rows=summary.unpriced_rows,
+        possibly_billed_attempts=summary.possibly_billed_attempts,
+        max_cost_usd=job.limits.max_cost_usd,
+    )
+
+
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key_for(job)
@@ -280,35 +323,7 @@ def _run(args: argparse.Namespace) -> int:
         code, reason = _exit_code(job, summary)
         write_manifest(
             plan.output_path,
-            Manifest(
-                run_id=plan.run_id,
-                job_name=job.name,
-                job_file=str(args.job),
-                job_sha256=job_sha256,
-                input=fingerprint,
-                input_rows=plan.rows,
-                limit=args.limit,
-                output=str(plan.output_path),
-                complete=summary.complete,
-                exit_code=code,
-                exit_reason=reason,
-                rows_by_status={"ok": summary.rows_ok, "error": summary.rows_error},
-                rows_by_error_type=summary.errors_by_type,
-                rows_sent=summary.rows_sent,
-                rows_reused=summary.rows_reused,
-                requests_sent=summary.requests_sent,
-                prompt_tokens=summary.prompt_tokens,
-                completion_tokens=summary.completion_tokens,
-                duration_s=round(summary.elapsed_s, 3),
-                started_at=started.isoformat(),
-                finished_at=datetime.now(UTC).isoformat(),
-                pipeline_version=__version__,
-                cost_usd=round(summary.cost_usd, 6),
-                earlier_cost_usd=round(summary.earlier_cost_usd, 6),
-                unpriced_rows=summary.unpriced_rows,
-                possibly_billed_attempts=summary.possibly_billed_attempts,
-                max_cost_usd=job.limits.max_cost_usd,
-            ),
+            _manifest(args, job, plan, summary, code, reason, job_sha256, fingerprint, started),
         )
     _print_summary(summary)
     if code != EXIT_OK:

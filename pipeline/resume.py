@@ -83,6 +83,13 @@ class Carried:
     selected: list[bytearray]
     moved: dict[tuple[int, int], int] = field(default_factory=dict)
 
+    def per_source(self) -> list[tuple[Path, bytearray, dict[int, int]]]:
+        """For each source file: its path, which rows to keep, and row -> new position."""
+        moved: list[dict[int, int]] = [{} for _ in self.sources]
+        for (source, row), seq in self.moved.items():
+            moved[source][row] = seq
+        return list(zip(self.sources, self.selected, moved, strict=True))
+
 
 class DoneIndex:
     """Sorted keys of earlier results with their location, position and status."""

@@ -6,7 +6,7 @@ import signal
 import time
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -33,6 +33,8 @@ FLUSH_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 30.0
 _ROW_BUFFER = 4096
+
+T = TypeVar("T")
 
 
 class Runner:
@@ -118,12 +120,7 @@ class Runner:
                 raise _first_leaf(output_errors) from None
             raise
         if not self._stopping.is_set():
-            carried = None
-            if self.rows.done is not None:
-                carried = [
-                    (path, self.rows.done.carried.selected[i], {row: seq for (src, row), seq in self.rows.done.carried.moved.items() if src == i})
-                    for i, path in enumerate(self.rows.done.sources)
-                ]
+            carried = self.rows.done.carried.per_source() if self.rows.done is not None else None
             kept = self._kept_values() if carried and self.plan.job.input.keep_columns else None
             await anyio.to_thread.run_sync(self.writer.finalize, carried, kept)
         if self.progress is not None:
@@ -251,12 +248,7 @@ class Runner:
                     if self._stopping.is_set():
                         return
                     try:
-                        send.send_nowait(row)
-                    except anyio.WouldBlock:
-                        try:
-                            await send.send(row)
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                            return
+                        await _put(send, row)
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return
 
@@ -272,12 +264,8 @@ class Runner:
                         outcome = await self.rows.process(row, index, model)
                     except Stopped:
                         return
-                    if outcome is None:
-                        continue
-                    try:
-                        out.send_nowait(outcome)
-                    except anyio.WouldBlock:
-                        await out.send(outcome)
+                    if outcome is not None:
+                        await _put(out, outcome)
 
     async def _write(self, outcomes: ObjectReceiveStream[Outcome], done: anyio.Event) -> None:
         """Collect outcomes, write a part file every second or every ``FLUSH_ROWS`` rows."""
@@ -322,6 +310,14 @@ class Runner:
             self.progress.draw(self.stats)
             await anyio.sleep(PROGRESS_INTERVAL_S)
 
+
+
+async def _put(send: MemoryObjectSendStream[T], item: T) -> None:
+    """Send without yielding to the loop when the buffer has room (the common case)."""
+    try:
+        send.send_nowait(item)
+    except anyio.WouldBlock:
+        await send.send(item)
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
