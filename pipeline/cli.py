@@ -77,7 +77,9 @@ def _day(text: str) -> date:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pipeline`` command line."""
-    parser = argparse.ArgumentParser(prog="pipeline", description="Batch chat completions: Parquet/JSONL in, Parquet out.")
+    parser = argparse.ArgumentParser(
+        prog="pipeline", description="Batch chat completions: Parquet/JSONL in, Parquet out."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def job_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -90,23 +92,54 @@ def build_parser() -> argparse.ArgumentParser:
     run = job_command("run", "run a job (or resume it: run the same command again)")
     run.add_argument("--output", type=Path, help="write here instead of [output] path")
     run.add_argument("--log-file", type=Path, help="write JSON log events to this file")
-    run.add_argument("--date", type=_day, help="fill {date} in the output path with this day (YYYY-MM-DD)")
-    run.add_argument("--fresh", action="store_true", help="ignore earlier results: send every row again")
-    run.add_argument("--retry-errors", action="store_true", help="send again the rows whose last result was an error")
-    run.add_argument("--force", action="store_true", help="run even when the output is already complete")
     run.add_argument(
-        "--grace-s", type=float, default=DEFAULT_GRACE_S, help="on SIGINT/SIGTERM, how long in-flight requests may finish"
+        "--date", type=_day, help="fill {date} in the output path with this day (YYYY-MM-DD)"
     )
-    run.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML) over the job's and the packaged ones")
+    run.add_argument(
+        "--fresh", action="store_true", help="ignore earlier results: send every row again"
+    )
+    run.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="send again the rows whose last result was an error",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="run even when the output is already complete"
+    )
+    run.add_argument(
+        "--grace-s",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        help="on SIGINT/SIGTERM, how long in-flight requests may finish",
+    )
+    run.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE",
+        help="model prices (JSON or TOML) over the job's and the packaged ones",
+    )
     validate = job_command("validate", "check a job and its input without sending anything")
     validate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
-    estimate = job_command("estimate", "rows, tokens, cost and duration of a job; sends nothing unless --sample")
-    estimate.add_argument("--sample", type=_positive_int, metavar="N", help="send the first N rows for real and extrapolate")
+    estimate = job_command(
+        "estimate", "rows, tokens, cost and duration of a job; sends nothing unless --sample"
+    )
+    estimate.add_argument(
+        "--sample",
+        type=_positive_int,
+        metavar="N",
+        help="send the first N rows for real and extrapolate",
+    )
     estimate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
-    report = commands.add_parser("report", help="summarize an output file; --html writes a page with charts")
+    report = commands.add_parser(
+        "report", help="summarize an output file; --html writes a page with charts"
+    )
     report.add_argument("output", type=Path, help="an output Parquet file")
-    report.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here")
-    commands.add_parser("fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False)
+    report.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here"
+    )
+    commands.add_parser(
+        "fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False
+    )
     return parser
 
 
@@ -163,7 +196,9 @@ def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
     """The exit code of a run that got to its end, and the reason in words."""
     if summary.ended == "interrupted":
         terminated = summary.reason is not None and "SIGTERM" in summary.reason
-        return (EXIT_TERMINATED if terminated else EXIT_INTERRUPTED), summary.reason or "interrupted"
+        return (
+            EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        ), summary.reason or "interrupted"
     if summary.ended == "aborted":
         return EXIT_ABORTED, summary.reason or "aborted"
     if summary.ended == "budget":
@@ -171,7 +206,10 @@ def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
     limit = job.limits.max_error_rate
     if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
         rate = summary.rows_error / summary.rows_total
-        return EXIT_TOO_MANY_ERRORS, f"{rate:.1%} of rows failed, above limits.max_error_rate {limit:.1%}"
+        return (
+            EXIT_TOO_MANY_ERRORS,
+            f"{rate:.1%} of rows failed, above limits.max_error_rate {limit:.1%}",
+        )
     return EXIT_OK, "complete"
 
 
@@ -225,10 +263,14 @@ def _validate(args: argparse.Namespace) -> int:
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     request = job.request
     if request.models:
-        models = f"models {', '.join(request.models)} ({plan.rows * len(request.models)} output rows)"
+        models = (
+            f"models {', '.join(request.models)} ({plan.rows * len(request.models)} output rows)"
+        )
     else:
         models = f"model {request.model or f'from column {request.model_column!r}'}"
-    print(f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}")
+    print(
+        f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
+    )
     return EXIT_OK
 
 
@@ -238,11 +280,18 @@ def _estimate(args: argparse.Namespace) -> int:
     api_key = api_key_for(job) if args.sample else None
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     configure_logging(secrets=[api_key] if api_key else [], level=logging.WARNING)
-    builder = RequestBuilder(job.request, prompt_column=job.input.prompt_column, messages_column=job.input.messages_column)
+    builder = RequestBuilder(
+        job.request,
+        prompt_column=job.input.prompt_column,
+        messages_column=job.input.messages_column,
+    )
     count = estimate.count_prompts(plan, builder)
     sample = None
     if args.sample:
-        sample = anyio.run(partial(estimate.run_sample, plan, args.sample, api_key=api_key, prices=prices), backend="asyncio")
+        sample = anyio.run(
+            partial(estimate.run_sample, plan, args.sample, api_key=api_key, prices=prices),
+            backend="asyncio",
+        )
     price = prices.lookup(sample.model if sample else None, job.request.model)
     print(f"{args.job}: {plan.input_path}, model {job.request.model}")
     print(estimate.render(estimate.extrapolate(job, count, price, sample), job))
@@ -268,7 +317,9 @@ def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     api_key = api_key_for(job)
     prices = job_prices(job, args.prices)
-    plan = plan_run(job, input_path=args.input, output_path=args.output, limit=args.limit, day=args.date)
+    plan = plan_run(
+        job, input_path=args.input, output_path=args.output, limit=args.limit, day=args.date
+    )
     job_sha256 = file_sha256(args.job)
     fingerprint = input_fingerprint(plan.input_path)
     progress = ProgressLine(sys.stderr)
@@ -279,7 +330,9 @@ def _run(args: argparse.Namespace) -> int:
                 args.log_file.parent.mkdir(parents=True, exist_ok=True)
                 stream = stack.enter_context(args.log_file.open("a", encoding="utf-8"))
             except OSError as exc:
-                raise JobError(f"--log-file {args.log_file}: cannot write: {exc.strerror}") from None
+                raise JobError(
+                    f"--log-file {args.log_file}: cannot write: {exc.strerror}"
+                ) from None
         configure_logging(secrets=[api_key] if api_key else [], stream=stream)
         try:
             lock = stack.enter_context(OutputLock(plan.output_path))
@@ -297,9 +350,14 @@ def _run(args: argparse.Namespace) -> int:
             # a finished run with too many errors stays a failure when run again
             code = EXIT_TOO_MANY_ERRORS if earlier.exit_code == EXIT_TOO_MANY_ERRORS else EXIT_OK
             structlog.get_logger("pipeline").info(
-                "job.already_complete", run_id=earlier.run_id, output=str(plan.output_path), exit_code=code
+                "job.already_complete",
+                run_id=earlier.run_id,
+                output=str(plan.output_path),
+                exit_code=code,
             )
-            print(f"already complete (run {earlier.run_id}): {plan.output_path}; --force to run again")
+            print(
+                f"already complete (run {earlier.run_id}): {plan.output_path}; --force to run again"
+            )
             if code != EXIT_OK:
                 print(f"finished: {earlier.exit_reason}", file=sys.stderr)
             return code
@@ -318,7 +376,10 @@ def _run(args: argparse.Namespace) -> int:
             summary = anyio.run(runner.run, backend="asyncio")
         except OutputError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            print("every row written before this is kept; run the same command again to resume", file=sys.stderr)
+            print(
+                "every row written before this is kept; run the same command again to resume",
+                file=sys.stderr,
+            )
             return EXIT_WRITE_FAILED
         code, reason = _exit_code(job, summary)
         write_manifest(

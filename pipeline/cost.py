@@ -53,7 +53,11 @@ def usage_cost(
     cached = min(max(cached_tokens or 0, 0), prompt_tokens)
     output = completion_tokens
     reasoning = reasoning_tokens or 0
-    if reasoning > 0 and total_tokens is not None and total_tokens == prompt_tokens + completion_tokens + reasoning:
+    if (
+        reasoning > 0
+        and total_tokens is not None
+        and total_tokens == prompt_tokens + completion_tokens + reasoning
+    ):
         output += reasoning
     return (
         (prompt_tokens - cached) * price.input + cached * price.cached_input + output * price.output

@@ -73,7 +73,11 @@ class Sample:
     @property
     def prompt_ratio(self) -> float:
         """Measured prompt tokens per estimated one."""
-        return self.prompt_tokens / self.estimated_prompt_tokens if self.estimated_prompt_tokens else 1.0
+        return (
+            self.prompt_tokens / self.estimated_prompt_tokens
+            if self.estimated_prompt_tokens
+            else 1.0
+        )
 
     @property
     def completion_mean(self) -> float:
@@ -140,15 +144,28 @@ def _read_sample(output: Path) -> pl.DataFrame:
 async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable) -> Sample:
     """Send the job's first ``n`` rows for real, into a temporary output; measure them."""
     job = plan.job
-    builder = RequestBuilder(job.request, prompt_column=job.input.prompt_column, messages_column=job.input.messages_column)
+    builder = RequestBuilder(
+        job.request,
+        prompt_column=job.input.prompt_column,
+        messages_column=job.input.messages_column,
+    )
     limit = min(n, plan.limit) if plan.limit is not None else n
     with tempfile.TemporaryDirectory(prefix="pipeline-sample-") as folder:
-        sample_plan = plan_run(job, input_path=plan.input_path, output_path=Path(folder) / "sample.parquet", limit=limit)
-        counted = await anyio.to_thread.run_sync(partial(count_prompts, sample_plan, builder, keep_ids=limit))
+        sample_plan = plan_run(
+            job,
+            input_path=plan.input_path,
+            output_path=Path(folder) / "sample.parquet",
+            limit=limit,
+        )
+        counted = await anyio.to_thread.run_sync(
+            partial(count_prompts, sample_plan, builder, keep_ids=limit)
+        )
         estimated = counted.by_id
         summary = await Runner(sample_plan, api_key=api_key, prices=prices, fresh=True).run()
         df = await anyio.to_thread.run_sync(_read_sample, Path(summary.output_path))
-    ok = df.filter(pl.col("prompt_tokens").is_not_null() & pl.col("completion_tokens").is_not_null())
+    ok = df.filter(
+        pl.col("prompt_tokens").is_not_null() & pl.col("completion_tokens").is_not_null()
+    )
     models = ok["model"].drop_nulls().mode().to_list()
     return Sample(
         rows=df.height,
@@ -165,20 +182,28 @@ async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: Pric
     )
 
 
-def extrapolate(job: JobSpec, count: PromptCount, price: Price | None, sample: Sample | None = None) -> Estimate:
+def extrapolate(
+    job: JobSpec, count: PromptCount, price: Price | None, sample: Sample | None = None
+) -> Estimate:
     """The estimate for the whole input from the offline count and, if any, the sample."""
     sendable = count.rows - count.bad_rows
-    prompt = round(count.prompt_tokens * (sample.prompt_ratio if sample and sample.ok_rows else 1.0))
+    prompt = round(
+        count.prompt_tokens * (sample.prompt_ratio if sample and sample.ok_rows else 1.0)
+    )
     max_tokens = job.request.max_tokens
     bound = sendable * max_tokens if max_tokens is not None else None
     if sample is not None and sample.ok_rows:
         typical = round(sendable * sample.completion_mean)
     else:
-        typical = sendable * (max_tokens // 2 if max_tokens is not None else _GUESS_WITHOUT_MAX_TOKENS)
+        typical = sendable * (
+            max_tokens // 2 if max_tokens is not None else _GUESS_WITHOUT_MAX_TOKENS
+        )
     cost_typical = cost_bound = None
     if price is not None:
         cached = prompt * (sample.cached_share if sample else 0.0)
-        cost_typical = ((prompt - cached) * price.input + cached * price.cached_input + typical * price.output) / PER_MILLION
+        cost_typical = (
+            (prompt - cached) * price.input + cached * price.cached_input + typical * price.output
+        ) / PER_MILLION
         if bound is not None:
             cost_bound = (prompt * price.input + bound * price.output) / PER_MILLION
     latency, source = _latency(job, sample)
@@ -231,7 +256,10 @@ def _usd(value: float) -> str:
 def render(estimate: Estimate, job: JobSpec) -> str:
     """The estimate as the lines ``pipeline estimate`` prints."""
     sample = estimate.sample
-    lines = [f"rows            {estimate.rows:,}" + (f" ({estimate.bad_rows:,} cannot become requests)" if estimate.bad_rows else "")]
+    lines = [
+        f"rows            {estimate.rows:,}"
+        + (f" ({estimate.bad_rows:,} cannot become requests)" if estimate.bad_rows else "")
+    ]
     if sample is not None and sample.ok_rows:
         how = f"offline {estimate.offline_prompt_tokens:,} x {sample.prompt_ratio:.3f} measured on {sample.ok_rows} sampled rows"
     else:
@@ -251,9 +279,15 @@ def render(estimate: Estimate, job: JobSpec) -> str:
     lines.append(f"output tokens   {bound}; typical ~{estimate.output_typical:,} ({typical_how})")
     price = estimate.price
     if price is None or estimate.cost_typical is None:
-        lines.append(f"cost            unknown: no price for model {job.request.model!r} (add it under [prices] or --prices FILE)")
+        lines.append(
+            f"cost            unknown: no price for model {job.request.model!r} (add it under [prices] or --prices FILE)"
+        )
     else:
-        high = f" to {_usd(estimate.cost_bound)}" if estimate.cost_bound is not None else " (no upper bound without max_tokens)"
+        high = (
+            f" to {_usd(estimate.cost_bound)}"
+            if estimate.cost_bound is not None
+            else " (no upper bound without max_tokens)"
+        )
         caveat = " (uncertain figures)" if price.uncertain else ""
         lines.append(
             f"cost            ~{_usd(estimate.cost_typical)}{high}  [{price.model}: ${price.input:g} in, ${price.cached_input:g} cached,"
@@ -274,13 +308,21 @@ def render(estimate: Estimate, job: JobSpec) -> str:
             f"duration        ~{_clock(estimate.duration_s)} ({where}; latency {estimate.latency_s:.2f} s, {estimate.latency_source})"
         )
     else:
-        floor = f"at least {_clock(estimate.limit_floor_s)} under the rate limits; " if estimate.limit_floor_s else ""
+        floor = (
+            f"at least {_clock(estimate.limit_floor_s)} under the rate limits; "
+            if estimate.limit_floor_s
+            else ""
+        )
         lines.append(f"duration        {floor}latency unknown: --sample N measures it ({where})")
     if sample is not None:
         cost = f", cost {_usd(sample.cost_usd)}" if sample.cost_usd is not None else ""
-        lines.append(f"sample          {sample.rows} rows sent ({sample.requests} requests, {sample.ok_rows} answered{cost})")
+        lines.append(
+            f"sample          {sample.rows} rows sent ({sample.requests} requests, {sample.ok_rows} answered{cost})"
+        )
         if sample.stopped:
             lines.append(f"                the sample stopped early: {sample.stopped}")
         if not sample.ok_rows:
-            lines.append("                no row was answered: the figures above are offline guesses")
+            lines.append(
+                "                no row was answered: the figures above are offline guesses"
+            )
     return "\n".join(lines)

@@ -216,7 +216,9 @@ class RateLimiter:
     def observe(self, info: RateLimitInfo) -> None:
         """Follow the server's own view of its limits."""
         now = self._clock()
-        self.requests = self._follow(self.requests, info.limit_requests, info.remaining_requests, now)
+        self.requests = self._follow(
+            self.requests, info.limit_requests, info.remaining_requests, now
+        )
         self.tokens = self._follow(self.tokens, info.limit_tokens, info.remaining_tokens, now)
 
     def _follow(

@@ -61,9 +61,17 @@ class OutputLock:
             ) from None
         previous = self._holder(fd)
         pid = previous.get("pid")
-        if isinstance(pid, int) and previous.get("host") == socket.gethostname() and not _pid_alive(pid):
+        if (
+            isinstance(pid, int)
+            and previous.get("host") == socket.gethostname()
+            and not _pid_alive(pid)
+        ):
             self.previous = previous
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": datetime.now(UTC).isoformat()}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": datetime.now(UTC).isoformat(),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         self._fd = fd

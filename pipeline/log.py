@@ -54,7 +54,9 @@ def configure_logging(
     if console:
         processors.append(structlog.dev.ConsoleRenderer(colors=True))
     else:
-        processors.extend([structlog.processors.format_exc_info, structlog.processors.JSONRenderer()])
+        processors.extend(
+            [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),

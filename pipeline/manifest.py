@@ -69,7 +69,12 @@ class Manifest:
 
     def same_work(self, job_sha256: str, fingerprint: dict[str, Any], limit: int | None) -> bool:
         """Whether this manifest describes a complete run of exactly this job on this input."""
-        return self.complete and self.job_sha256 == job_sha256 and self.input == fingerprint and self.limit == limit
+        return (
+            self.complete
+            and self.job_sha256 == job_sha256
+            and self.input == fingerprint
+            and self.limit == limit
+        )
 
 
 def write_manifest(output: Path, manifest: Manifest) -> Path:

@@ -76,7 +76,9 @@ def read_price_file(path: Path) -> dict[str, PriceSpec]:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise JobError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}") from None
+        raise JobError(
+            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {exc}"
+        ) from None
     prices = data.get("prices", data) if isinstance(data, dict) else data
     return parse_entries(prices, str(path))
 
@@ -102,7 +104,9 @@ class PriceTable:
         self._pairs: dict[tuple[str | None, str | None], Price | None] = {}
 
     @classmethod
-    def for_job(cls, job_prices: Mapping[str, PriceSpec], price_file: Path | None = None) -> PriceTable:
+    def for_job(
+        cls, job_prices: Mapping[str, PriceSpec], price_file: Path | None = None
+    ) -> PriceTable:
         """Packaged table < the job's ``[prices]`` < ``--prices FILE``."""
         layers = [packaged_entries(), job_prices]
         if price_file is not None:

@@ -44,7 +44,11 @@ class RunStats:
         sent = self.done - self.reused
         if sent <= 0:
             return None
-        return self.earlier_cost_usd + self.cost_usd + self.cost_usd / sent * max(0, self.total - self.done)
+        return (
+            self.earlier_cost_usd
+            + self.cost_usd
+            + self.cost_usd / sent * max(0, self.total - self.done)
+        )
 
     @property
     def elapsed_s(self) -> float:

@@ -27,7 +27,9 @@ class PromptRow:
 
     def where(self, source: str) -> str:
         """``"file: line N"`` for line-based inputs, ``"file: row N"`` otherwise."""
-        return f"{source}: line {self.line}" if self.line is not None else f"{source}: row {self.seq}"
+        return (
+            f"{source}: line {self.line}" if self.line is not None else f"{source}: row {self.seq}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,18 +46,31 @@ def _read_keys(path: Path, source: int) -> pl.DataFrame:
     has_seq = "_seq" in file.schema_arrow.names
     frames: list[pl.DataFrame] = []
     start = 0
-    for batch in file.iter_batches(batch_size=65536, columns=columns + (["_seq"] if has_seq else [])):
+    for batch in file.iter_batches(
+        batch_size=65536, columns=columns + (["_seq"] if has_seq else [])
+    ):
         ids, hashes = batch.column("id").to_pylist(), batch.column("request_hash").to_pylist()
         rows = pl.int_range(start, start + batch.num_rows, eager=True, dtype=pl.UInt32)
         frames.append(
             pl.DataFrame(
                 {
-                    "key": pl.Series([completion_key(i, h) if h else 0 for i, h in zip(ids, hashes, strict=True)], dtype=pl.UInt64),
+                    "key": pl.Series(
+                        [
+                            completion_key(i, h) if h else 0
+                            for i, h in zip(ids, hashes, strict=True)
+                        ],
+                        dtype=pl.UInt64,
+                    ),
                     "source": pl.repeat(source, batch.num_rows, eager=True, dtype=pl.UInt32),
                     "row": rows,
-                    "seq": pl.Series(batch.column("_seq")).cast(pl.Int64) if has_seq else rows.cast(pl.Int64),
+                    "seq": pl.Series(batch.column("_seq")).cast(pl.Int64)
+                    if has_seq
+                    else rows.cast(pl.Int64),
                     "ok": pl.Series(batch.column("status")) == "ok",
-                    "error": pl.Series([_error_code(e) for e in batch.column("error_type").to_pylist()], dtype=pl.UInt8),
+                    "error": pl.Series(
+                        [_error_code(e) for e in batch.column("error_type").to_pylist()],
+                        dtype=pl.UInt8,
+                    ),
                 }
             )
         )
@@ -69,7 +82,9 @@ def _as_array(series: pl.Series, typecode: str) -> array[int]:
     """A numeric polars series as a compact ``array`` (no Python objects per value)."""
     values = series.rechunk().to_arrow()
     width = values.type.byte_width
-    data = values.buffers()[1].to_pybytes()[values.offset * width : (values.offset + len(values)) * width]
+    data = values.buffers()[1].to_pybytes()[
+        values.offset * width : (values.offset + len(values)) * width
+    ]
     out = array(typecode)
     out.frombytes(data)
     return out
@@ -153,5 +168,12 @@ class DoneIndex:
 
 def _read_empty() -> pl.DataFrame:
     return pl.DataFrame(
-        schema={"key": pl.UInt64, "source": pl.UInt32, "row": pl.UInt32, "seq": pl.Int64, "ok": pl.Boolean, "error": pl.UInt8}
+        schema={
+            "key": pl.UInt64,
+            "source": pl.UInt32,
+            "row": pl.UInt32,
+            "seq": pl.Int64,
+            "ok": pl.Boolean,
+            "error": pl.UInt8,
+        }
     )

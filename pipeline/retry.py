@@ -42,7 +42,9 @@ class wait_retry_after_or(wait_base):  # noqa: N801 - tenacity's naming for stra
         return min(float(self.fallback(retry_state)), self.cap_s)
 
 
-def make_retrying(spec: RetrySpec, *, on_retry: OnRetry | None = None, sleep: Sleep = anyio.sleep) -> AsyncRetrying:
+def make_retrying(
+    spec: RetrySpec, *, on_retry: OnRetry | None = None, sleep: Sleep = anyio.sleep
+) -> AsyncRetrying:
     """A retry policy for one row's attempts (``.copy()`` it per row)."""
     return AsyncRetrying(
         stop=stop_after_attempt(spec.max_attempts),

@@ -77,7 +77,9 @@ RESERVED_COLUMNS: tuple[str, ...] = OUTPUT_COLUMNS + tuple(OPTIONAL_COLUMNS)
 """Names a kept input column may not have."""
 
 
-def output_schema(keep: pa.Schema, optional: Sequence[str] = (), extra: pa.Schema | None = None) -> pa.Schema:
+def output_schema(
+    keep: pa.Schema, optional: Sequence[str] = (), extra: pa.Schema | None = None
+) -> pa.Schema:
     """The output columns, the asked-for optional ones, the ``extra`` columns a capability
     adds (typed by it, e.g. ``parsed``), then the kept input columns."""
     unknown = sorted(set(optional) - OPTIONAL_COLUMNS.keys())
@@ -147,12 +149,16 @@ class Piece:
         table = file.read() if self.row_group is None else file.read_row_group(self.row_group)
         if _SEQ not in table.column_names:
             start = sum(file.metadata.row_group(i).num_rows for i in range(self.row_group or 0))
-            table = table.append_column(_SEQ, pa.array(range(start, start + table.num_rows), type=pa.int64()))
+            table = table.append_column(
+                _SEQ, pa.array(range(start, start + table.num_rows), type=pa.int64())
+            )
         if self.moved:
             seqs = table[_SEQ].to_pylist()
             for row, seq in self.moved.items():
                 seqs[row] = seq
-            table = table.set_column(table.schema.get_field_index(_SEQ), _SEQ, pa.array(seqs, type=pa.int64()))
+            table = table.set_column(
+                table.schema.get_field_index(_SEQ), _SEQ, pa.array(seqs, type=pa.int64())
+            )
         if self.keep is not None:
             table = table.filter(pa.array([bool(b) for b in self.keep]))
         return conform(table, schema).sort_by(_SEQ)
@@ -231,7 +237,9 @@ class PartWriter:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise OutputError(f"{self.output}: cannot write output: {exc.strerror or exc}") from None
+            raise OutputError(
+                f"{self.output}: cannot write output: {exc.strerror or exc}"
+            ) from None
         runs = [int(p.name.split("-")[1]) for p in self.parts_dir.glob("part-*-*.parquet")]
         self.run_number = max(runs, default=0) + 1
 
@@ -268,7 +276,9 @@ class PartWriter:
         for name in self._keep_names:
             index = table.schema.get_field_index(name)
             field = table.schema.field(index)
-            table = table.set_column(index, field, _column([row.get(name) for row in rows], field.type))
+            table = table.set_column(
+                index, field, _column([row.get(name) for row in rows], field.type)
+            )
         return table
 
     def write_part(self, outcomes: Sequence[Outcome]) -> None:
@@ -314,7 +324,9 @@ class PartWriter:
             _fsync_dir(self.output.parent)
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            raise OutputError(f"{self.output}: cannot write output: {exc.strerror or exc}") from None
+            raise OutputError(
+                f"{self.output}: cannot write output: {exc.strerror or exc}"
+            ) from None
         shutil.rmtree(self.parts_dir, ignore_errors=True)
 
 
@@ -326,7 +338,9 @@ def _first_seq(piece: Piece, schema: pa.Schema) -> int:
     return int(piece.load(schema)[_SEQ][0].as_py())
 
 
-def merge_pieces(pieces: list[Piece], schema: pa.Schema, window: int = _MERGE_WINDOW) -> Iterator[pa.Table]:
+def merge_pieces(
+    pieces: list[Piece], schema: pa.Schema, window: int = _MERGE_WINDOW
+) -> Iterator[pa.Table]:
     """Tables of rows in input order from sorted pieces, reading each piece once.
 
     Pieces are taken in order of their first position; rows past the current window

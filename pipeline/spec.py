@@ -30,7 +30,14 @@ from pipeline.errors import JobError
 _RESERVED_BODY_KEYS = {
     **dict.fromkeys(
         (
-            "model", "messages", "seed", "temperature", "max_tokens", "stream", "tools", "tool_choice",
+            "model",
+            "messages",
+            "seed",
+            "temperature",
+            "max_tokens",
+            "stream",
+            "tools",
+            "tool_choice",
             "response_format",
         ),
         "use the [request] key of that name",
@@ -109,7 +116,9 @@ class RequestSpec(_Section):
         for table, keys in (("params", self.params.keys()), ("extra_body", self.extra_body.keys())):
             clash = sorted(_RESERVED_BODY_KEYS.keys() & keys)
             if clash:
-                raise ValueError(f"{table} may not set {clash[0]!r}: {_RESERVED_BODY_KEYS[clash[0]]}")
+                raise ValueError(
+                    f"{table} may not set {clash[0]!r}: {_RESERVED_BODY_KEYS[clash[0]]}"
+                )
         n = self.params.get("n", 1)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"params.n must be a positive integer, got {n!r}")
@@ -125,9 +134,13 @@ class RequestSpec(_Section):
     @model_validator(mode="after")
     def _json_mode_is_consistent(self) -> RequestSpec:
         if self.response_format == "json_schema" and self.json_schema is None:
-            raise ValueError('response_format = "json_schema" needs json_schema (a file path or an inline table)')
+            raise ValueError(
+                'response_format = "json_schema" needs json_schema (a file path or an inline table)'
+            )
         if self.strict is not None and self.json_mode != "json_schema":
-            raise ValueError('strict applies only to json_schema (it is sent inside response_format.json_schema)')
+            raise ValueError(
+                "strict applies only to json_schema (it is sent inside response_format.json_schema)"
+            )
         if self.json_retries and self.json_mode is None:
             raise ValueError("json_retries needs JSON mode: set response_format or json_schema")
         return self
@@ -155,12 +168,16 @@ class RequestSpec(_Section):
             raise ValueError("tool_choice needs tools")
         if isinstance(choice, str):
             if choice not in _TOOL_CHOICES:
-                raise ValueError(f"tool_choice must be one of {', '.join(_TOOL_CHOICES)} or name a tool")
+                raise ValueError(
+                    f"tool_choice must be one of {', '.join(_TOOL_CHOICES)} or name a tool"
+                )
             return self
         function = choice.get("function")
         wanted = function.get("name") if isinstance(function, dict) else None
         if choice.get("type") != "function" or wanted not in names:
-            raise ValueError(f'tool_choice: a table must be {{ type = "function", function = {{ name = ... }} }} naming one of {names}')
+            raise ValueError(
+                f'tool_choice: a table must be {{ type = "function", function = {{ name = ... }} }} naming one of {names}'
+            )
         return self
 
     @property
@@ -194,7 +211,9 @@ class EndpointSpec(_Section):
     @classmethod
     def _http_url_or_fake(cls, value: str) -> str:
         if value != "fake" and not re.fullmatch(r"https?://[^\s/]+\S*", value):
-            raise ValueError('must be an http:// or https:// URL, or "fake" for the built-in server')
+            raise ValueError(
+                'must be an http:// or https:// URL, or "fake" for the built-in server'
+            )
         return value
 
     @property

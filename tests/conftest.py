@@ -25,7 +25,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -59,7 +61,10 @@ def reviews(tmp_path: Path) -> Callable[[int], Path]:
         table = pa.table(
             {
                 "review_id": [f"r{i:06d}" for i in range(rows)],
-                "text": [f"Review number {i}: the product works, mostly, and arrived on time." for i in range(rows)],
+                "text": [
+                    f"Review number {i}: the product works, mostly, and arrived on time."
+                    for i in range(rows)
+                ],
                 "product_id": [f"P-{i % 7}" for i in range(rows)],
             }
         )
@@ -69,11 +74,18 @@ def reviews(tmp_path: Path) -> Callable[[int], Path]:
     return make
 
 
-def make_job(input_path: Path, base_url: str, output: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+def make_job(
+    input_path: Path, base_url: str, output: Path, **sections: dict[str, Any]
+) -> dict[str, Any]:
     """A job dict with sensible test defaults; ``sections`` override keys per table."""
     job: dict[str, Any] = {
         "name": "test",
-        "input": {"path": str(input_path), "id_column": "review_id", "prompt_column": "text", "keep_columns": ["product_id"]},
+        "input": {
+            "path": str(input_path),
+            "id_column": "review_id",
+            "prompt_column": "text",
+            "keep_columns": ["product_id"],
+        },
         "request": {"model": "gpt-4o-mini", "max_tokens": 32, "seed": 7},
         "endpoint": {"base_url": base_url, "timeout_s": 10},
         "limits": {"concurrency": 32},

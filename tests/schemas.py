@@ -22,7 +22,9 @@ NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6)
 SCALAR_JSON = st.none() | st.booleans() | st.integers(-1000, 1000) | FLOATS | st.text(max_size=6)
 ANY_JSON = st.recursive(
     SCALAR_JSON,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -138,7 +140,15 @@ def nullable(child: Gen, style: str) -> Gen:
 def by_ref(child: Gen) -> Gen:
     name = "d" + hashlib.sha1(json.dumps(child.schema, sort_keys=True).encode()).hexdigest()[:10]
     defs = {**child.defs, name: child.schema}
-    return Gen({"$ref": f"#/$defs/{name}"}, child.arrow, child.nullable, child.values, child.expect, defs, False)
+    return Gen(
+        {"$ref": f"#/$defs/{name}"},
+        child.arrow,
+        child.nullable,
+        child.values,
+        child.expect,
+        defs,
+        False,
+    )
 
 
 @st.composite
@@ -153,7 +163,10 @@ def objects(draw: st.DrawFn, children: st.SearchStrategy[Gen], min_size: int = 1
     if draw(st.booleans()):
         schema["additionalProperties"] = False
     arrow = pa.struct(
-        [pa.field(name, gen.arrow, nullable=gen.nullable or name not in required) for name, gen in named.items()]
+        [
+            pa.field(name, gen.arrow, nullable=gen.nullable or name not in required)
+            for name, gen in named.items()
+        ]
     )
     values = st.fixed_dictionaries(
         {name: named[name].values for name in required},
@@ -161,7 +174,9 @@ def objects(draw: st.DrawFn, children: st.SearchStrategy[Gen], min_size: int = 1
     )
 
     def expect(value: dict[str, Any]) -> dict[str, Any]:
-        return {name: gen.expect(value[name]) if name in value else None for name, gen in named.items()}
+        return {
+            name: gen.expect(value[name]) if name in value else None for name, gen in named.items()
+        }
 
     return Gen(schema, arrow, False, values, expect, _defs_of(list(named.values())))
 
@@ -183,5 +198,12 @@ def root_schemas(draw: st.DrawFn) -> Gen:
     """An object schema (as OpenAI requires at the root), ``$defs`` gathered at the top."""
     root = draw(objects(GENS))
     if root.defs:
-        root = Gen({**root.schema, "$defs": root.defs}, root.arrow, root.nullable, root.values, root.expect, root.defs)
+        root = Gen(
+            {**root.schema, "$defs": root.defs},
+            root.arrow,
+            root.nullable,
+            root.values,
+            root.expect,
+            root.defs,
+        )
     return root

@@ -100,7 +100,9 @@ def test_reask_seeds_follow_the_documented_derivation() -> None:
 
 
 def test_reask_changes_only_the_seed() -> None:
-    builder = RequestBuilder(spec(seed=99), prompt_column="text", response_format={"type": "json_object"})
+    builder = RequestBuilder(
+        spec(seed=99), prompt_column="text", response_format={"type": "json_object"}
+    )
     first = builder.build(row({"text": "hello"}, row_id="abc"))
     again = builder.build(row({"text": "hello"}, row_id="abc"), reask=2)
 
@@ -113,26 +115,43 @@ def test_reask_changes_only_the_seed() -> None:
 
 
 def test_response_format_is_sent_when_given() -> None:
-    response_format = {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object"}, "strict": True}}
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "r", "schema": {"type": "object"}, "strict": True},
+    }
     builder = RequestBuilder(spec(), prompt_column="text", response_format=response_format)
     assert body_of(builder, row({"text": "hi"}))["response_format"] == response_format
 
 
 def test_the_schema_keeps_its_property_order_and_the_rest_is_sorted() -> None:
-    schema = {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}}}
-    response_format = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": False}}
+    schema = {
+        "type": "object",
+        "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}},
+    }
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "r", "schema": schema, "strict": False},
+    }
     builder = RequestBuilder(
-        spec(params={"top_p": 1.0, "zeta": {"b": 1, "a": 2}}), prompt_column="text", response_format=response_format
+        spec(params={"top_p": 1.0, "zeta": {"b": 1, "a": 2}}),
+        prompt_column="text",
+        response_format=response_format,
     )
     request = builder.build(row({"text": "hi"}))
 
     body = orjson.loads(request.body)
-    assert list(body["response_format"]["json_schema"]["schema"]["properties"]) == ["reasoning", "answer"]
+    assert list(body["response_format"]["json_schema"]["schema"]["properties"]) == [
+        "reasoning",
+        "answer",
+    ]
     assert list(body) == sorted(body)
     assert list(body["zeta"]) == ["a", "b"]
     assert request.body == encode_body(body)
     assert request.body == builder.build(row({"text": "hi"})).body
-    assert b'"response_format":{"type":"json_schema","json_schema":{"name":"r","schema":' in request.body
+    assert (
+        b'"response_format":{"type":"json_schema","json_schema":{"name":"r","schema":'
+        in request.body
+    )
 
 
 # ---- canonical body and hash ------------------------------------------------------------

@@ -27,7 +27,9 @@ def row(values: dict[str, Any], row_id: str = "r1") -> PromptRow:
     return PromptRow(seq=0, id=row_id, values=values)
 
 
-def body(builder: RequestBuilder, prompt_row: PromptRow, model: str | None = None) -> dict[str, Any]:
+def body(
+    builder: RequestBuilder, prompt_row: PromptRow, model: str | None = None
+) -> dict[str, Any]:
     parsed: dict[str, Any] = orjson.loads(builder.build(prompt_row, model).body)
     return parsed
 
@@ -49,7 +51,14 @@ def test_tools_and_params_pass_through() -> None:
     request_spec = spec(
         tools=[WEATHER],
         tool_choice="required",
-        params={"n": 2, "top_p": 0.9, "stop": ["END"], "logit_bias": {"50256": -100}, "user": "u1", "logprobs": True},
+        params={
+            "n": 2,
+            "top_p": 0.9,
+            "stop": ["END"],
+            "logit_bias": {"50256": -100},
+            "user": "u1",
+            "logprobs": True,
+        },
     )
     sent = body(RequestBuilder(request_spec, prompt_column="text"), row({"text": "hi"}))
     assert sent["tools"] == [WEATHER]
@@ -70,7 +79,10 @@ def test_models_share_the_seed_and_differ_in_hash() -> None:
 
 def test_model_column() -> None:
     builder = RequestBuilder(spec(model_column="model"), prompt_column="text")
-    assert body(builder, row({"text": "hi", "model": "anthropic/claude-3-opus"}))["model"] == "anthropic/claude-3-opus"
+    assert (
+        body(builder, row({"text": "hi", "model": "anthropic/claude-3-opus"}))["model"]
+        == "anthropic/claude-3-opus"
+    )
     with pytest.raises(BadRowError, match="model column 'model' is null"):
         builder.build(row({"text": "hi", "model": None}))
     with pytest.raises(BadRowError, match="model column 'model' is not a model name"):
@@ -101,9 +113,17 @@ def test_seed_column_value_that_is_not_a_seed_is_bad_input(value: Any, says: str
 
 def test_header_templates_split_and_render() -> None:
     static, templates = split_headers(
-        {"x-portkey-virtual-key": "vk-1", "x-portkey-config": '{"retry": {"attempts": 3}}', "x-portkey-trace-id": "{id}", "x-portkey-metadata": "{meta}"}
+        {
+            "x-portkey-virtual-key": "vk-1",
+            "x-portkey-config": '{"retry": {"attempts": 3}}',
+            "x-portkey-trace-id": "{id}",
+            "x-portkey-metadata": "{meta}",
+        }
     )
-    assert static == {"x-portkey-virtual-key": "vk-1", "x-portkey-config": '{"retry": {"attempts": 3}}'}
+    assert static == {
+        "x-portkey-virtual-key": "vk-1",
+        "x-portkey-config": '{"retry": {"attempts": 3}}',
+    }
     assert templates is not None
     assert templates.columns() == ["meta"]
     builder = RequestBuilder(spec(), prompt_column="text", headers=templates)
@@ -122,7 +142,9 @@ def test_header_templates_split_and_render() -> None:
     ],
 )
 def test_header_value_that_cannot_be_sent_is_bad_input(value: Any, says: str) -> None:
-    builder = RequestBuilder(spec(), prompt_column="text", headers=HeaderTemplates({"x-meta": "{meta}"}))
+    builder = RequestBuilder(
+        spec(), prompt_column="text", headers=HeaderTemplates({"x-meta": "{meta}"})
+    )
     with pytest.raises(BadRowError) as info:
         builder.build(row({"text": "hi", "meta": value}))
     assert says in str(info.value)
@@ -139,7 +161,9 @@ def test_image_from_url_and_from_file(tmp_path: Path) -> None:
     ]
     picture = tmp_path / "cat.png"
     picture.write_bytes(b"\x89PNG\r\n")
-    url = body(builder, row({"text": "hi", "image": str(picture)}))["messages"][1]["content"][1]["image_url"]["url"]
+    url = body(builder, row({"text": "hi", "image": str(picture)}))["messages"][1]["content"][1][
+        "image_url"
+    ]["url"]
     assert url == "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n").decode()
     assert not RequestBuilder(spec(), prompt_column="text").reads_files
 
@@ -166,7 +190,9 @@ def test_n_choices_multiply_the_completion_bound_the_limits_count() -> None:
 
     row = PromptRow(seq=0, id="a", values={"text": "hello"})
     one = RequestBuilder(RequestSpec(model="m", max_tokens=50), prompt_column="text").build(row)
-    three = RequestBuilder(RequestSpec(model="m", max_tokens=50, params={"n": 3}), prompt_column="text").build(row)
+    three = RequestBuilder(
+        RequestSpec(model="m", max_tokens=50, params={"n": 3}), prompt_column="text"
+    ).build(row)
     assert one.max_tokens == 50
     assert three.max_tokens == 150
     assert b'"max_tokens":50' in three.body

@@ -17,7 +17,10 @@ FakeFactory = Callable[..., FakeServer]
 
 
 def test_validate_accepts_a_good_job(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server()
     job = write_job(tmp_path, make_job(reviews(12), server.base_url, tmp_path / "o.parquet"))
@@ -30,7 +33,9 @@ def test_validate_accepts_a_good_job(
 
 def _duplicate_ids(tmp_path: Path) -> Path:
     path = tmp_path / "dupes.parquet"
-    pl.DataFrame({"review_id": ["a", "b", "a"], "text": ["x", "y", "z"], "product_id": ["p"] * 3}).write_parquet(path)
+    pl.DataFrame(
+        {"review_id": ["a", "b", "a"], "text": ["x", "y", "z"], "product_id": ["p"] * 3}
+    ).write_parquet(path)
     return path
 
 
@@ -43,21 +48,73 @@ def _no_text_column(tmp_path: Path) -> Path:
 BAD_JOBS: list[tuple[str, Callable[[dict[str, Any], Path], None], str]] = [
     ("unknown key", lambda j, _: j["limits"].update(bogus=1), "[limits] bogus: unknown key"),
     ("zero concurrency", lambda j, _: j["limits"].update(concurrency=0), "[limits] concurrency"),
-    ("negative rpm", lambda j, _: j["limits"].update(requests_per_minute=-5), "[limits] requests_per_minute"),
+    (
+        "negative rpm",
+        lambda j, _: j["limits"].update(requests_per_minute=-5),
+        "[limits] requests_per_minute",
+    ),
     ("wrong type", lambda j, _: j["request"].update(max_tokens="many"), "[request] max_tokens"),
-    ("missing input", lambda j, t: j["input"].update(path=str(t / "nope.parquet")), "input file not found"),
-    ("missing column", lambda j, t: j["input"].update(path=str(_no_text_column(t))), "column 'text' not found"),
-    ("missing keep column", lambda j, _: j["input"].update(keep_columns=["nope"]), "column 'nope' not found"),
-    ("missing template column", lambda j, _: j["request"].update(template="{nope}"), "column 'nope' not found"),
-    ("duplicate ids", lambda j, t: j["input"].update(path=str(_duplicate_ids(t))), "duplicate id 'a'"),
-    ("unset key variable", lambda j, _: j["endpoint"].update(api_key_env="SURELY_UNSET_KEY_VAR"), "SURELY_UNSET_KEY_VAR"),
-    ("key with a line ending", lambda j, _: j["endpoint"].update(api_key_env="TEST_KEY_WITH_CR"), "control character"),
+    (
+        "missing input",
+        lambda j, t: j["input"].update(path=str(t / "nope.parquet")),
+        "input file not found",
+    ),
+    (
+        "missing column",
+        lambda j, t: j["input"].update(path=str(_no_text_column(t))),
+        "column 'text' not found",
+    ),
+    (
+        "missing keep column",
+        lambda j, _: j["input"].update(keep_columns=["nope"]),
+        "column 'nope' not found",
+    ),
+    (
+        "missing template column",
+        lambda j, _: j["request"].update(template="{nope}"),
+        "column 'nope' not found",
+    ),
+    (
+        "duplicate ids",
+        lambda j, t: j["input"].update(path=str(_duplicate_ids(t))),
+        "duplicate id 'a'",
+    ),
+    (
+        "unset key variable",
+        lambda j, _: j["endpoint"].update(api_key_env="SURELY_UNSET_KEY_VAR"),
+        "SURELY_UNSET_KEY_VAR",
+    ),
+    (
+        "key with a line ending",
+        lambda j, _: j["endpoint"].update(api_key_env="TEST_KEY_WITH_CR"),
+        "control character",
+    ),
     ("keep clashes", lambda j, _: j["input"].update(keep_columns=["text", "status"]), "'status'"),
-    ("keep clashes optional", lambda j, _: j["input"].update(keep_columns=["ttft_ms"]), "'ttft_ms' is already an output column"),
-    ("missing header column", lambda j, _: j["endpoint"].update(headers={"x-trace": "{id}-{trace}"}), "column 'trace' not found"),
-    ("missing image column", lambda j, _: j["request"].update(image_column="picture"), "column 'picture' not found"),
-    ("missing seed column", lambda j, _: j["request"].update(seed_column="s"), "column 's' not found"),
-    ("missing model column", lambda j, _: j["request"].pop("model") and j["request"].update(model_column="m"), "column 'm' not found"),
+    (
+        "keep clashes optional",
+        lambda j, _: j["input"].update(keep_columns=["ttft_ms"]),
+        "'ttft_ms' is already an output column",
+    ),
+    (
+        "missing header column",
+        lambda j, _: j["endpoint"].update(headers={"x-trace": "{id}-{trace}"}),
+        "column 'trace' not found",
+    ),
+    (
+        "missing image column",
+        lambda j, _: j["request"].update(image_column="picture"),
+        "column 'picture' not found",
+    ),
+    (
+        "missing seed column",
+        lambda j, _: j["request"].update(seed_column="s"),
+        "column 's' not found",
+    ),
+    (
+        "missing model column",
+        lambda j, _: j["request"].pop("model") and j["request"].update(model_column="m"),
+        "column 'm' not found",
+    ),
 ]
 
 
@@ -91,7 +148,10 @@ def test_user_errors_are_one_line_exit_2_and_send_nothing(
 
 
 def test_unwritable_output_is_caught_before_sending(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server()
     blocker = tmp_path / "file"

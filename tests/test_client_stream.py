@@ -24,14 +24,30 @@ def anyio_backend() -> str:
 
 
 def request(headers: dict[str, str] | None = None) -> ChatRequest:
-    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True})
-    return ChatRequest(body=body, seed=1, request_hash="h", estimated_prompt_tokens=5, max_tokens=None, headers=headers)
+    body = orjson.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    return ChatRequest(
+        body=body,
+        seed=1,
+        request_hash="h",
+        estimated_prompt_tokens=5,
+        max_tokens=None,
+        headers=headers,
+    )
 
 
-async def send(handler: Handler, *, stream: bool = True, req: ChatRequest | None = None, **endpoint: Any) -> Reply:
+async def send(
+    handler: Handler, *, stream: bool = True, req: ChatRequest | None = None, **endpoint: Any
+) -> Reply:
     spec = EndpointSpec(**{"base_url": BASE_URL, **endpoint})
     async with ChatClient(
-        spec, api_key=None, max_connections=2, transport=httpx.MockTransport(handler), stream=stream, headers=endpoint.get("headers")
+        spec,
+        api_key=None,
+        max_connections=2,
+        transport=httpx.MockTransport(handler),
+        stream=stream,
+        headers=endpoint.get("headers"),
     ) as client:
         return await client.send(req or request())
 
@@ -42,7 +58,12 @@ async def send_error(handler: Handler, **kwargs: Any) -> AttemptError:
     return info.value
 
 
-HEAD = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "model": "m-2024", "system_fingerprint": "fp_1"}
+HEAD = {
+    "id": "chatcmpl-9",
+    "object": "chat.completion.chunk",
+    "model": "m-2024",
+    "system_fingerprint": "fp_1",
+}
 
 
 def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -66,7 +87,9 @@ TEXT_STREAM = [
 
 def sse(*events: bytes, status: int = 200) -> Handler:
     def handler(_: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, headers={"content-type": "text/event-stream"}, content=b"".join(events))
+        return httpx.Response(
+            status, headers={"content-type": "text/event-stream"}, content=b"".join(events)
+        )
 
     return handler
 
@@ -87,7 +110,12 @@ async def test_stream_is_assembled_with_usage_and_ttft() -> None:
 
 @pytest.mark.anyio
 async def test_stream_with_several_choices_and_a_tool_call() -> None:
-    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
     reply = await send(
         sse(
             chunk([delta(0, role="assistant", content=None)]),
@@ -135,7 +163,9 @@ async def test_connection_dropped_mid_stream_is_retryable_and_says_so() -> None:
 
     error = await send_error(handler)
     assert isinstance(error, ConnectionFailed)
-    assert error.message.startswith("stream ended early after 2 events: connection failed: peer closed")
+    assert error.message.startswith(
+        "stream ended early after 2 events: connection failed: peer closed"
+    )
 
 
 @pytest.mark.anyio
@@ -151,7 +181,9 @@ async def test_bad_events() -> None:
 @pytest.mark.anyio
 async def test_stream_request_answered_with_an_error_status() -> None:
     def handler(_: httpx.Request) -> httpx.Response:
-        return httpx.Response(429, headers={"retry-after": "2"}, json={"error": {"message": "slow down"}})
+        return httpx.Response(
+            429, headers={"retry-after": "2"}, json={"error": {"message": "slow down"}}
+        )
 
     error = await send_error(handler)
     assert isinstance(error, RateLimited)
@@ -162,7 +194,13 @@ async def test_stream_request_answered_with_an_error_status() -> None:
 @pytest.mark.anyio
 async def test_stream_request_answered_without_streaming_is_still_read() -> None:
     def handler(_: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"id": "x", "choices": [{"message": {"content": "plain"}, "finish_reason": "stop"}]})
+        return httpx.Response(
+            200,
+            json={
+                "id": "x",
+                "choices": [{"message": {"content": "plain"}, "finish_reason": "stop"}],
+            },
+        )
 
     reply = await send(handler)
     assert reply.content == "plain"
@@ -180,7 +218,12 @@ async def test_row_headers_join_the_static_ones(stream: bool) -> None:
             return sse(*TEXT_STREAM)(req)
         return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}}]})
 
-    await send(handler, stream=stream, req=request({"x-portkey-trace-id": "r7"}), headers={"x-portkey-provider": "openai"})
+    await send(
+        handler,
+        stream=stream,
+        req=request({"x-portkey-trace-id": "r7"}),
+        headers={"x-portkey-provider": "openai"},
+    )
     assert seen[0].headers["x-portkey-trace-id"] == "r7"
     assert seen[0].headers["x-portkey-provider"] == "openai"
 
@@ -201,18 +244,27 @@ def test_reply_keeps_all_choices_tool_calls_fingerprint_and_id() -> None:
     assert reply.choices == (None, "two")
     assert reply.tool_calls == (ToolCall("call_a", "f", "{}"), ToolCall("call_b", "g", '{"x": 1}'))
     assert (reply.response_id, reply.system_fingerprint) == ("chatcmpl-2", "fp_2")
-    plain = parse_reply(orjson.dumps({"choices": [{"message": {"content": "one"}}]}), 200, 1.0, None)
+    plain = parse_reply(
+        orjson.dumps({"choices": [{"message": {"content": "one"}}]}), 200, 1.0, None
+    )
     assert (plain.choices, plain.tool_calls, plain.response_id) == (("one",), None, None)
 
 
 @pytest.mark.anyio
 async def test_an_error_event_naming_the_key_is_scrubbed() -> None:
     key = "sk-stream-secret-77"
-    events = [chunk([delta(content="Hi")]), b"data: " + orjson.dumps({"error": {"message": f"bad key Bearer {key}"}}) + b"\n\n"]
+    events = [
+        chunk([delta(content="Hi")]),
+        b"data: " + orjson.dumps({"error": {"message": f"bad key Bearer {key}"}}) + b"\n\n",
+    ]
     spec = EndpointSpec(base_url=BASE_URL)
     with pytest.raises(ServerError) as info:
         async with ChatClient(
-            spec, api_key=key, max_connections=2, transport=httpx.MockTransport(sse(*events)), stream=True
+            spec,
+            api_key=key,
+            max_connections=2,
+            transport=httpx.MockTransport(sse(*events)),
+            stream=True,
         ) as client:
             await client.send(request())
     assert key not in info.value.message

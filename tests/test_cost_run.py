@@ -18,7 +18,10 @@ FakeFactory = Callable[..., FakeServer]
 
 
 def test_rows_carry_their_cost_with_cached_and_reasoning_tokens(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server(cached_share=0.5, drop_rate=0.2, error_503_rate=0.1, fault_seed=11)
     out = tmp_path / "out.parquet"
@@ -32,7 +35,9 @@ def test_rows_carry_their_cost_with_cached_and_reasoning_tokens(
     assert df["cached_tokens"].to_list() == (df["prompt_tokens"] // 2).to_list()
     assert (df["reasoning_tokens"] * 3 == df["completion_tokens"] * 2).all()
     expected = (
-        (df["prompt_tokens"] - df["cached_tokens"]) * 1.0 + df["cached_tokens"] * 0.5 + df["completion_tokens"] * 4.0
+        (df["prompt_tokens"] - df["cached_tokens"]) * 1.0
+        + df["cached_tokens"] * 0.5
+        + df["completion_tokens"] * 4.0
     ) / 1e6
     assert df["cost_usd"].to_list() == pytest.approx(expected.to_list())
     # every dropped connection was sent and never answered: possibly billed, counted apart
@@ -54,7 +59,9 @@ def test_unknown_model_gives_null_cost_and_one_warning(
     server = fake_server()
     out = tmp_path / "out.parquet"
     log_file = tmp_path / "events.jsonl"
-    job = write_job(tmp_path, make_job(reviews(30), server.base_url, out, request={"model": "mystery-model-7"}))
+    job = write_job(
+        tmp_path, make_job(reviews(30), server.base_url, out, request={"model": "mystery-model-7"})
+    )
 
     assert main(["run", str(job), "--log-file", str(log_file)]) == 0
 
@@ -84,12 +91,20 @@ def test_prices_file_on_the_command_line_wins(
 
 
 def test_budget_stops_below_the_limit_then_resumes_with_a_higher_one(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server(latency_s=0.01)
     out = tmp_path / "out.parquet"
     budget, concurrency = 0.25, 8
-    job = make_job(reviews(200), server.base_url, out, limits={"concurrency": concurrency, "max_cost_usd": budget})
+    job = make_job(
+        reviews(200),
+        server.base_url,
+        out,
+        limits={"concurrency": concurrency, "max_cost_usd": budget},
+    )
     job["prices"] = {"gpt-4o-mini": {"input": 100.0, "output": 100.0}}  # 0.0001 USD a token
 
     assert main(["run", str(write_job(tmp_path, job))]) == EXIT_BUDGET
@@ -100,7 +115,9 @@ def test_budget_stops_below_the_limit_then_resumes_with_a_higher_one(
     assert not out.exists()
     parts = pl.read_parquet(out.with_name(out.name + ".parts"))
     spent = parts["cost_usd"].sum()
-    wave = concurrency * (60 + 32) * 1e-4  # a request in flight costs at most ~60 prompt + 32 output tokens
+    wave = (
+        concurrency * (60 + 32) * 1e-4
+    )  # a request in flight costs at most ~60 prompt + 32 output tokens
     assert budget - wave <= spent <= budget
     assert 20 < parts.height < 200
     assert server.stats.received == parts.height
@@ -125,19 +142,32 @@ def test_budget_stops_below_the_limit_then_resumes_with_a_higher_one(
 
 
 def test_budget_for_a_model_without_a_price_is_refused_before_sending(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
-    job = make_job(reviews(5), server.base_url, out, request={"model": "mystery-model-7"}, limits={"max_cost_usd": 1.0})
+    job = make_job(
+        reviews(5),
+        server.base_url,
+        out,
+        request={"model": "mystery-model-7"},
+        limits={"max_cost_usd": 1.0},
+    )
     path = write_job(tmp_path, job)
 
     assert main(["validate", str(path)]) == 2
     assert main(["run", str(path)]) == 2
 
     err = capsys.readouterr().err.splitlines()
-    assert err == [
-        "error: [limits] max_cost_usd: model 'mystery-model-7' has no known price;"
-        " add it under [prices] or with --prices FILE"
-    ] * 2
+    assert (
+        err
+        == [
+            "error: [limits] max_cost_usd: model 'mystery-model-7' has no known price;"
+            " add it under [prices] or with --prices FILE"
+        ]
+        * 2
+    )
     assert server.stats.received == 0

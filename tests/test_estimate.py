@@ -39,7 +39,9 @@ def job_with(tmp_path: Path, source: Path, **sections: dict[str, object]) -> Job
 
 def test_count_streams_every_row_and_counts_bad_ones(tmp_path: Path) -> None:
     source = tmp_path / "rows.jsonl"
-    source.write_text('{"id": "a", "text": "abcdefgh"}\n{"id": "b", "text": null}\n{"id": "c", "text": "abcd"}\nnot json\n')
+    source.write_text(
+        '{"id": "a", "text": "abcdefgh"}\n{"id": "b", "text": null}\n{"id": "c", "text": "abcd"}\nnot json\n'
+    )
     job = job_with(tmp_path, source, input={"id_column": "id", "keep_columns": [], "batch_size": 1})
     plan = plan_run(job)
     builder = RequestBuilder(job.request, prompt_column="text")
@@ -52,7 +54,11 @@ def test_count_streams_every_row_and_counts_bad_ones(tmp_path: Path) -> None:
 
 
 def test_extrapolation_from_a_sample(tmp_path: Path, reviews: Callable[[int], Path]) -> None:
-    job = job_with(tmp_path, reviews(1), limits={"concurrency": 10, "requests_per_minute": 600, "tokens_per_minute": 60_000})
+    job = job_with(
+        tmp_path,
+        reviews(1),
+        limits={"concurrency": 10, "requests_per_minute": 600, "tokens_per_minute": 60_000},
+    )
     count = PromptCount(rows=1000, bad_rows=0, prompt_tokens=50_000, by_id={})
     est = extrapolate(job, count, PRICE, sample())
 
@@ -81,7 +87,10 @@ def test_without_sample_or_price_or_limits(tmp_path: Path, reviews: Callable[[in
 
 
 def test_estimate_sends_nothing_without_a_sample(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server()
     job = write_job(tmp_path, make_job(reviews(40), server.base_url, tmp_path / "o.parquet"))
@@ -105,7 +114,12 @@ def test_a_sample_that_gets_no_answer_falls_back_to_offline_figures(
 ) -> None:
     server = fake_server(api_key="sk-right")
     monkeypatch.setenv("TEST_API_KEY", "sk-wrong")
-    job = make_job(reviews(40), server.base_url, tmp_path / "o.parquet", endpoint={"api_key_env": "TEST_API_KEY"})
+    job = make_job(
+        reviews(40),
+        server.base_url,
+        tmp_path / "o.parquet",
+        endpoint={"api_key_env": "TEST_API_KEY"},
+    )
 
     assert main(["estimate", str(write_job(tmp_path, job)), "--sample", "10", "--limit", "30"]) == 0
 

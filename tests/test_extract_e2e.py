@@ -114,14 +114,21 @@ def test_nested_schema_reads_back_typed_in_polars(
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
-    job = make_job(reviews(30), server.base_url, out, request={"json_schema": str(schema_file(tmp_path)), "max_tokens": 400})
+    job = make_job(
+        reviews(30),
+        server.base_url,
+        out,
+        request={"json_schema": str(schema_file(tmp_path)), "max_tokens": 400},
+    )
     df = run(tmp_path, job)
 
     assert df["status"].unique().to_list() == ["ok"]
     assert df["json_attempts"].unique().to_list() == [1]
     assert df.columns == [*OUTPUT_COLUMNS, "parsed", "json_attempts", "product_id"]
     flat = df.unnest("parsed")
-    assert dict(flat.select("sentiment", "score", "confidence", "tags", "verified", "note", "extra").schema) == {
+    assert dict(
+        flat.select("sentiment", "score", "confidence", "tags", "verified", "note", "extra").schema
+    ) == {
         "sentiment": pl.String,
         "score": pl.Int64,
         "confidence": pl.Float64,
@@ -162,7 +169,12 @@ def test_json_object_without_schema_keeps_normalised_json_text(
 ) -> None:
     server = fake_server(record_requests=True)
     out = tmp_path / "out.parquet"
-    job = make_job(reviews(10), server.base_url, out, request={"response_format": "json_object", "max_tokens": 200})
+    job = make_job(
+        reviews(10),
+        server.base_url,
+        out,
+        request={"response_format": "json_object", "max_tokens": 200},
+    )
     df = run(tmp_path, job)
 
     assert df.columns == [*OUTPUT_COLUMNS, "parsed_json", "json_attempts", "product_id"]
@@ -233,7 +245,9 @@ def test_schema_file_errors_are_one_line_exit_2_and_send_nothing(
     if content is not None:
         path.write_text(content, encoding="utf-8")
     out = tmp_path / "out.parquet"
-    job = write_job(tmp_path, make_job(reviews(5), server.base_url, out, request={"json_schema": str(path)}))
+    job = write_job(
+        tmp_path, make_job(reviews(5), server.base_url, out, request={"json_schema": str(path)})
+    )
 
     assert main([command, str(job)]) == 2
 
@@ -245,13 +259,19 @@ def test_schema_file_errors_are_one_line_exit_2_and_send_nothing(
     assert not out.exists()
 
 
-def test_json_mode_columns_cannot_be_kept_input_columns(reviews: Callable[[int], Path], tmp_path: Path) -> None:
-    job = make_job(reviews(3), "fake", tmp_path / "o.parquet", request={"response_format": "json_object"})
+def test_json_mode_columns_cannot_be_kept_input_columns(
+    reviews: Callable[[int], Path], tmp_path: Path
+) -> None:
+    job = make_job(
+        reviews(3), "fake", tmp_path / "o.parquet", request={"response_format": "json_object"}
+    )
     job["input"]["keep_columns"] = ["json_attempts"]
     with pytest.raises(JobError, match="'json_attempts' is already an output column"):
         plan_run(parse_job(job))
     job["request"] = {"model": "m"}
-    with pytest.raises(InputError, match="column 'json_attempts' not found"):  # no clash without JSON mode
+    with pytest.raises(
+        InputError, match="column 'json_attempts' not found"
+    ):  # no clash without JSON mode
         plan_run(parse_job(job))
 
 
@@ -269,7 +289,17 @@ def test_a_job_without_json_mode_keeps_todays_columns(
 def test_extract_reviews_example_runs_as_a_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "reviews.parquet"
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "jobs/extract_reviews.toml", "--output", str(out), "--limit", "60"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "jobs/extract_reviews.toml",
+            "--output",
+            str(out),
+            "--limit",
+            "60",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -283,7 +313,9 @@ def test_extract_reviews_example_runs_as_a_subprocess(tmp_path: Path) -> None:
     flat = df.filter(pl.col("status") == "ok").unnest("parsed")
     assert flat.schema["rating"] == pl.Int64
     assert flat.schema["pros"] == pl.List(pl.String)
-    assert flat.schema["product"] == pl.Struct({"category": pl.String, "price_mentioned": pl.Boolean, "price_usd": pl.Float64})
+    assert flat.schema["product"] == pl.Struct(
+        {"category": pl.String, "price_mentioned": pl.Boolean, "price_usd": pl.Float64}
+    )
     assert flat.schema["would_buy_again"] == pl.Boolean
 
 
@@ -312,7 +344,11 @@ def test_a_changed_local_schema_is_not_reused(
     server = fake_server()
     source = reviews(8)
     out = tmp_path / "out.parquet"
-    first = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+    first = {
+        "type": "object",
+        "properties": {"summary": {"type": "string"}},
+        "required": ["summary"],
+    }
     job = make_job(
         source, server.base_url, out,
         request={"response_format": "json_object", "json_schema": str(schema_file(tmp_path, first, "a.json")), "max_tokens": 400},
@@ -320,7 +356,10 @@ def test_a_changed_local_schema_is_not_reused(
     run(tmp_path, job)
     received = server.stats.received
 
-    second = {"type": "object", "properties": {"keywords": {"type": "array", "items": {"type": "string"}}}}
+    second = {
+        "type": "object",
+        "properties": {"keywords": {"type": "array", "items": {"type": "string"}}},
+    }
     job["request"]["json_schema"] = str(schema_file(tmp_path, second, "b.json"))
     df = run(tmp_path, job)
 

@@ -234,14 +234,24 @@ def test_other_paths_are_404(start: Start, method: str, path: str) -> None:
         (orjson.dumps(chat(stream="yes")), "stream"),
         (orjson.dumps(chat(response_format="json")), "response_format"),
         (orjson.dumps(chat(response_format={"type": "yaml"})), "response_format.type"),
-        (orjson.dumps(chat(response_format={"type": "json_schema"})), "response_format.json_schema"),
         (
-            orjson.dumps(chat(response_format={"type": "json_schema", "json_schema": {"name": "a b"}})),
+            orjson.dumps(chat(response_format={"type": "json_schema"})),
+            "response_format.json_schema",
+        ),
+        (
+            orjson.dumps(
+                chat(response_format={"type": "json_schema", "json_schema": {"name": "a b"}})
+            ),
             "response_format.json_schema.name",
         ),
         (
             orjson.dumps(
-                chat(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": []}})
+                chat(
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": "a", "schema": []},
+                    }
+                )
             ),
             "response_format.json_schema.schema",
         ),
@@ -548,7 +558,10 @@ REVIEW = {
         "pros": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
         "meta": {
             "type": "object",
-            "properties": {"when": {"type": "string", "format": "date-time"}, "price": {"type": ["number", "null"]}},
+            "properties": {
+                "when": {"type": "string", "format": "date-time"},
+                "price": {"type": ["number", "null"]},
+            },
             "required": ["when", "price"],
             "additionalProperties": False,
         },
@@ -559,7 +572,10 @@ REVIEW = {
 
 
 def schema_format(schema: dict[str, Any] = REVIEW, strict: bool = True) -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": "review", "schema": schema, "strict": strict}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "review", "schema": schema, "strict": strict},
+    }
 
 
 def answer(client: httpx.Client, **extra: Any) -> dict[str, Any]:
@@ -584,12 +600,19 @@ def test_json_object_answers_are_json_objects(start: Start) -> None:
 def test_json_schema_answers_satisfy_the_schema_and_follow_the_seed(start: Start) -> None:
     _, client = start()
     validator = Draft202012Validator(REVIEW)
-    values = [orjson.loads(answer(client, seed=seed, response_format=schema_format())["message"]["content"]) for seed in range(20)]
+    values = [
+        orjson.loads(
+            answer(client, seed=seed, response_format=schema_format())["message"]["content"]
+        )
+        for seed in range(20)
+    ]
     for value in values:
         validator.validate(value)
     assert len({orjson.dumps(v) for v in values}) == 20
     assert {v["sentiment"] for v in values} == {"positive", "neutral", "negative"}
-    again = orjson.loads(answer(client, seed=3, response_format=schema_format())["message"]["content"])
+    again = orjson.loads(
+        answer(client, seed=3, response_format=schema_format())["message"]["content"]
+    )
     assert again == values[3]
 
 
@@ -606,20 +629,33 @@ def test_json_answers_are_cut_at_max_tokens(start: Start) -> None:
     ("schema", "says"),
     [
         ({"type": "array"}, "must be a JSON Schema of 'type: \"object\"'"),
-        ({**REVIEW, "additionalProperties": True}, "In context=(), 'additionalProperties' is required"),
+        (
+            {**REVIEW, "additionalProperties": True},
+            "In context=(), 'additionalProperties' is required",
+        ),
         ({**REVIEW, "required": ["sentiment"]}, "Missing 'stars'"),
         (
-            {**REVIEW, "properties": {**REVIEW["properties"], "meta": {**REVIEW["properties"]["meta"], "required": []}}},
+            {
+                **REVIEW,
+                "properties": {
+                    **REVIEW["properties"],
+                    "meta": {**REVIEW["properties"]["meta"], "required": []},
+                },
+            },
             "In context=('properties', 'meta')",
         ),
     ],
 )
-def test_strict_schemas_are_checked_like_openai(start: Start, schema: dict[str, Any], says: str) -> None:
+def test_strict_schemas_are_checked_like_openai(
+    start: Start, schema: dict[str, Any], says: str
+) -> None:
     _, client = start()
     response = client.post("/chat/completions", json=chat(response_format=schema_format(schema)))
     assert response.status_code == 400
     assert says in response.json()["error"]["message"]
-    loose = client.post("/chat/completions", json=chat(response_format=schema_format(schema, strict=False)))
+    loose = client.post(
+        "/chat/completions", json=chat(response_format=schema_format(schema, strict=False))
+    )
     assert loose.status_code == 200
 
 
@@ -635,7 +671,9 @@ def test_content_faults_spoil_json_answers_only(start: Start) -> None:
     server, client = start(schema_mismatch_rate=1.0)
     validator = Draft202012Validator(REVIEW)
     for seed in range(6):
-        value = orjson.loads(answer(client, seed=seed, response_format=schema_format())["message"]["content"])
+        value = orjson.loads(
+            answer(client, seed=seed, response_format=schema_format())["message"]["content"]
+        )
         assert not validator.is_valid(value)
     orjson.loads(answer(client, response_format={"type": "json_object"})["message"]["content"])
     assert server.stats.schema_mismatch == 6
@@ -655,7 +693,9 @@ def test_content_faults_leave_the_other_faults_draws_unchanged() -> None:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(root_schemas(), st.integers(0, 2**31 - 1))
 def test_generated_values_satisfy_generated_schemas(gen: Gen, seed: int) -> None:
-    value = SchemaValues(gen.schema, random.Random(seed), ("alpha", "beta", "gamma")).value(gen.schema)
+    value = SchemaValues(gen.schema, random.Random(seed), ("alpha", "beta", "gamma")).value(
+        gen.schema
+    )
     validator = Draft202012Validator(gen.schema)
     validator.validate(value)
     broken = break_schema(gen.schema, value)
@@ -664,7 +704,9 @@ def test_generated_values_satisfy_generated_schemas(gen: Gen, seed: int) -> None
 
 
 @given(st.binary(max_size=32), st.none() | st.integers(0, 2**31), st.none() | st.integers(1, 40))
-def test_generated_json_counts_its_own_tokens(messages_key: bytes, seed: int | None, max_tokens: int | None) -> None:
+def test_generated_json_counts_its_own_tokens(
+    messages_key: bytes, seed: int | None, max_tokens: int | None
+) -> None:
     content, tokens, finish_reason = generate_json_content(
         messages_key, seed, 0, max_tokens, ResponseFormat("json_schema", REVIEW, "review")
     )

@@ -22,7 +22,11 @@ WEATHER = {
         "name": "get_weather",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"}},
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "metric": {"type": "boolean"},
+            },
         },
     },
 }
@@ -42,7 +46,12 @@ def start() -> Iterator[Start]:
 
 
 def chat(content: Any = "hi", **extra: Any) -> dict[str, Any]:
-    return {"model": "fake-model", "messages": [{"role": "user", "content": content}], "seed": 3, **extra}
+    return {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": content}],
+        "seed": 3,
+        **extra,
+    }
 
 
 def events(text: str) -> list[str]:
@@ -53,7 +62,9 @@ def events(text: str) -> list[str]:
 def test_stream_joins_to_the_plain_answer_and_ends_with_usage_and_done(start: Start) -> None:
     _, client = start()
     plain = client.post("/chat/completions", json=chat(n=2)).json()
-    response = client.post("/chat/completions", json=chat(n=2, stream=True, stream_options={"include_usage": True}))
+    response = client.post(
+        "/chat/completions", json=chat(n=2, stream=True, stream_options={"include_usage": True})
+    )
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -67,7 +78,9 @@ def test_stream_joins_to_the_plain_answer_and_ends_with_usage_and_done(start: St
     assert usage_chunk["usage"] == plain["usage"]
     assert all(c["usage"] is None for c in chunks[:-1])
     for choice in plain["choices"]:
-        deltas = [c["choices"][0] for c in chunks[:-1] if c["choices"][0]["index"] == choice["index"]]
+        deltas = [
+            c["choices"][0] for c in chunks[:-1] if c["choices"][0]["index"] == choice["index"]
+        ]
         text = "".join(d["delta"].get("content") or "" for d in deltas)
         assert text == choice["message"]["content"]
         assert deltas[-1]["finish_reason"] == choice["finish_reason"]
@@ -75,7 +88,10 @@ def test_stream_joins_to_the_plain_answer_and_ends_with_usage_and_done(start: St
 
 def test_stream_without_include_usage_has_no_usage(start: Start) -> None:
     _, client = start()
-    chunks = [orjson.loads(d) for d in events(client.post("/chat/completions", json=chat(stream=True)).text)[:-1]]
+    chunks = [
+        orjson.loads(d)
+        for d in events(client.post("/chat/completions", json=chat(stream=True)).text)[:-1]
+    ]
     assert all("usage" not in c for c in chunks)
     assert all(c["choices"] for c in chunks)
 
@@ -117,8 +133,13 @@ def test_tools_answer_with_a_call_of_the_first_tool(start: Start) -> None:
 def test_tool_choice_names_the_tool_or_turns_tools_off(start: Start) -> None:
     _, client = start()
     named = {"type": "function", "function": {"name": "get_time"}}
-    body = client.post("/chat/completions", json=chat(tools=[WEATHER, CLOCK], tool_choice=named)).json()
-    assert body["choices"][0]["message"]["tool_calls"][0]["function"] == {"name": "get_time", "arguments": "{}"}
+    body = client.post(
+        "/chat/completions", json=chat(tools=[WEATHER, CLOCK], tool_choice=named)
+    ).json()
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"] == {
+        "name": "get_time",
+        "arguments": "{}",
+    }
     off = client.post("/chat/completions", json=chat(tools=[WEATHER], tool_choice="none")).json()
     assert off["choices"][0]["finish_reason"] in {"stop", "length"}
     assert "tool_calls" not in off["choices"][0]["message"]
@@ -127,7 +148,12 @@ def test_tool_choice_names_the_tool_or_turns_tools_off(start: Start) -> None:
 def test_streamed_tool_call_arguments_join_up(start: Start) -> None:
     _, client = start()
     plain = client.post("/chat/completions", json=chat(tools=[WEATHER])).json()
-    chunks = [orjson.loads(d) for d in events(client.post("/chat/completions", json=chat(tools=[WEATHER], stream=True)).text)[:-1]]
+    chunks = [
+        orjson.loads(d)
+        for d in events(
+            client.post("/chat/completions", json=chat(tools=[WEATHER], stream=True)).text
+        )[:-1]
+    ]
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     expected = plain["choices"][0]["message"]["tool_calls"][0]
     assert calls[0]["id"] == expected["id"]
@@ -161,17 +187,31 @@ def test_image_parts_from_urls_and_data_urls_count_tokens(start: Start) -> None:
     text_only = client.post("/chat/completions", json=chat([{"type": "text", "text": "hi"}])).json()
     both = client.post(
         "/chat/completions",
-        json=chat([{"type": "text", "text": "hi"}, image_part("https://example.com/a.jpg"), image_part(data_url)]),
+        json=chat(
+            [
+                {"type": "text", "text": "hi"},
+                image_part("https://example.com/a.jpg"),
+                image_part(data_url),
+            ]
+        ),
     ).json()
     assert both["usage"]["prompt_tokens"] == text_only["usage"]["prompt_tokens"] + 2 * IMAGE_TOKENS
 
 
 @pytest.mark.parametrize(
     "url",
-    ["data:image/png;base64,@@@", "data:image/png;base64,abc", "data:text/plain;base64,aGk=", "ftp://x/y.png", "a.png"],
+    [
+        "data:image/png;base64,@@@",
+        "data:image/png;base64,abc",
+        "data:text/plain;base64,aGk=",
+        "ftp://x/y.png",
+        "a.png",
+    ],
 )
 def test_malformed_image_urls_are_400(start: Start, url: str) -> None:
     _, client = start()
-    response = client.post("/chat/completions", json=chat([{"type": "text", "text": "hi"}, image_part(url)]))
+    response = client.post(
+        "/chat/completions", json=chat([{"type": "text", "text": "hi"}, image_part(url)])
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages[0].content[1].image_url"

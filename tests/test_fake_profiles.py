@@ -32,7 +32,9 @@ def start() -> Iterator[Start]:
     with contextlib.ExitStack() as stack:
 
         def _start(server_profile: Profile, **config: Any) -> tuple[FakeServer, httpx.Client]:
-            server = stack.enter_context(serve_in_thread(FakeConfig(profile=server_profile, **config)))
+            server = stack.enter_context(
+                serve_in_thread(FakeConfig(profile=server_profile, **config))
+            )
             root = server.base_url.split("/", 3)
             client = stack.enter_context(httpx.Client(base_url="/".join(root[:3]), timeout=5))
             return server, client
@@ -59,10 +61,25 @@ def test_azure_wants_its_path_query_and_api_key_header(start: Start) -> None:
 
     assert client.post(path, params=query, headers=right, json=chat()).status_code == 200
     assert client.post(path, headers=right, json=chat()).status_code == 404
-    assert client.post(path, params={"api-version": "2023-05-15"}, headers=right, json=chat()).status_code == 404
-    assert client.post("/v1/chat/completions", params=query, headers=right, json=chat()).status_code == 404
-    assert client.post(path, params=query, headers={"Authorization": f"Bearer {KEY}"}, json=chat()).status_code == 401
-    assert client.post(path, params=query, headers={"x-api-key": KEY}, json=chat()).status_code == 401
+    assert (
+        client.post(
+            path, params={"api-version": "2023-05-15"}, headers=right, json=chat()
+        ).status_code
+        == 404
+    )
+    assert (
+        client.post("/v1/chat/completions", params=query, headers=right, json=chat()).status_code
+        == 404
+    )
+    assert (
+        client.post(
+            path, params=query, headers={"Authorization": f"Bearer {KEY}"}, json=chat()
+        ).status_code
+        == 401
+    )
+    assert (
+        client.post(path, params=query, headers={"x-api-key": KEY}, json=chat()).status_code == 401
+    )
 
 
 @pytest.mark.parametrize("headers", [{"x-api-key": KEY}, {"Authorization": f"Bearer {KEY}"}])
@@ -70,7 +87,10 @@ def test_vectara_takes_x_api_key_or_bearer(start: Start, headers: dict[str, str]
     _, client = start(profile("vectara"), api_key=KEY)
     assert client.post("/v2/llms/chat/completions", headers=headers, json=chat()).status_code == 200
     assert client.post("/v1/chat/completions", headers=headers, json=chat()).status_code == 404
-    assert client.post("/v2/llms/chat/completions", headers={"api-key": KEY}, json=chat()).status_code == 401
+    assert (
+        client.post("/v2/llms/chat/completions", headers={"api-key": KEY}, json=chat()).status_code
+        == 401
+    )
 
 
 def test_ovms_needs_the_body_field_and_a_served_model(start: Start) -> None:
@@ -98,7 +118,10 @@ def test_portkey_needs_its_key_a_route_and_a_trace_id(start: Start) -> None:
     no_route = {k: v for k, v in good.items() if k != "x-portkey-virtual-key"}
     response = client.post(path, headers=no_route, json=chat())
     assert response.status_code == 400
-    assert "x-portkey-provider, x-portkey-virtual-key, x-portkey-config" in response.json()["error"]["message"]
+    assert (
+        "x-portkey-provider, x-portkey-virtual-key, x-portkey-config"
+        in response.json()["error"]["message"]
+    )
     no_trace = {k: v for k, v in good.items() if k != "x-portkey-trace-id"}
     assert client.post(path, headers=no_trace, json=chat()).status_code == 400
     no_key = {k: v for k, v in good.items() if k != "x-portkey-api-key"}
@@ -108,16 +131,26 @@ def test_portkey_needs_its_key_a_route_and_a_trace_id(start: Start) -> None:
 def test_router_echoes_provider_prefixed_models(start: Start) -> None:
     _, client = start(profile("router"), api_key=KEY)
     headers = {"Authorization": f"Bearer {KEY}"}
-    answer = client.post("/api/v1/chat/completions", headers=headers, json=chat("anthropic/claude-3-opus"))
+    answer = client.post(
+        "/api/v1/chat/completions", headers=headers, json=chat("anthropic/claude-3-opus")
+    )
     assert answer.status_code == 200
     assert answer.json()["model"] == "anthropic/claude-3-opus"
-    assert client.post("/api/v1/chat/completions", headers=headers, json=chat("claude-3-opus")).status_code == 404
+    assert (
+        client.post(
+            "/api/v1/chat/completions", headers=headers, json=chat("claude-3-opus")
+        ).status_code
+        == 404
+    )
 
 
 def test_keyless_servers_accept_any_key_or_none(start: Start) -> None:
     _, client = start(profile("ollama"))
     for headers in ({}, {"Authorization": "Bearer anything"}):
-        assert client.post("/v1/chat/completions", headers=headers, json=chat("llama3.2")).status_code == 200
+        assert (
+            client.post("/v1/chat/completions", headers=headers, json=chat("llama3.2")).status_code
+            == 200
+        )
 
 
 def test_header_rules_with_allowed_values() -> None:
@@ -136,7 +169,10 @@ def test_header_rules_with_allowed_values() -> None:
     ("fields", "message"),
     [
         ({"auth_styles": ("basic",)}, "unknown auth style 'basic'"),
-        ({"chat_path": "/v1/completions"}, "chat_path must start with / and end with /chat/completions"),
+        (
+            {"chat_path": "/v1/completions"},
+            "chat_path must start with / and end with /chat/completions",
+        ),
     ],
 )
 def test_profile_validation(fields: dict[str, Any], message: str) -> None:

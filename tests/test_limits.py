@@ -603,7 +603,6 @@ def test_requests_in_any_window_stay_within_rate_and_capacity(
     assert max_in_window(starts, window) <= rate * window + capacity + 1e-6
 
 
-
 def test_a_pause_keeps_the_debt_of_requests_already_sent() -> None:
     bucket = Bucket(60_000, burst_s=0.25, now=0.0)  # 1000 tokens/s, capacity 250
     assert bucket.reserve(5000, now=0.0) == 0.0  # sent: a 4750-token debt

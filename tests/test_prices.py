@@ -29,7 +29,16 @@ def test_packaged_table_ships_in_the_package_with_date_and_source() -> None:
         assert (spec.source or "").startswith("https://"), name
         assert spec.cached_input is not None, name
         assert spec.cached_input <= spec.input, name
-    for name in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3-mini", "o4-mini", "gpt-5", "claude-sonnet-4", "claude-3-5-haiku"):
+    for name in (
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1",
+        "o3-mini",
+        "o4-mini",
+        "gpt-5",
+        "claude-sonnet-4",
+        "claude-3-5-haiku",
+    ):
         assert name in entries
 
 
@@ -88,7 +97,12 @@ def test_reported_model_is_priced_else_the_requested_one() -> None:
 
 
 def test_job_prices_override_and_extend_the_packaged_table() -> None:
-    prices = table(**{"gpt-4o-mini": {"input": 1.0, "output": 2.0}, "my-model": {"input": 0.5, "cached_input": 0.25, "output": 1.5}})
+    prices = table(
+        **{
+            "gpt-4o-mini": {"input": 1.0, "output": 2.0},
+            "my-model": {"input": 0.5, "cached_input": 0.25, "output": 1.5},
+        }
+    )
     mini = prices.resolve("gpt-4o-mini-2024-07-18")
     assert mini is not None
     assert (mini.input, mini.cached_input, mini.output) == (1.0, 1.0, 2.0)
@@ -100,7 +114,16 @@ def test_job_prices_override_and_extend_the_packaged_table() -> None:
 def test_price_file_overrides_the_job(tmp_path: Path) -> None:
     toml = tmp_path / "prices.toml"
     toml.write_text('"my-model" = { input = 3, output = 4 }\n')
-    data = {"models": {"gpt-4o": {"input": 9.0, "output": 9.5, "source": "https://example.com", "as_of": "2026-01"}}}
+    data = {
+        "models": {
+            "gpt-4o": {
+                "input": 9.0,
+                "output": 9.5,
+                "source": "https://example.com",
+                "as_of": "2026-01",
+            }
+        }
+    }
     (tmp_path / "prices.json").write_text(json.dumps(data))
     job_prices = {"my-model": PriceSpec(input=1.0, output=1.0)}
 
@@ -117,10 +140,18 @@ def test_price_file_overrides_the_job(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("p.toml", '"m" = { input = -1, output = 1 }\n', "m.input: Input should be greater than or equal to 0"),
+        (
+            "p.toml",
+            '"m" = { input = -1, output = 1 }\n',
+            "m.input: Input should be greater than or equal to 0",
+        ),
         ("p.toml", '"m" = { input = 1 }\n', "m.output: Field required"),
         ("p.toml", '"m" = { input = 1, output = 1, cost = 3 }\n', "m.cost: unknown key"),
-        ("p.toml", '"m" = { input = "1", output = 1 }\n', "m.input: Input should be a valid number"),
+        (
+            "p.toml",
+            '"m" = { input = "1", output = 1 }\n',
+            "m.input: Input should be a valid number",
+        ),
         ("p.toml", "m = [", "not valid TOML"),
         ("p.json", "{", "not valid JSON"),
     ],
@@ -146,7 +177,9 @@ def test_job_prices_table_is_validated() -> None:
     with pytest.raises(JobError, match=r"\[prices\] my-model.outptu: unknown key"):
         parse_job(job)
     job["prices"] = {"my-model": {"input": -0.5, "output": 1.5}}
-    with pytest.raises(JobError, match=r"\[prices\] my-model.input: Input should be greater than or equal to 0"):
+    with pytest.raises(
+        JobError, match=r"\[prices\] my-model.input: Input should be greater than or equal to 0"
+    ):
         parse_job(job)
 
 
@@ -156,5 +189,7 @@ def test_a_budget_needs_a_price() -> None:
     price = budget_price(5.0, "gpt-4o-mini", prices)
     assert price is not None
     assert price.model == "gpt-4o-mini"
-    with pytest.raises(JobError, match=r"^\[limits\] max_cost_usd: model 'mystery-model' has no known price"):
+    with pytest.raises(
+        JobError, match=r"^\[limits\] max_cost_usd: model 'mystery-model' has no known price"
+    ):
         budget_price(5.0, "mystery-model", prices)

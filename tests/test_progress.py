@@ -39,7 +39,9 @@ def test_render_shows_counts_rates_and_eta() -> None:
 
 def test_render_full_line() -> None:
     line = render(stats(total=4, done=1, ok=1, requests=2000), width=8)
-    assert line == "[##......] 1/4 ok 1 err 0 | 2.0 req/s | 0 tok/min | $0.0000 ~$0.0000 | ETA 50:00"
+    assert (
+        line == "[##......] 1/4 ok 1 err 0 | 2.0 req/s | 0 tok/min | $0.0000 ~$0.0000 | ETA 50:00"
+    )
 
 
 def test_render_large_numbers_have_thousands_separators() -> None:

@@ -22,9 +22,23 @@ EVIL = "<script>alert(1)</script>"
 @pytest.fixture
 def output(tmp_path: Path) -> Path:
     """11 rows with known numbers: 6 gpt-4o-mini, 2 o3-mini (retried), 1 unpriced, 2 errors."""
-    fields = ("model", "prompt", "completion", "cached", "reasoning", "cost", "attempts", "billed", "latency", "error")
+    fields = (
+        "model",
+        "prompt",
+        "completion",
+        "cached",
+        "reasoning",
+        "cost",
+        "attempts",
+        "billed",
+        "latency",
+        "error",
+    )
     table = [
-        *[("gpt-4o-mini", 100, 50, 20, 0, 0.001, 1, 0, float(ms), None) for ms in (100, 200, 300, 400, 500, 600)],
+        *[
+            ("gpt-4o-mini", 100, 50, 20, 0, 0.001, 1, 0, float(ms), None)
+            for ms in (100, 200, 300, 400, 500, 600)
+        ],
         *[("o3-mini", 200, 300, 0, 200, 0.01, 2, 1, float(ms), None) for ms in (1000, 2000)],
         (EVIL, 10, 10, 0, 0, None, 1, 0, 50.0, None),
         (None, None, None, None, None, 0.0, 3, 3, None, "timeout"),
@@ -49,7 +63,13 @@ def output(tmp_path: Path) -> Path:
             "started_at": [T0 + timedelta(seconds=i) for i in range(len(rows))],
             "finished_at": [T0 + timedelta(seconds=i + 1) for i in range(len(rows))],
         },
-        schema_overrides={"prompt_tokens": pl.Int64, "cost_usd": pl.Float64, "latency_ms": pl.Float64, "model": pl.String, "error_type": pl.String},
+        schema_overrides={
+            "prompt_tokens": pl.Int64,
+            "cost_usd": pl.Float64,
+            "latency_ms": pl.Float64,
+            "model": pl.String,
+            "error_type": pl.String,
+        },
     ).write_parquet(path)
     return path
 
@@ -60,12 +80,19 @@ def test_aggregation_of_a_fixed_fixture(output: Path) -> None:
     assert report.rows == 11
     assert report.by_status == {"ok": 9, "error": 2}
     assert report.by_error_type == {"server_error": 1, "timeout": 1}
-    assert (report.prompt_tokens, report.completion_tokens, report.total_tokens) == (1010, 910, 1920)
+    assert (report.prompt_tokens, report.completion_tokens, report.total_tokens) == (
+        1010,
+        910,
+        1920,
+    )
     assert (report.cached_tokens, report.reasoning_tokens) == (120, 400)
     assert report.cost_usd == pytest.approx(0.026)
     assert report.unpriced_rows == 1
     assert (report.requests, report.possibly_billed_attempts) == (20, 5)
-    by_model = [(m.model, m.rows, m.prompt_tokens, round(m.cost_usd, 6), m.unpriced_rows) for m in report.cost_by_model]
+    by_model = [
+        (m.model, m.rows, m.prompt_tokens, round(m.cost_usd, 6), m.unpriced_rows)
+        for m in report.cost_by_model
+    ]
     assert by_model == [
         ("o3-mini", 2, 400, 0.02, 0),
         ("gpt-4o-mini", 6, 600, 0.006, 0),
@@ -73,7 +100,9 @@ def test_aggregation_of_a_fixed_fixture(output: Path) -> None:
         (EVIL, 1, 10, 0.0, 1),
     ]
     # latencies 50 100 200 300 400 500 600 1000 2000, linear between ranks
-    assert report.latency_ms == pytest.approx({"p50": 400.0, "p90": 1200.0, "p99": 1920.0, "mean": 5150 / 9, "max": 2000.0})
+    assert report.latency_ms == pytest.approx(
+        {"p50": 400.0, "p90": 1200.0, "p99": 1920.0, "mean": 5150 / 9, "max": 2000.0}
+    )
     histogram = report.latency_histogram
     assert len(histogram) == 24
     assert (histogram[0].low, histogram[-1].high) == pytest.approx((50.0, 2000.0))
@@ -94,7 +123,10 @@ def test_outputs_without_cost_columns_still_report(tmp_path: Path) -> None:
     assert "latency     no answered rows" in render_text(report)
 
 
-@pytest.mark.parametrize(("span_s", "width"), [(0, 1), (11, 1), (100, 5), (3600, 120), (10 * 86400, 21600), (100 * 86400, 3 * 86400)])
+@pytest.mark.parametrize(
+    ("span_s", "width"),
+    [(0, 1), (11, 1), (100, 5), (3600, 120), (10 * 86400, 21600), (100 * 86400, 3 * 86400)],
+)
 def test_bucket_widths_are_round(span_s: float, width: int) -> None:
     assert bucket_seconds(span_s) == width
 
@@ -104,7 +136,10 @@ def test_text_summary(output: Path) -> None:
     assert "11 rows" in text
     assert "status      ok 9, error 2 (errors: server_error 1, timeout 1)" in text
     assert "prompt 1,010 (cached 120), completion 910 (reasoning 400), total 1,920" in text
-    assert "cost        $0.0260 + 1 answered rows without a price; 20 requests, 5 possibly billed" in text
+    assert (
+        "cost        $0.0260 + 1 answered rows without a price; 20 requests, 5 possibly billed"
+        in text
+    )
     assert re.search(r"o3-mini +2 +400 +600 +\$0\.0200", text)
     assert "latency     p50 400 ms, p90 1,200 ms, p99 1,920 ms" in text
     assert "throughput  1.0 rows/s, 10,473 tokens/min over 11.0 s" in text
@@ -164,18 +199,26 @@ def _headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedPr
 def test_html_renders_in_a_headless_browser(output: Path, tmp_path: Path) -> None:
     browser = _browser()
     if browser is None:
-        pytest.skip("no chromium or chrome on this machine (.ci/run installs Debian's chromium where apt-get works)")
+        pytest.skip(
+            "no chromium or chrome on this machine (.ci/run installs Debian's chromium where apt-get works)"
+        )
     page = tmp_path / "report.html"
     page.write_text(render_html(summarize(output)), encoding="utf-8")
 
     dom = _headless(browser, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert _svg(dom.stdout, "cost-by-model").count('<rect class="bar"') == 4
-    assert _svg(dom.stdout, "timeline").count("<rect class=\"bar") == 14
+    assert _svg(dom.stdout, "timeline").count('<rect class="bar') == 14
     assert "<script" not in dom.stdout.replace("&lt;script", "")
 
     shot = tmp_path / "report.png"
-    done = _headless(browser, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri())
+    done = _headless(
+        browser,
+        tmp_path / "profile-shot",
+        f"--screenshot={shot}",
+        "--window-size=1200,1600",
+        page.as_uri(),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -85,7 +85,9 @@ def test_kill_9_at_random_moments_then_resume_loses_and_repeats_little(
     repeated = sum(count - 1 for count in sends.values())
     throughput = concurrency / 0.04  # rows/s at this latency
     assert repeated <= kills * (2 * concurrency + throughput)
-    print(f"\nkill -9 x{kills}: {repeated} rows sent again in all ({repeated / kills:.1f} per crash)")
+    print(
+        f"\nkill -9 x{kills}: {repeated} rows sent again in all ({repeated / kills:.1f} per crash)"
+    )
     assert "rows (" in stdout  # some rows came from earlier runs
 
 
@@ -95,7 +97,9 @@ def test_sigterm_stops_gracefully_and_the_same_command_resumes(
     rows = 800
     server = fake_server(latency_s=0.05)
     out = tmp_path / "out.parquet"
-    job = write_job(tmp_path, make_job(reviews(rows), server.base_url, out, limits={"concurrency": 8}))
+    job = write_job(
+        tmp_path, make_job(reviews(rows), server.base_url, out, limits={"concurrency": 8})
+    )
 
     process = start_run(job)
     wait_for_parts(out)
@@ -126,7 +130,9 @@ def test_second_run_on_the_same_output_is_refused(
 ) -> None:
     server = fake_server(latency_s=0.05)
     out = tmp_path / "out.parquet"
-    job = write_job(tmp_path, make_job(reviews(600), server.base_url, out, limits={"concurrency": 4}))
+    job = write_job(
+        tmp_path, make_job(reviews(600), server.base_url, out, limits={"concurrency": 4})
+    )
 
     first = start_run(job)
     wait_for_parts(out)
@@ -140,13 +146,27 @@ def test_second_run_on_the_same_output_is_refused(
 
 
 def test_lock_of_a_dead_run_is_taken_over(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     out.with_name(out.name + ".lock").write_text(
-        json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename, "started_at": "2026-01-01T00:00:00+00:00"})
+        json.dumps(
+            {
+                "pid": int(dead.stdout),
+                "host": os.uname().nodename,
+                "started_at": "2026-01-01T00:00:00+00:00",
+            }
+        )
     )
     job = write_job(tmp_path, make_job(reviews(10), server.base_url, out))
 
@@ -181,7 +201,9 @@ def test_prompt_edit_resends_only_the_edited_rows(
     assert after["id"].to_list() == before["id"].to_list()
     changed = after.filter(pl.col("request_hash") != before["request_hash"])["id"].to_list()
     assert changed == ["r000003", "r000050", "r000099"]
-    assert after.filter(~pl.col("id").is_in(changed)).equals(before.filter(~pl.col("id").is_in(changed)))
+    assert after.filter(~pl.col("id").is_in(changed)).equals(
+        before.filter(~pl.col("id").is_in(changed))
+    )
 
 
 def test_reordered_input_reuses_rows_at_their_new_positions(
@@ -202,7 +224,10 @@ def test_reordered_input_reuses_rows_at_their_new_positions(
 
 
 def test_complete_output_is_not_run_again_unless_forced(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
@@ -249,7 +274,9 @@ def test_disk_full_mid_run_keeps_every_checkpointed_row(
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
-    job = write_job(tmp_path, make_job(reviews(3000), server.base_url, out, limits={"concurrency": 16}))
+    job = write_job(
+        tmp_path, make_job(reviews(3000), server.base_url, out, limits={"concurrency": 16})
+    )
     real_write = PartWriter.write_part
     written = []
 
@@ -280,7 +307,9 @@ def test_max_error_rate_turns_a_finished_run_into_exit_3(
 ) -> None:
     server = fake_server(error_503_rate=1.0)
     out = tmp_path / "out.parquet"
-    job = make_job(reviews(10), server.base_url, out, retry={"max_attempts": 1}, limits={"max_error_rate": 0.5})
+    job = make_job(
+        reviews(10), server.base_url, out, retry={"max_attempts": 1}, limits={"max_error_rate": 0.5}
+    )
     assert main(["run", str(write_job(tmp_path, job))]) == 3
     assert pl.read_parquet(out).height == 10
     assert json.loads(manifest_path(out).read_text())["exit_code"] == 3
@@ -291,13 +320,19 @@ def test_max_error_rate_turns_a_finished_run_into_exit_3(
 
 
 def test_manifest_records_the_run_without_secrets(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     secret = "sk-manifest-secret-42"
     server = fake_server(api_key=secret)
     monkeypatch.setenv("TEST_API_KEY", secret)
     out = tmp_path / "out.parquet"
-    job = write_job(tmp_path, make_job(reviews(7), server.base_url, out, endpoint={"api_key_env": "TEST_API_KEY"}))
+    job = write_job(
+        tmp_path,
+        make_job(reviews(7), server.base_url, out, endpoint={"api_key_env": "TEST_API_KEY"}),
+    )
     assert main(["run", str(job)]) == 0
 
     text = manifest_path(out).read_text()
@@ -334,7 +369,14 @@ def test_second_signal_stops_at_once_after_checkpointing(
     server = fake_server(latency_s=0.02, hang_rate=0.2, hang_s=60, fault_seed=2)
     out = tmp_path / "out.parquet"
     job = write_job(
-        tmp_path, make_job(reviews(400), server.base_url, out, endpoint={"timeout_s": 60}, limits={"concurrency": 8})
+        tmp_path,
+        make_job(
+            reviews(400),
+            server.base_url,
+            out,
+            endpoint={"timeout_s": 60},
+            limits={"concurrency": 8},
+        ),
     )
     process = start_run(job, "--grace-s", "60")
     wait_for_parts(out)
@@ -373,11 +415,16 @@ def test_several_models_resume_per_row_and_model(
     assert server.stats.received - received == 20  # only model-c is new
     second = pl.read_parquet(out)
     assert second["model"].to_list()[:4] == ["model-a", "model-c", "model-a", "model-c"]
-    assert second.filter(pl.col("model") == "model-a").equals(first.filter(pl.col("model") == "model-a"))
+    assert second.filter(pl.col("model") == "model-a").equals(
+        first.filter(pl.col("model") == "model-a")
+    )
 
 
 def test_a_stop_with_a_full_row_buffer_exits_with_its_own_code(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
@@ -410,11 +457,15 @@ def test_a_kept_column_whose_type_changed_does_not_break_the_merge(
 ) -> None:
     server = fake_server()
     source = tmp_path / "in.parquet"
-    pl.DataFrame({"review_id": ["a", "b"], "text": ["x y", "z w"], "product_id": ["P-1", "P-2"]}).write_parquet(source)
+    pl.DataFrame(
+        {"review_id": ["a", "b"], "text": ["x y", "z w"], "product_id": ["P-1", "P-2"]}
+    ).write_parquet(source)
     out = tmp_path / "out.parquet"
     assert main(["run", str(write_job(tmp_path, make_job(source, server.base_url, out)))]) == 0
 
-    pl.DataFrame({"review_id": ["a", "b"], "text": ["x y", "z w"], "product_id": [1, 2]}).write_parquet(source)
+    pl.DataFrame(
+        {"review_id": ["a", "b"], "text": ["x y", "z w"], "product_id": [1, 2]}
+    ).write_parquet(source)
     assert main(["run", str(write_job(tmp_path, make_job(source, server.base_url, out)))]) == 0
 
     assert pl.read_parquet(out)["product_id"].dtype == pl.Int64
@@ -425,12 +476,24 @@ def test_reused_rows_show_the_inputs_current_kept_values(
 ) -> None:
     server = fake_server()
     source = tmp_path / "in.parquet"
-    pl.DataFrame({"review_id": ["a", "b", "c"], "text": ["x y", "z w", "u v"], "product_id": ["P-1", "P-2", "P-3"]}).write_parquet(source)
+    pl.DataFrame(
+        {
+            "review_id": ["a", "b", "c"],
+            "text": ["x y", "z w", "u v"],
+            "product_id": ["P-1", "P-2", "P-3"],
+        }
+    ).write_parquet(source)
     out = tmp_path / "out.parquet"
     job = make_job(source, server.base_url, out, input={"keep_columns": []})
     assert main(["run", str(write_job(tmp_path, job))]) == 0
 
-    pl.DataFrame({"review_id": ["a", "b", "c"], "text": ["x y", "z w", "u v"], "product_id": ["P-1", "P-9", "P-3"]}).write_parquet(source)
+    pl.DataFrame(
+        {
+            "review_id": ["a", "b", "c"],
+            "text": ["x y", "z w", "u v"],
+            "product_id": ["P-1", "P-9", "P-3"],
+        }
+    ).write_parquet(source)
     job["input"]["keep_columns"] = ["product_id"]
     received = server.stats.received
     assert main(["run", str(write_job(tmp_path, job))]) == 0

@@ -39,7 +39,9 @@ def test_thousand_rows_with_faults_all_end_ok_exactly_once(
         fault_seed=3,
     )
     out = tmp_path / "out.parquet"
-    job = write_job(tmp_path, make_job(reviews(1000), server.base_url, out, limits={"concurrency": 64}))
+    job = write_job(
+        tmp_path, make_job(reviews(1000), server.base_url, out, limits={"concurrency": 64})
+    )
 
     assert run_cli("run", str(job)) == 0
 
@@ -66,7 +68,13 @@ def test_wrong_api_key_gives_auth_rows_without_retries_then_aborts(
     server = fake_server(api_key="sk-right-key", latency_s=0.02)
     monkeypatch.setenv("TEST_API_KEY", "sk-wrong-key-123456")
     out = tmp_path / "out.parquet"
-    job = make_job(reviews(400), server.base_url, out, endpoint={"api_key_env": "TEST_API_KEY"}, limits={"concurrency": 4})
+    job = make_job(
+        reviews(400),
+        server.base_url,
+        out,
+        endpoint={"api_key_env": "TEST_API_KEY"},
+        limits={"concurrency": 4},
+    )
 
     assert run_cli("run", str(write_job(tmp_path, job))) == 4
 
@@ -81,7 +89,10 @@ def test_wrong_api_key_gives_auth_rows_without_retries_then_aborts(
 
 
 def test_right_api_key_in_each_auth_style(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server = fake_server(api_key="sk-right-key")
     monkeypatch.setenv("TEST_API_KEY", "sk-right-key")
@@ -89,7 +100,12 @@ def test_right_api_key_in_each_auth_style(
         out = tmp_path / f"{auth}.parquet"
         job = write_job(
             tmp_path,
-            make_job(reviews(5), server.base_url, out, endpoint={"api_key_env": "TEST_API_KEY", "auth": auth}),
+            make_job(
+                reviews(5),
+                server.base_url,
+                out,
+                endpoint={"api_key_env": "TEST_API_KEY", "auth": auth},
+            ),
             name=f"{auth}.toml",
         )
         assert run_cli("run", str(job)) == 0
@@ -108,7 +124,10 @@ def test_key_never_appears_in_logs_or_output(
     monkeypatch.setenv("TEST_API_KEY", secret)
     out = tmp_path / "out.parquet"
     log_file = tmp_path / "events.jsonl"
-    job = write_job(tmp_path, make_job(reviews(50), server.base_url, out, endpoint={"api_key_env": "TEST_API_KEY"}))
+    job = write_job(
+        tmp_path,
+        make_job(reviews(50), server.base_url, out, endpoint={"api_key_env": "TEST_API_KEY"}),
+    )
 
     assert run_cli("run", str(job), "--log-file", str(log_file)) == 0
     captured = capsys.readouterr()
@@ -208,7 +227,9 @@ def test_bad_rows_become_error_rows_and_do_not_stop_the_run(
 def test_null_prompt_in_parquet_names_the_row(tmp_path: Path, fake_server: FakeFactory) -> None:
     server = fake_server()
     source = tmp_path / "rows.parquet"
-    pl.DataFrame({"review_id": ["x", "y"], "text": ["hello there", None], "product_id": ["p", "q"]}).write_parquet(source)
+    pl.DataFrame(
+        {"review_id": ["x", "y"], "text": ["hello there", None], "product_id": ["p", "q"]}
+    ).write_parquet(source)
     out = tmp_path / "out.parquet"
     assert run_cli("run", str(write_job(tmp_path, make_job(source, server.base_url, out)))) == 0
 
@@ -232,10 +253,14 @@ def test_messages_column_from_jsonl(tmp_path: Path, fake_server: FakeFactory) ->
     assert json.loads(server.stats.requests[0].body)["messages"] == conversation
 
 
-def test_fatal_answers_are_not_retried(tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]) -> None:
+def test_fatal_answers_are_not_retried(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+) -> None:
     server = fake_server(bad_request_rate=1.0)
     out = tmp_path / "out.parquet"
-    assert run_cli("run", str(write_job(tmp_path, make_job(reviews(10), server.base_url, out)))) == 0
+    assert (
+        run_cli("run", str(write_job(tmp_path, make_job(reviews(10), server.base_url, out)))) == 0
+    )
 
     df = read(out)
     assert df["error_type"].unique().to_list() == ["bad_request"]
@@ -243,10 +268,14 @@ def test_fatal_answers_are_not_retried(tmp_path: Path, fake_server: FakeFactory,
     assert server.stats.received == 10
 
 
-def test_hanging_server_gives_timeout_rows(tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]) -> None:
+def test_hanging_server_gives_timeout_rows(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+) -> None:
     server = fake_server(hang_rate=1.0, hang_s=30)
     out = tmp_path / "out.parquet"
-    job = make_job(reviews(4), server.base_url, out, endpoint={"timeout_s": 0.3}, retry={"max_attempts": 2})
+    job = make_job(
+        reviews(4), server.base_url, out, endpoint={"timeout_s": 0.3}, retry={"max_attempts": 2}
+    )
     assert run_cli("run", str(write_job(tmp_path, job))) == 0
 
     df = read(out)
@@ -275,7 +304,10 @@ def test_server_rate_limits_are_respected(
     server = fake_server(requests_per_minute=6000, tokens_per_minute=600_000)
     out = tmp_path / "out.parquet"
     job = make_job(
-        reviews(150), server.base_url, out, limits={"concurrency": 64, "requests_per_minute": 6000, "tokens_per_minute": 600_000}
+        reviews(150),
+        server.base_url,
+        out,
+        limits={"concurrency": 64, "requests_per_minute": 6000, "tokens_per_minute": 600_000},
     )
     assert run_cli("run", str(write_job(tmp_path, job))) == 0
 
@@ -288,7 +320,9 @@ def test_unconfigured_limits_follow_the_servers_headers(
 ) -> None:
     server = fake_server(requests_per_minute=3000)
     out = tmp_path / "out.parquet"
-    assert run_cli("run", str(write_job(tmp_path, make_job(reviews(120), server.base_url, out)))) == 0
+    assert (
+        run_cli("run", str(write_job(tmp_path, make_job(reviews(120), server.base_url, out)))) == 0
+    )
 
     assert read(out)["status"].unique().to_list() == ["ok"]
     assert server.stats.by_status[429] < 40
@@ -298,10 +332,16 @@ def test_overrides_input_output_and_limit(
     tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
 ) -> None:
     server = fake_server()
-    job = write_job(tmp_path, make_job(tmp_path / "missing.parquet", server.base_url, tmp_path / "unused.parquet"))
+    job = write_job(
+        tmp_path,
+        make_job(tmp_path / "missing.parquet", server.base_url, tmp_path / "unused.parquet"),
+    )
     out = tmp_path / "elsewhere" / "o.parquet"
 
-    assert run_cli("run", str(job), "--input", str(reviews(50)), "--output", str(out), "--limit", "7") == 0
+    assert (
+        run_cli("run", str(job), "--input", str(reviews(50)), "--output", str(out), "--limit", "7")
+        == 0
+    )
 
     assert read(out)["id"].to_list() == [f"r{i:06d}" for i in range(7)]
     assert not (tmp_path / "unused.parquet").exists()
@@ -311,7 +351,17 @@ def test_demo_job_runs_as_a_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "demo.parquet"
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "jobs/demo.toml", "--output", str(out), "--limit", "40"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "jobs/demo.toml",
+            "--output",
+            str(out),
+            "--limit",
+            "40",
+        ],
         cwd=repo,
         capture_output=True,
         text=True,

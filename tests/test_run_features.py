@@ -24,7 +24,11 @@ WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 
@@ -54,14 +58,26 @@ def test_streaming_gives_the_same_answers_with_usage_and_ttft(
 ) -> None:
     server = fake_server(record_requests=True, latency_s=0.01)
     source = reviews(20)
-    plain = run(tmp_path, make_job(source, server.base_url, tmp_path / "plain.parquet"), "plain.toml")
+    plain = run(
+        tmp_path, make_job(source, server.base_url, tmp_path / "plain.parquet"), "plain.toml"
+    )
     streamed = run(
-        tmp_path, make_job(source, server.base_url, tmp_path / "stream.parquet", request={"stream": True}), "s.toml"
+        tmp_path,
+        make_job(source, server.base_url, tmp_path / "stream.parquet", request={"stream": True}),
+        "s.toml",
     )
 
     assert streamed["status"].unique().to_list() == ["ok"]
     assert streamed.columns == [*OUTPUT_COLUMNS, "ttft_ms", "product_id"]
-    for column in ("content", "finish_reason", "model", "prompt_tokens", "completion_tokens", "total_tokens", "seed"):
+    for column in (
+        "content",
+        "finish_reason",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "seed",
+    ):
         assert streamed[column].to_list() == plain[column].to_list(), column
     assert streamed["ttft_ms"].null_count() == 0
     assert (streamed["ttft_ms"] >= 10).all()  # the fake waits 10 ms before the first event
@@ -71,9 +87,14 @@ def test_streaming_gives_the_same_answers_with_usage_and_ttft(
     assert all(b["stream"] is True and b["stream_options"] == {"include_usage": True} for b in sent)
 
 
-def test_streams_cut_in_the_middle_are_retried(tmp_path: Path, fake_server: FakeFactory, reviews: Reviews) -> None:
+def test_streams_cut_in_the_middle_are_retried(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
     server = fake_server(stream_cut_rate=0.3, fault_seed=4)
-    df = run(tmp_path, make_job(reviews(40), server.base_url, tmp_path / "out.parquet", request={"stream": True}))
+    df = run(
+        tmp_path,
+        make_job(reviews(40), server.base_url, tmp_path / "out.parquet", request={"stream": True}),
+    )
 
     assert df["status"].unique().to_list() == ["ok"]
     assert server.stats.cut > 0
@@ -85,7 +106,13 @@ def test_a_stream_that_always_ends_early_is_a_connection_error(
     tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
     server = fake_server(stream_cut_rate=1.0)
-    job = make_job(reviews(3), server.base_url, tmp_path / "out.parquet", request={"stream": True}, retry={"max_attempts": 2})
+    job = make_job(
+        reviews(3),
+        server.base_url,
+        tmp_path / "out.parquet",
+        request={"stream": True},
+        retry={"max_attempts": 2},
+    )
     df = run(tmp_path, job)
 
     assert df["error_type"].unique().to_list() == ["connection"]
@@ -96,7 +123,12 @@ def test_a_stream_that_always_ends_early_is_a_connection_error(
 
 def test_n_keeps_every_choice(tmp_path: Path, fake_server: FakeFactory, reviews: Reviews) -> None:
     server = fake_server()
-    df = run(tmp_path, make_job(reviews(6), server.base_url, tmp_path / "out.parquet", request={"params": {"n": 3}}))
+    df = run(
+        tmp_path,
+        make_job(
+            reviews(6), server.base_url, tmp_path / "out.parquet", request={"params": {"n": 3}}
+        ),
+    )
 
     assert df.columns == [*OUTPUT_COLUMNS, "choices", "product_id"]
     assert df["choices"].list.len().to_list() == [3] * 6
@@ -105,10 +137,15 @@ def test_n_keeps_every_choice(tmp_path: Path, fake_server: FakeFactory, reviews:
         assert len(set(row["choices"])) == 3
 
 
-def test_tools_are_sent_and_tool_calls_kept(tmp_path: Path, fake_server: FakeFactory, reviews: Reviews) -> None:
+def test_tools_are_sent_and_tool_calls_kept(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
     server = fake_server(record_requests=True)
     job = make_job(
-        reviews(4), server.base_url, tmp_path / "out.parquet", request={"tools": [WEATHER], "tool_choice": "required"}
+        reviews(4),
+        server.base_url,
+        tmp_path / "out.parquet",
+        request={"tools": [WEATHER], "tool_choice": "required"},
     )
     df = run(tmp_path, job)
 
@@ -126,7 +163,12 @@ def test_tools_are_sent_and_tool_calls_kept(tmp_path: Path, fake_server: FakeFac
 
 def test_streamed_tool_calls(tmp_path: Path, fake_server: FakeFactory, reviews: Reviews) -> None:
     server = fake_server()
-    job = make_job(reviews(3), server.base_url, tmp_path / "out.parquet", request={"tools": [WEATHER], "stream": True})
+    job = make_job(
+        reviews(3),
+        server.base_url,
+        tmp_path / "out.parquet",
+        request={"tools": [WEATHER], "stream": True},
+    )
     df = run(tmp_path, job)
 
     assert df.columns == [*OUTPUT_COLUMNS, "tool_calls", "ttft_ms", "product_id"]
@@ -145,15 +187,29 @@ def test_images_from_urls_and_files(tmp_path: Path, fake_server: FakeFactory) ->
         {"id": "gone", "text": "And this?", "image": str(tmp_path / "missing.png")},
     ]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    job = make_job(source, server.base_url, tmp_path / "out.parquet", input={"id_column": "id", "keep_columns": []})
+    job = make_job(
+        source,
+        server.base_url,
+        tmp_path / "out.parquet",
+        input={"id_column": "id", "keep_columns": []},
+    )
     job["request"]["image_column"] = "image"
     df = run(tmp_path, job)
 
     assert df["status"].to_list() == ["ok", "ok", "error"]
     assert df["error_type"][2] == "bad_input"
-    assert df["error_message"][2] == f"{source}: line 3: image file not found: {tmp_path / 'missing.png'}"
-    sent = {b["messages"][0]["content"][0]["text"]: b["messages"][0]["content"][1] for b in bodies(server)}
-    assert sent["What is this?"] == {"type": "image_url", "image_url": {"url": "https://example.com/dog.png"}}
+    assert (
+        df["error_message"][2]
+        == f"{source}: line 3: image file not found: {tmp_path / 'missing.png'}"
+    )
+    sent = {
+        b["messages"][0]["content"][0]["text"]: b["messages"][0]["content"][1]
+        for b in bodies(server)
+    }
+    assert sent["What is this?"] == {
+        "type": "image_url",
+        "image_url": {"url": "https://example.com/dog.png"},
+    }
     data_url = "data:image/jpeg;base64," + base64.b64encode(picture.read_bytes()).decode()
     assert sent["And this?"]["image_url"]["url"] == data_url
     assert df["prompt_tokens"][0] > 85  # the fake charges for the image
@@ -171,7 +227,9 @@ def test_two_models_give_one_row_each_in_input_then_model_order(
     assert df.height == 10
     assert df["id"].to_list() == [f"r{i:06d}" for i in range(5) for _ in range(2)]
     assert df["model"].to_list() == ["openai/gpt-4o-mini", "anthropic/claude-3-opus"] * 5
-    by_row = df.group_by("id").agg(pl.col("seed").n_unique(), pl.col("request_hash").n_unique(), pl.col("content").n_unique())
+    by_row = df.group_by("id").agg(
+        pl.col("seed").n_unique(), pl.col("request_hash").n_unique(), pl.col("content").n_unique()
+    )
     assert by_row["seed"].to_list() == [1] * 5
     assert by_row["request_hash"].to_list() == [2] * 5
     assert df["product_id"].to_list()[:4] == ["P-0", "P-0", "P-1", "P-1"]
@@ -187,7 +245,12 @@ def test_model_and_seed_from_columns(tmp_path: Path, fake_server: FakeFactory) -
         {"id": "c", "text": "three", "model": None, "seed": 33},
     ]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    job = make_job(source, server.base_url, tmp_path / "out.parquet", input={"id_column": "id", "keep_columns": []})
+    job = make_job(
+        source,
+        server.base_url,
+        tmp_path / "out.parquet",
+        input={"id_column": "id", "keep_columns": []},
+    )
     del job["request"]["model"]
     job["request"].update(model_column="model", seed_column="seed")
     df = run(tmp_path, job)
@@ -195,7 +258,10 @@ def test_model_and_seed_from_columns(tmp_path: Path, fake_server: FakeFactory) -
     assert df["model"].to_list() == ["m-small", "m-large", None]
     assert df["seed"].to_list()[:2] == [11, 22]
     assert df["error_message"][2] == f"{source}: line 3: model column 'model' is null"
-    assert sorted((b["model"], b["seed"]) for b in bodies(server)) == [("m-large", 22), ("m-small", 11)]
+    assert sorted((b["model"], b["seed"]) for b in bodies(server)) == [
+        ("m-large", 22),
+        ("m-small", 11),
+    ]
 
 
 def test_header_values_from_the_row(tmp_path: Path, fake_server: FakeFactory) -> None:
@@ -208,16 +274,27 @@ def test_header_values_from_the_row(tmp_path: Path, fake_server: FakeFactory) ->
         server.base_url,
         tmp_path / "out.parquet",
         input={"id_column": "id", "keep_columns": []},
-        endpoint={"headers": {"x-trace-id": "{id}", "x-meta": '{{"team": "{team}"}}', "x-portkey-config": '{"retry": {"attempts": 3}}'}},
+        endpoint={
+            "headers": {
+                "x-trace-id": "{id}",
+                "x-meta": '{{"team": "{team}"}}',
+                "x-portkey-config": '{"retry": {"attempts": 3}}',
+            }
+        },
     )
     df = run(tmp_path, job)
 
     assert df["status"].to_list() == ["ok", "error"]
-    assert "[endpoint] headers.x-meta: template placeholder {team} has no value in this row" in df["error_message"][1]
+    assert (
+        "[endpoint] headers.x-meta: template placeholder {team} has no value in this row"
+        in df["error_message"][1]
+    )
     [sent] = server.stats.requests
     assert sent.headers["x-trace-id"] == "a"
     assert sent.headers["x-meta"] == '{"team": "red"}'
-    assert sent.headers["x-portkey-config"] == '{"retry": {"attempts": 3}}'  # no placeholder: as written
+    assert (
+        sent.headers["x-portkey-config"] == '{"retry": {"attempts": 3}}'
+    )  # no placeholder: as written
 
 
 def test_optional_column_names_are_reserved() -> None:

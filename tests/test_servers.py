@@ -31,7 +31,9 @@ ROWS = 4
 
 
 def example_job(server: str) -> dict[str, Any]:
-    data: dict[str, Any] = tomllib.loads((ROOT / "jobs" / f"{server}.toml").read_text(encoding="utf-8"))
+    data: dict[str, Any] = tomllib.loads(
+        (ROOT / "jobs" / f"{server}.toml").read_text(encoding="utf-8")
+    )
     return data
 
 
@@ -42,7 +44,9 @@ def pointed_at(job: dict[str, Any], fake: FakeServer, output: Path) -> dict[str,
     is something the server sees."""
     job = copy.deepcopy(job)
     original, local = urlsplit(job["endpoint"]["base_url"]), urlsplit(fake.base_url)
-    job["endpoint"]["base_url"] = original._replace(scheme=local.scheme, netloc=local.netloc).geturl()
+    job["endpoint"]["base_url"] = original._replace(
+        scheme=local.scheme, netloc=local.netloc
+    ).geturl()
     job["output"]["path"] = str(output)
     job["retry"] = {"max_attempts": 2, "initial_backoff_s": 0.01, "max_backoff_s": 0.05}
     job["limits"] = {"concurrency": job["limits"]["concurrency"]}  # no pacing: keeps the test fast
@@ -60,12 +64,16 @@ def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
 
 
-def start_like(server: str, job: dict[str, Any], fake_server: FakeFactory, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
+def start_like(
+    server: str, job: dict[str, Any], fake_server: FakeFactory, monkeypatch: pytest.MonkeyPatch
+) -> FakeServer:
     """A fake server behaving like ``server``; with the job's key variable set when it names one."""
     variable = job["endpoint"].get("api_key_env")
     if variable is not None:
         monkeypatch.setenv(variable, KEY)
-    return fake_server(profile=profile(server), api_key=KEY if variable else None, record_requests=True)
+    return fake_server(
+        profile=profile(server), api_key=KEY if variable else None, record_requests=True
+    )
 
 
 @pytest.mark.usefixtures("in_repo")
@@ -96,7 +104,10 @@ def test_portkey_rows_carry_their_trace_id_and_metadata(
     fake = start_like("portkey", job, fake_server, monkeypatch)
     df = run(tmp_path, pointed_at(job, fake, tmp_path / "out.parquet"), "portkey")
 
-    sent = sorted((r.headers["x-portkey-trace-id"], r.headers["x-portkey-metadata"]) for r in fake.stats.requests)
+    sent = sorted(
+        (r.headers["x-portkey-trace-id"], r.headers["x-portkey-metadata"])
+        for r in fake.stats.requests
+    )
     expected = sorted(zip(df["id"], df["product_id"], strict=True))
     assert [trace for trace, _ in sent] == [row_id for row_id, _ in expected]
     assert [json.loads(meta)["product"] for _, meta in sent] == [product for _, product in expected]
@@ -104,7 +115,9 @@ def test_portkey_rows_carry_their_trace_id_and_metadata(
 
 
 @pytest.mark.usefixtures("in_repo")
-def test_ovms_gets_its_extra_body_fields(tmp_path: Path, fake_server: FakeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ovms_gets_its_extra_body_fields(
+    tmp_path: Path, fake_server: FakeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = example_job("ovms")
     fake = start_like("ovms", job, fake_server, monkeypatch)
     run(tmp_path, pointed_at(job, fake, tmp_path / "out.parquet"), "ovms")
@@ -118,21 +131,55 @@ def _drop_header(name: str) -> Callable[[dict[str, Any]], None]:
 
 BROKEN: list[tuple[str, str, Callable[[dict[str, Any]], None], str, int]] = [
     ("openai", "key in x-api-key", lambda j: j["endpoint"].update(auth="x-api-key"), "auth", 401),
-    ("openai", "unknown model", lambda j: j["request"].update(model="gpt-5-turbo-max"), "not_found", 404),
+    (
+        "openai",
+        "unknown model",
+        lambda j: j["request"].update(model="gpt-5-turbo-max"),
+        "not_found",
+        404,
+    ),
     ("azure", "no api-version", lambda j: j["endpoint"].pop("query"), "not_found", 404),
     ("azure", "bearer key", lambda j: j["endpoint"].update(auth="bearer"), "auth", 401),
-    ("vectara", "OpenAI's path", lambda j: j["endpoint"].update(base_url="https://api.vectara.io/v1"), "not_found", 404),
+    (
+        "vectara",
+        "OpenAI's path",
+        lambda j: j["endpoint"].update(base_url="https://api.vectara.io/v1"),
+        "not_found",
+        404,
+    ),
     ("ovms", "no extra_body", lambda j: j["request"].pop("extra_body"), "bad_request", 400),
-    ("vllm", "model not served", lambda j: j["request"].update(model="gpt-4o-mini"), "not_found", 404),
-    ("ollama", "model not pulled", lambda j: j["request"].update(model="mistral"), "not_found", 404),
+    (
+        "vllm",
+        "model not served",
+        lambda j: j["request"].update(model="gpt-4o-mini"),
+        "not_found",
+        404,
+    ),
+    (
+        "ollama",
+        "model not pulled",
+        lambda j: j["request"].update(model="mistral"),
+        "not_found",
+        404,
+    ),
     ("portkey", "no route header", _drop_header("x-portkey-virtual-key"), "bad_request", 400),
     ("portkey", "no trace id", _drop_header("x-portkey-trace-id"), "bad_request", 400),
-    ("router", "unprefixed model", lambda j: j["request"].update(models=["gpt-4o-mini"]), "not_found", 404),
+    (
+        "router",
+        "unprefixed model",
+        lambda j: j["request"].update(models=["gpt-4o-mini"]),
+        "not_found",
+        404,
+    ),
 ]
 
 
 @pytest.mark.usefixtures("in_repo")
-@pytest.mark.parametrize(("server", "case", "mutate", "error_type", "status"), BROKEN, ids=[f"{b[0]}-{b[1]}" for b in BROKEN])
+@pytest.mark.parametrize(
+    ("server", "case", "mutate", "error_type", "status"),
+    BROKEN,
+    ids=[f"{b[0]}-{b[1]}" for b in BROKEN],
+)
 def test_a_wrong_request_is_refused_like_the_server_would(
     server: str,
     case: str,
@@ -147,7 +194,14 @@ def test_a_wrong_request_is_refused_like_the_server_would(
     fake = start_like(server, job, fake_server, monkeypatch)
     mutate(job)
     out = tmp_path / "out.parquet"
-    code = main(["run", str(write_job(tmp_path, pointed_at(job, fake, out), f"{server}.toml")), "--limit", str(ROWS)])
+    code = main(
+        [
+            "run",
+            str(write_job(tmp_path, pointed_at(job, fake, out), f"{server}.toml")),
+            "--limit",
+            str(ROWS),
+        ]
+    )
     # an unknown model, or 5 refused keys or paths in a row, stop the run (exit 4) with
     # what it got checkpointed; a refused body (400) is the row's own fault
     if error_type == "not_found" and "model" in case:

@@ -286,16 +286,29 @@ PARSED = pa.struct(
     [
         pa.field("label", pa.string(), nullable=False),
         pa.field("score", pa.float64()),
-        pa.field("tags", pa.list_(pa.field("element", pa.string(), nullable=False)), nullable=False),
+        pa.field(
+            "tags", pa.list_(pa.field("element", pa.string(), nullable=False)), nullable=False
+        ),
         pa.field("who", pa.struct([pa.field("name", pa.string()), pa.field("age", pa.int64())])),
     ]
 )
-EXTRA = pa.schema([pa.field("parsed", PARSED), pa.field("json_attempts", pa.int32(), nullable=False)])
+EXTRA = pa.schema(
+    [pa.field("parsed", PARSED), pa.field("json_attempts", pa.int32(), nullable=False)]
+)
 
 
 def test_without_extra_columns_the_schema_is_unchanged() -> None:
-    assert output_schema(KEEP) == output_schema(KEEP, extra=None) == output_schema(KEEP, extra=pa.schema([]))
-    assert output_schema(KEEP, extra=EXTRA).names == [*OUTPUT_COLUMNS, "parsed", "json_attempts", *KEEP.names]
+    assert (
+        output_schema(KEEP)
+        == output_schema(KEEP, extra=None)
+        == output_schema(KEEP, extra=pa.schema([]))
+    )
+    assert output_schema(KEEP, extra=EXTRA).names == [
+        *OUTPUT_COLUMNS,
+        "parsed",
+        "json_attempts",
+        *KEEP.names,
+    ]
 
 
 def test_extra_struct_columns_survive_parts_and_the_windowed_merge(tmp_path: Path) -> None:
@@ -306,9 +319,17 @@ def test_extra_struct_columns_survive_parts_and_the_windowed_merge(tmp_path: Pat
         if seq % 4 == 3:
             return None
         who = None if seq % 5 == 0 else {"name": f"n{seq}", "age": seq if seq % 2 else None}
-        return {"label": f"L{seq}", "score": seq / 4 if seq % 3 else None, "tags": ["a"] * (seq % 3), "who": who}
+        return {
+            "label": f"L{seq}",
+            "score": seq / 4 if seq % 3 else None,
+            "tags": ["a"] * (seq % 3),
+            "who": who,
+        }
 
-    outcomes = [outcome(seq, extra={"parsed": parsed(seq), "json_attempts": 1 + seq % 3}) for seq in range(30)]
+    outcomes = [
+        outcome(seq, extra={"parsed": parsed(seq), "json_attempts": 1 + seq % 3})
+        for seq in range(30)
+    ]
     shuffled = outcomes[:]
     random.Random(3).shuffle(shuffled)
     for start in range(0, 30, 7):
@@ -327,7 +348,9 @@ def test_extra_struct_columns_survive_parts_and_the_windowed_merge(tmp_path: Pat
 
 
 def test_optional_columns_come_between_the_output_and_keep_columns(tmp_path: Path) -> None:
-    writer = PartWriter(tmp_path / "out.parquet", KEEP, optional=["ttft_ms", "choices", "tool_calls"])
+    writer = PartWriter(
+        tmp_path / "out.parquet", KEEP, optional=["ttft_ms", "choices", "tool_calls"]
+    )
     writer.prepare()
     calls = (ToolCall("call_1", "get_weather", '{"city": "Oslo"}'), ToolCall(None, "f", None))
     writer.write_part(

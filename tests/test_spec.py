@@ -148,7 +148,10 @@ def test_messages_column_alone_is_valid() -> None:
         ({"response_format": "json_object", "json_retries": 2}, "json_object"),
         ({"json_schema": "schemas/review.json"}, "json_schema"),
         ({"json_schema": {"type": "object"}, "strict": True}, "json_schema"),
-        ({"response_format": "json_schema", "json_schema": "s.json", "strict": False}, "json_schema"),
+        (
+            {"response_format": "json_schema", "json_schema": "s.json", "strict": False},
+            "json_schema",
+        ),
         ({"response_format": "json_object", "json_schema": "s.json"}, "json_object"),
     ],
 )
@@ -222,34 +225,84 @@ def test_job_error_is_a_user_error() -> None:
             "[request]",
             "params may not set 'max_tokens'",
         ),
-        ("request.extra_body", {"response_format": {}}, "[request]", "extra_body may not set 'response_format'"),
+        (
+            "request.extra_body",
+            {"response_format": {}},
+            "[request]",
+            "extra_body may not set 'response_format'",
+        ),
         # JSON mode
-        ("request.response_format", "text", "[request] response_format", "'json_object' or 'json_schema'"),
+        (
+            "request.response_format",
+            "text",
+            "[request] response_format",
+            "'json_object' or 'json_schema'",
+        ),
         ("request.response_format", "json_schema", "[request]", "needs json_schema"),
-        ("request.json_schema", 5, "[request] json_schema", "a schema file path or an inline table"),
-        ("request.json_schema", "  ", "[request] json_schema", "a schema file path or an inline table"),
+        (
+            "request.json_schema",
+            5,
+            "[request] json_schema",
+            "a schema file path or an inline table",
+        ),
+        (
+            "request.json_schema",
+            "  ",
+            "[request] json_schema",
+            "a schema file path or an inline table",
+        ),
         ("request.strict", True, "[request]", "strict applies only to json_schema"),
         ("request.json_retries", 2, "[request]", "json_retries needs JSON mode"),
         ("request.json_retries", -1, "[request] json_retries", "greater than or equal to 0"),
         ("fake.invalid_json_rate", 1.5, "[fake] invalid_json_rate", "less than or equal to 1"),
         # bad values
-        ("endpoint.auth", "basic", "[endpoint] auth", "'bearer', 'x-api-key', 'api-key', 'x-portkey-api-key' or 'none'"),
+        (
+            "endpoint.auth",
+            "basic",
+            "[endpoint] auth",
+            "'bearer', 'x-api-key', 'api-key', 'x-portkey-api-key' or 'none'",
+        ),
         # models, per-row columns, streaming, tools, images
         ("request.models", ["a", "b"], "[request]", "exactly one of model, models or model_column"),
         ("request.model_column", "m", "[request]", "exactly one of model, models or model_column"),
         ("request.models", [], "[request] models", "at least 1 item"),
         ("request.seed_column", "", "[request] seed_column", "at least 1 character"),
         ("request.stream", "yes", "[request] stream", "valid boolean"),
-        ("request.params", {"stream": True}, "[request]", "params may not set 'stream': use the [request] key"),
-        ("request.params", {"stream_options": {}}, "[request]", "'stream_options': [request] stream sets it"),
+        (
+            "request.params",
+            {"stream": True},
+            "[request]",
+            "params may not set 'stream': use the [request] key",
+        ),
+        (
+            "request.params",
+            {"stream_options": {}},
+            "[request]",
+            "'stream_options': [request] stream sets it",
+        ),
         ("request.extra_body", {"tools": []}, "[request]", "extra_body may not set 'tools'"),
         ("request.params", {"n": 0}, "[request]", "params.n must be a positive integer, got 0"),
         ("request.params", {"n": "2"}, "[request]", "params.n must be a positive integer, got '2'"),
-        ("request.tools", [{"type": "function"}], "[request]", 'tools[0]: needs type = "function" and a function.name'),
+        (
+            "request.tools",
+            [{"type": "function"}],
+            "[request]",
+            'tools[0]: needs type = "function" and a function.name',
+        ),
         ("request.tools", [], "[request] tools", "at least 1 item"),
         ("request.tool_choice", "auto", "[request]", "tool_choice needs tools"),
-        ("endpoint.headers", {"bad name": "x"}, "[endpoint] headers", "'bad name' is not a valid header name"),
-        ("endpoint.headers", {"x-a": "1\r\nx-b: 2"}, "[endpoint] headers", "x-a: a header value may not contain line breaks"),
+        (
+            "endpoint.headers",
+            {"bad name": "x"},
+            "[endpoint] headers",
+            "'bad name' is not a valid header name",
+        ),
+        (
+            "endpoint.headers",
+            {"x-a": "1\r\nx-b: 2"},
+            "[endpoint] headers",
+            "x-a: a header value may not contain line breaks",
+        ),
         ("endpoint.api_key_env", "sk-live-123", "[endpoint] api_key_env", "should match pattern"),
         ("name", "two words", "name", "should match pattern"),
         ("name", "", "name", "at least 1 character"),
@@ -393,7 +446,10 @@ def job_dicts(draw: st.DrawFn) -> dict[str, Any]:
         request.update(draw(_optional(json_retries=st.integers(min_value=0, max_value=10))))
     endpoint = {
         "base_url": draw(
-            st.just("fake") | st.from_regex(r"https?://[a-z0-9.-]{1,20}(:[0-9]{2,5})?(/[a-z0-9]{1,8}){0,3}", fullmatch=True)
+            st.just("fake")
+            | st.from_regex(
+                r"https?://[a-z0-9.-]{1,20}(:[0-9]{2,5})?(/[a-z0-9]{1,8}){0,3}", fullmatch=True
+            )
         ),
         **draw(
             _optional(
@@ -455,7 +511,10 @@ def test_valid_job_round_trips(data: dict[str, Any]) -> None:
     assert spec.request.model == data["request"]["model"]
 
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object"}},
+}
 
 
 def test_request_features_parse() -> None:
@@ -483,9 +542,16 @@ def test_request_features_parse() -> None:
     [
         ({"models": ["a", "a"]}, "models: 'a' is listed twice"),
         ({"models": ["a", ""]}, "models: a model name is empty"),
-        ({"model": "m", "tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice must be one of none, auto, required"),
         (
-            {"model": "m", "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "other"}}},
+            {"model": "m", "tools": [WEATHER], "tool_choice": "sometimes"},
+            "tool_choice must be one of none, auto, required",
+        ),
+        (
+            {
+                "model": "m",
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "other"}},
+            },
             "naming one of ['get_weather']",
         ),
     ],

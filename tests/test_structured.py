@@ -25,8 +25,15 @@ def lst(item: pa.DataType, nullable: bool = False) -> pa.DataType:
     return pa.list_(pa.field("element", item, nullable=nullable))
 
 
-def obj(properties: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": list(properties) if required is None else required, **extra}
+def obj(
+    properties: dict[str, Any], required: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        **extra,
+    }
 
 
 def arrow_of(schema: Any) -> pa.DataType:
@@ -87,11 +94,19 @@ def test_mapping_table(schema: Any, arrow: pa.DataType, nullable: bool) -> None:
 
 def test_struct_fields_are_nullable_unless_required_and_not_null() -> None:
     schema = obj(
-        {"req": {"type": "string"}, "opt": {"type": "string"}, "req_null": {"type": ["string", "null"]}},
+        {
+            "req": {"type": "string"},
+            "opt": {"type": "string"},
+            "req_null": {"type": ["string", "null"]},
+        },
         ["req", "req_null"],
     )
     struct = arrow_of(schema)
-    assert [(f.name, f.nullable) for f in struct] == [("req", False), ("opt", True), ("req_null", True)]
+    assert [(f.name, f.nullable) for f in struct] == [
+        ("req", False),
+        ("opt", True),
+        ("req_null", True),
+    ]
 
 
 def test_local_refs_resolve_and_recursion_becomes_json_text() -> None:
@@ -107,7 +122,12 @@ def test_local_refs_resolve_and_recursion_becomes_json_text() -> None:
     )
     schema["$defs"] = {
         "address": obj({"city": {"type": "string"}}),
-        "node": obj({"value": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}),
+        "node": obj(
+            {
+                "value": {"type": "integer"},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+            }
+        ),
     }
     schema["definitions"] = {"old": {"type": "integer"}}
     struct = arrow_of(schema)
@@ -141,12 +161,17 @@ def test_load_schema_from_a_file_names_it_after_the_file(tmp_path: Path) -> None
         ("{not json", "is not valid JSON"),
         ("[1, 2]", "must hold a JSON object"),
         ('{"type": "strin"}', "is not a valid JSON Schema at type"),
-        ('{"type": "object", "properties": {"a": {"minimum": "one"}}}', "is not a valid JSON Schema at properties/a/minimum"),
+        (
+            '{"type": "object", "properties": {"a": {"minimum": "one"}}}',
+            "is not a valid JSON Schema at properties/a/minimum",
+        ),
         ('{"$ref": "https://example.com/s.json"}', "is not local"),
         ('{"$ref": "#/$defs/nothing"}', "does not resolve"),
     ],
 )
-def test_schema_file_errors_are_one_line_naming_the_key(tmp_path: Path, content: str | None, says: str) -> None:
+def test_schema_file_errors_are_one_line_naming_the_key(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
     path = tmp_path / "schema.json"
     if content is not None:
         path.write_text(content, encoding="utf-8")
@@ -185,7 +210,9 @@ def test_load_extraction_per_mode(tmp_path: Path) -> None:
     assert loose is not None
     assert loose.response_format()["json_schema"]["strict"] is False
 
-    local = load_extraction(RequestSpec(model="m", response_format="json_object", json_schema=schema))
+    local = load_extraction(
+        RequestSpec(model="m", response_format="json_object", json_schema=schema)
+    )
     assert local is not None
     assert local.response_format() == {"type": "json_object"}
     assert local.column.name == "parsed"

@@ -34,7 +34,9 @@ def image_url(value: object, column: str) -> str:
     try:
         size = path.stat().st_size
         if size > MAX_IMAGE_BYTES:
-            raise BadRowError(f"image file {value}: {size:,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit")
+            raise BadRowError(
+                f"image file {value}: {size:,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit"
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         raise BadRowError(f"image file not found: {value}") from None

@@ -115,8 +115,14 @@ class RequestBuilder:
             self._fixed["max_tokens"] = spec.max_tokens
         # each of the n choices may use max_tokens (or params.max_completion_tokens, which
         # reasoning models take instead): that is what a provider charges against limits
-        bound = spec.max_tokens if spec.max_tokens is not None else spec.params.get("max_completion_tokens")
-        self._completion_bound = bound * spec.choices if isinstance(bound, int) and bound > 0 else None
+        bound = (
+            spec.max_tokens
+            if spec.max_tokens is not None
+            else spec.params.get("max_completion_tokens")
+        )
+        self._completion_bound = (
+            bound * spec.choices if isinstance(bound, int) and bound > 0 else None
+        )
         if spec.tools is not None:
             self._fixed["tools"] = spec.tools
         if spec.tool_choice is not None:
@@ -157,7 +163,10 @@ class RequestBuilder:
             messages.append({"role": "user", "content": text})
         else:
             url = image_url(row.values.get(column), column)
-            content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+            content = [
+                {"type": "text", "text": text},
+                {"type": "image_url", "image_url": {"url": url}},
+            ]
             messages.append({"role": "user", "content": content})
         return messages
 
@@ -169,7 +178,9 @@ class RequestBuilder:
             return self._default_model
         value = row.values.get(column)
         if not isinstance(value, str) or not value.strip():
-            raise BadRowError(f"model column {column!r} is {'null' if value is None else 'not a model name'}")
+            raise BadRowError(
+                f"model column {column!r} is {'null' if value is None else 'not a model name'}"
+            )
         return value
 
     def seed(self, row: PromptRow, reask: int = 0) -> int:
@@ -192,7 +203,13 @@ class RequestBuilder:
         model = model or self.model(row)
         messages = self.messages(row)
         seed = self.seed(row, reask)
-        body = {**self._fixed, "model": model, "messages": messages, "seed": seed, **self._spec.extra_body}
+        body = {
+            **self._fixed,
+            "model": model,
+            "messages": messages,
+            "seed": seed,
+            **self._spec.extra_body,
+        }
         encoded = encode_body(body)
         return ChatRequest(
             body=encoded,

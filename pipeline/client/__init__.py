@@ -98,12 +98,17 @@ class ChatClient:
         self._api_key = api_key
         self._timeout_s = endpoint.timeout_s
         self._stream = stream
-        default_headers = {"Content-Type": "application/json", **(endpoint.headers if headers is None else headers)}
+        default_headers = {
+            "Content-Type": "application/json",
+            **(endpoint.headers if headers is None else headers),
+        }
         default_headers.update(auth_headers(endpoint.auth, api_key))
         self._http = httpx.AsyncClient(
             transport=transport
             or AiohttpTransport(
-                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+                limits=httpx.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                )
             ),
             headers=default_headers,
             params=endpoint.query or None,
@@ -132,7 +137,9 @@ class ChatClient:
         started = time.perf_counter()
         try:
             with anyio.fail_after(self._timeout_s):
-                response = await self._http.post(self.url, content=request.body, headers=request.headers)
+                response = await self._http.post(
+                    self.url, content=request.body, headers=request.headers
+                )
         except httpx.DecodingError as exc:
             raise BadResponse(f"response body could not be decoded: {exc}"[:MAX_MESSAGE]) from None
         except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
@@ -170,7 +177,9 @@ class ChatClient:
                     rate_limits = parse_rate_limits(response.headers)
                     if not response.headers.get("content-type", "").startswith("text/event-stream"):
                         body = await response.aread()  # a server that answered without streaming
-                        return parse_reply(body, 200, (time.perf_counter() - started) * 1000.0, rate_limits)
+                        return parse_reply(
+                            body, 200, (time.perf_counter() - started) * 1000.0, rate_limits
+                        )
                     async for event in EventSource(response).aiter_sse():
                         try:
                             assembler.feed(event.data)
@@ -183,7 +192,9 @@ class ChatClient:
         except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
             error = _transport_error(exc)
             if status == 200 and isinstance(error, ConnectionFailed):
-                error = ConnectionFailed(f"stream ended early after {assembler.events} events: {error.message}")
+                error = ConnectionFailed(
+                    f"stream ended early after {assembler.events} events: {error.message}"
+                )
             raise type(error)(self._scrub(error.message)[:MAX_MESSAGE]) from None
         if not assembler.done:
             raise ConnectionFailed(f"stream ended early: no [DONE] after {assembler.events} events")

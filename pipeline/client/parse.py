@@ -91,7 +91,10 @@ def _int_header(headers: httpx.Headers, name: str) -> int | None:
 
 def parse_rate_limits(headers: httpx.Headers) -> RateLimitInfo | None:
     """The ``x-ratelimit-*`` headers, when the server sends any."""
-    if "x-ratelimit-remaining-requests" not in headers and "x-ratelimit-remaining-tokens" not in headers:
+    if (
+        "x-ratelimit-remaining-requests" not in headers
+        and "x-ratelimit-remaining-tokens" not in headers
+    ):
         return None
     return RateLimitInfo(
         limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
@@ -147,12 +150,16 @@ def error_for_status(
     return kind(text, http_status=status, retry_after_s=retry_after_s, rate_limits=rate_limits)
 
 
-def parse_reply(body: bytes, status: int, latency_ms: float, rate_limits: RateLimitInfo | None) -> Reply:
+def parse_reply(
+    body: bytes, status: int, latency_ms: float, rate_limits: RateLimitInfo | None
+) -> Reply:
     """A 200 body -> ``Reply``; anything unusable is ``BadResponse``."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadResponse(f"response body is not valid JSON ({exc.msg})", http_status=status) from None
+        raise BadResponse(
+            f"response body is not valid JSON ({exc.msg})", http_status=status
+        ) from None
     return reply_from(data, status, latency_ms, rate_limits)
 
 
@@ -176,7 +183,11 @@ def _tool_calls(choice: dict[str, Any]) -> tuple[ToolCall, ...] | None:
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
             found.append(
-                ToolCall(_text(call.get("id")), _text(function.get("name")), _text(function.get("arguments")))
+                ToolCall(
+                    _text(call.get("id")),
+                    _text(function.get("name")),
+                    _text(function.get("arguments")),
+                )
             )
     return tuple(found) or None
 
@@ -197,7 +208,10 @@ def reply_from(
     usage = data.get("usage")
     if not isinstance(usage, dict):
         usage = {}
-    prompt_details, completion_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+    prompt_details, completion_details = (
+        usage.get("prompt_tokens_details"),
+        usage.get("completion_tokens_details"),
+    )
     return Reply(
         content=content,
         finish_reason=choice.get("finish_reason"),
@@ -213,8 +227,12 @@ def reply_from(
         ttft_ms=ttft_ms,
         system_fingerprint=_text(data.get("system_fingerprint")),
         response_id=_text(data.get("id")),
-        cached_tokens=_count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else None,
+        cached_tokens=_count(prompt_details.get("cached_tokens"))
+        if isinstance(prompt_details, dict)
+        else None,
         reasoning_tokens=(
-            _count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None
+            _count(completion_details.get("reasoning_tokens"))
+            if isinstance(completion_details, dict)
+            else None
         ),
     )

@@ -75,7 +75,9 @@ class StreamAssembler:
         try:
             chunk: Any = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise BadResponse(f"stream event {self.events} is not valid JSON ({exc.msg})", http_status=200) from None
+            raise BadResponse(
+                f"stream event {self.events} is not valid JSON ({exc.msg})", http_status=200
+            ) from None
         if not isinstance(chunk, dict):
             raise BadResponse(f"stream event {self.events} is not a JSON object", http_status=200)
         error = chunk.get("error")
@@ -108,7 +110,8 @@ class StreamAssembler:
                     continue
                 number = call.get("index", 0)
                 merged = slot.calls.setdefault(
-                    number if isinstance(number, int) else 0, {"id": "", "name": "", "arguments": ""}
+                    number if isinstance(number, int) else 0,
+                    {"id": "", "name": "", "arguments": ""},
                 )
                 if isinstance(call.get("id"), str):
                     merged["id"] = call["id"]

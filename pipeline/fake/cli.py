@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-after-s", type=float, default=1.0)
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument(
-        "--cached-share", type=float, default=0.0, metavar="S", help="report S of prompt tokens as cached"
+        "--cached-share",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="report S of prompt tokens as cached",
     )
     return parser

@@ -94,7 +94,9 @@ class FakeConfig:
                 raise ValueError(f"{fault}_rate must be between 0 and 1, got {rate}")
 
     @classmethod
-    def from_options(cls, *, latency_ms: float = 0.0, jitter_ms: float = 0.0, **fields: Any) -> FakeConfig:
+    def from_options(
+        cls, *, latency_ms: float = 0.0, jitter_ms: float = 0.0, **fields: Any
+    ) -> FakeConfig:
         """A config from user-facing options: latencies in milliseconds, the rest by field name
         (what ``pipeline fake-server`` flags and a job's ``[fake]`` table hold)."""
         return cls(latency_s=latency_ms / 1000.0, latency_jitter_s=jitter_ms / 1000.0, **fields)

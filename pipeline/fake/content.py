@@ -187,7 +187,8 @@ def _response_format(value: Any) -> ResponseFormat | None:
     if not isinstance(schema, dict) or not isinstance(strict, bool | None):
         bad = "schema" if not isinstance(schema, dict) else "strict"
         raise InvalidRequestError(
-            f"Invalid type for 'response_format.json_schema.{bad}'.", f"response_format.json_schema.{bad}"
+            f"Invalid type for 'response_format.json_schema.{bad}'.",
+            f"response_format.json_schema.{bad}",
         )
     if strict:
         problem = strict_problem(schema, name)
@@ -369,7 +370,9 @@ def _message_parts(message: object, index: int) -> tuple[str, int]:
             if part.get("type") == "text" and isinstance(part.get("text"), str):
                 texts.append(part["text"])
             elif part.get("type") == "image_url":
-                _check_image(part.get("image_url"), f"messages[{index}].content[{number}].image_url")
+                _check_image(
+                    part.get("image_url"), f"messages[{index}].content[{number}].image_url"
+                )
                 images += 1
         return " ".join(texts), images
     raise InvalidRequestError(
@@ -403,7 +406,9 @@ def _include_usage(payload: dict[str, Any]) -> bool:
     if options is None:
         return False
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise InvalidRequestError("'stream_options.include_usage' must be a boolean", "stream_options")
+        raise InvalidRequestError(
+            "'stream_options.include_usage' must be a boolean", "stream_options"
+        )
     return bool(options.get("include_usage", False))
 
 

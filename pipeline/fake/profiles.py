@@ -86,7 +86,9 @@ class Profile:
         if self.chat_path is not None and not (
             self.chat_path.startswith("/") and self.chat_path.endswith("/chat/completions")
         ):
-            raise ValueError(f"chat_path must start with / and end with /chat/completions, got {self.chat_path!r}")
+            raise ValueError(
+                f"chat_path must start with / and end with /chat/completions, got {self.chat_path!r}"
+            )
         object.__setattr__(self, "query", MappingProxyType(dict(self.query)))
 
     def check_route(
@@ -94,12 +96,16 @@ class Profile:
     ) -> Refusal | None:
         """404 for a wrong method, path or query; 400 for a missing required header."""
         if method != "POST" or not (
-            path == self.chat_path if self.chat_path is not None else path.endswith("/chat/completions")
+            path == self.chat_path
+            if self.chat_path is not None
+            else path.endswith("/chat/completions")
         ):
             return Refusal(404, f"Invalid URL ({method} {path})")
         for name, value in self.query.items():
             if query.get(name) != value:
-                return Refusal(404, f"Resource not found: query parameter {name}={value} is required", "404")
+                return Refusal(
+                    404, f"Resource not found: query parameter {name}={value} is required", "404"
+                )
         for rule in self.headers:
             problem = rule.missing(headers)
             if problem is not None:
@@ -178,7 +184,11 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             name="router",
             chat_path="/api/v1/chat/completions",
             auth_styles=("bearer",),
-            models=("openai/gpt-4o-mini", "anthropic/claude-3-opus", "meta-llama/llama-3.1-70b-instruct"),
+            models=(
+                "openai/gpt-4o-mini",
+                "anthropic/claude-3-opus",
+                "meta-llama/llama-3.1-70b-instruct",
+            ),
         ),
     }
 )

@@ -106,7 +106,9 @@ class FakeServer:
             return _error(
                 401, "Incorrect API key provided", "invalid_request_error", code="invalid_api_key"
             )
-        refusal = self._profile.check_route(request.method, request.path, request.query, request.headers)
+        refusal = self._profile.check_route(
+            request.method, request.path, request.query, request.headers
+        )
         if refusal is not None:
             return _refuse(refusal)
         try:
@@ -193,7 +195,11 @@ class FakeServer:
         ):
             content_fault = None
         answer = completion(
-            chat, f"chatcmpl-{digest[:24]}", int(time.time()), content_fault, self.config.cached_share
+            chat,
+            f"chatcmpl-{digest[:24]}",
+            int(time.time()),
+            content_fault,
+            self.config.cached_share,
         )
         if chat.stream:
             self._count_content_fault(content_fault)
@@ -336,7 +342,11 @@ def _error(
 
 def _refuse(refusal: Refusal) -> web.Response:
     return _error(
-        refusal.status, refusal.message, "invalid_request_error", param=refusal.param, code=refusal.code
+        refusal.status,
+        refusal.message,
+        "invalid_request_error",
+        param=refusal.param,
+        code=refusal.code,
     )
 
 

@@ -52,9 +52,13 @@ def events(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
         index, message = choice["index"], choice["message"]
 
         def delta(part: dict[str, Any], finish: str | None = None, index: int = index) -> bytes:
-            return chunk([{"index": index, "delta": part, "logprobs": None, "finish_reason": finish}])
+            return chunk(
+                [{"index": index, "delta": part, "logprobs": None, "finish_reason": finish}]
+            )
 
-        out.append(delta({"role": "assistant", "content": "" if message["content"] is not None else None}))
+        out.append(
+            delta({"role": "assistant", "content": "" if message["content"] is not None else None})
+        )
         for piece in _split(message["content"] or ""):
             out.append(delta({"content": piece}))
         for number, call in enumerate(message.get("tool_calls") or []):
@@ -74,7 +78,9 @@ def events(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
                 )
             )
             for piece in _split(function["arguments"], 2):
-                out.append(delta({"tool_calls": [{"index": number, "function": {"arguments": piece}}]}))
+                out.append(
+                    delta({"tool_calls": [{"index": number, "function": {"arguments": piece}}]})
+                )
         out.append(delta({}, choice["finish_reason"]))
     if include_usage:
         out.append(chunk([], usage=completion["usage"]))

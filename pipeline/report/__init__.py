@@ -1,9 +1,9 @@
 """``pipeline report``: aggregate an output file (polars), print a summary, draw an HTML page.
 
-    summary.py  read the output, aggregate: rows by status and error type, tokens,
-                cost by model, latency percentiles and histogram, rows over time
-    text.py     the terminal summary
-    html.py     a self-contained HTML page with inline SVG charts (no scripts, no network)
+summary.py  read the output, aggregate: rows by status and error type, tokens,
+            cost by model, latency percentiles and histogram, rows over time
+text.py     the terminal summary
+html.py     a self-contained HTML page with inline SVG charts (no scripts, no network)
 """
 
 from pipeline.report.html import render_html

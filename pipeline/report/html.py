@@ -69,7 +69,9 @@ def hbars(chart_id: str, items: list[tuple[str, float, str]], color: str, empty:
     height = top * 2 + row_h * len(items)
     scale = max(value for _, value, _ in items) or 1.0
     span = WIDTH - label_w - value_w
-    parts = [f'<svg id="{chart_id}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img">']
+    parts = [
+        f'<svg id="{chart_id}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img">'
+    ]
     for i, (label, value, shown) in enumerate(items):
         y = top + i * row_h
         w = max(1.0, span * value / scale) if value > 0 else 0.0
@@ -105,7 +107,9 @@ def histogram(chart_id: str, bins: list[Bin]) -> str:
     plot_w, plot_h = WIDTH - left - 10, height - top - bottom
     y_max = _nice(max(b.count for b in bins))
     bar_w = plot_w / len(bins)
-    parts = [f'<svg id="{chart_id}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img">']
+    parts = [
+        f'<svg id="{chart_id}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img">'
+    ]
     parts += _axes(left, top, plot_w, plot_h, y_max)
     for i, b in enumerate(bins):
         h = plot_h * b.count / y_max
@@ -117,8 +121,12 @@ def histogram(chart_id: str, bins: list[Bin]) -> str:
         )
     for i in range(0, len(bins), max(1, len(bins) // 6)):
         edge = bins[0].low + (bins[-1].high - bins[0].low) * i / len(bins)
-        parts.append(f'<text x="{left + i * bar_w:.1f}" y="{height - bottom + 16}" text-anchor="middle">{edge:,.0f}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">latency (ms)</text></svg>')
+        parts.append(
+            f'<text x="{left + i * bar_w:.1f}" y="{height - bottom + 16}" text-anchor="middle">{edge:,.0f}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">latency (ms)</text></svg>'
+    )
     return "".join(parts)
 
 
@@ -137,7 +145,9 @@ def timeline(chart_id: str, buckets: list[Bucket], bucket_s: int) -> str:
     plot_w, plot_h = WIDE - left - 10, height - top - bottom
     y_max = _nice(max(max(b.ok + b.error, b.requests) for b in buckets))
     bar_w = plot_w / len(buckets)
-    parts = [f'<svg id="{chart_id}" viewBox="0 0 {WIDE} {height}" width="{WIDE}" height="{height}" role="img">']
+    parts = [
+        f'<svg id="{chart_id}" viewBox="0 0 {WIDE} {height}" width="{WIDE}" height="{height}" role="img">'
+    ]
     parts += _axes(left, top, plot_w, plot_h, y_max)
     points = []
     for i, b in enumerate(buckets):
@@ -155,7 +165,9 @@ def timeline(chart_id: str, buckets: list[Bucket], bucket_s: int) -> str:
                 f' height="{err_h:.1f}" fill="{_ERROR}"><title>{when}: {b.error:,} errors</title></rect>'
             )
         points.append(f"{x + bar_w / 2:.1f},{base - plot_h * b.requests / y_max:.1f}")
-    parts.append(f'<polyline class="requests" points="{" ".join(points)}" fill="none" stroke="{_REQUESTS}" stroke-width="2"/>')
+    parts.append(
+        f'<polyline class="requests" points="{" ".join(points)}" fill="none" stroke="{_REQUESTS}" stroke-width="2"/>'
+    )
     for i in range(0, len(buckets), max(1, len(buckets) // 8)):
         parts.append(
             f'<text x="{left + i * bar_w:.1f}" y="{height - bottom + 16}" text-anchor="middle">{_clock(i * bucket_s)}</text>'
@@ -187,26 +199,53 @@ def render_html(report: Report, generated: datetime | None = None) -> str:
     kpis = "".join(
         [
             _kpi(f"{report.rows:,}", f"rows: {ok:,} ok, {errors:,} error"),
-            _kpi(cost, "cost" + (f" ({report.unpriced_rows:,} rows without a price)" if report.unpriced_rows else "")),
+            _kpi(
+                cost,
+                "cost"
+                + (
+                    f" ({report.unpriced_rows:,} rows without a price)"
+                    if report.unpriced_rows
+                    else ""
+                ),
+            ),
             _kpi(f"{report.total_tokens:,}", f"tokens ({report.cached_tokens:,} cached)"),
-            _kpi(f"{lat['p50']:,.0f} ms" if lat else "-", f"latency p50 (p99 {lat['p99']:,.0f} ms)" if lat else "latency"),
+            _kpi(
+                f"{lat['p50']:,.0f} ms" if lat else "-",
+                f"latency p50 (p99 {lat['p99']:,.0f} ms)" if lat else "latency",
+            ),
             _kpi(f"{report.rows_per_s:,.1f}/s", f"rows/s, {report.tokens_per_min:,.0f} tokens/min"),
-            _kpi(f"{report.possibly_billed_attempts:,}", f"possibly billed of {report.requests:,} requests"),
+            _kpi(
+                f"{report.possibly_billed_attempts:,}",
+                f"possibly billed of {report.requests:,} requests",
+            ),
         ]
     )
     cost_chart = hbars(
         "cost-by-model",
-        [(m.model, m.cost_usd, usd(m.cost_usd) + ("+?" if m.unpriced_rows else "")) for m in report.cost_by_model],
+        [
+            (m.model, m.cost_usd, usd(m.cost_usd) + ("+?" if m.unpriced_rows else ""))
+            for m in report.cost_by_model
+        ],
         _COST,
         "no rows",
     )
     error_chart = hbars(
-        "error-types", [(name, float(n), f"{n:,}") for name, n in report.by_error_type.items()], _ERROR, "no errors"
+        "error-types",
+        [(name, float(n), f"{n:,}") for name, n in report.by_error_type.items()],
+        _ERROR,
+        "no errors",
     )
     models = _table(
         ["model", "rows", "prompt tokens", "completion tokens", "cost", "rows without a price"],
         [
-            [m.model, f"{m.rows:,}", f"{m.prompt_tokens:,}", f"{m.completion_tokens:,}", usd(m.cost_usd), f"{m.unpriced_rows:,}"]
+            [
+                m.model,
+                f"{m.rows:,}",
+                f"{m.prompt_tokens:,}",
+                f"{m.completion_tokens:,}",
+                usd(m.cost_usd),
+                f"{m.unpriced_rows:,}",
+            ]
             for m in report.cost_by_model
         ],
     )
@@ -216,7 +255,11 @@ def render_html(report: Report, generated: datetime | None = None) -> str:
         f'<span><i style="background:{_ERROR}"></i>rows in error</span>'
         f'<span><i style="background:{_REQUESTS}"></i>requests sent</span></div>'
     )
-    span = f"{report.started_at:%Y-%m-%d %H:%M:%S} to {report.finished_at:%H:%M:%S} UTC" if report.started_at and report.finished_at else ""
+    span = (
+        f"{report.started_at:%Y-%m-%d %H:%M:%S} to {report.finished_at:%H:%M:%S} UTC"
+        if report.started_at and report.finished_at
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>Report: {escape(report.path)}</title><style>{_CSS}</style></head>

@@ -196,13 +196,21 @@ def summarize(path: Path) -> Report:
         percentiles["mean"] = float(latency.mean() or 0.0)  # type: ignore[arg-type]
         percentiles["max"] = float(latency.max() or 0.0)  # type: ignore[arg-type]
     started, finished = totals["started_at"], totals["finished_at"]
-    span = (finished - started).total_seconds() if started is not None and finished is not None else 0.0
+    span = (
+        (finished - started).total_seconds()
+        if started is not None and finished is not None
+        else 0.0
+    )
     width = bucket_seconds(span)
     timeline: list[Bucket] = []
     if started is not None:
         buckets = (
             df.filter(pl.col("finished_at").is_not_null())
-            .with_columns(((pl.col("finished_at") - started).dt.total_microseconds() // (width * 1_000_000)).alias("b"))
+            .with_columns(
+                (
+                    (pl.col("finished_at") - started).dt.total_microseconds() // (width * 1_000_000)
+                ).alias("b")
+            )
             .group_by("b")
             .agg(
                 (pl.col("status") == "ok").sum().alias("ok"),
@@ -218,7 +226,12 @@ def summarize(path: Path) -> Report:
         path=str(path),
         rows=df.height,
         by_status=_counts(df, "status"),
-        by_error_type=_counts(df.filter(pl.col("status") != "ok").with_columns(pl.col("error_type").fill_null("unknown")), "error_type"),
+        by_error_type=_counts(
+            df.filter(pl.col("status") != "ok").with_columns(
+                pl.col("error_type").fill_null("unknown")
+            ),
+            "error_type",
+        ),
         prompt_tokens=_int(totals["prompt_tokens"]),
         completion_tokens=_int(totals["completion_tokens"]),
         cached_tokens=_int(totals["cached_tokens"]),
@@ -228,7 +241,8 @@ def summarize(path: Path) -> Report:
         requests=_int(totals["attempts"]),
         possibly_billed_attempts=_int(totals["possibly_billed_attempts"]),
         cost_by_model=[
-            ModelCost(str(m), int(r), _int(p), _int(c), float(cost or 0.0), int(u)) for m, r, p, c, cost, u in by_model.iter_rows()
+            ModelCost(str(m), int(r), _int(p), _int(c), float(cost or 0.0), int(u))
+            for m, r, p, c, cost, u in by_model.iter_rows()
         ],
         latency_ms=percentiles,
         latency_histogram=latency_histogram(latency),

@@ -31,7 +31,9 @@ def render_text(report: Report) -> str:
     lines.append(cost)
     if report.cost_by_model:
         width = max(len("model"), *(len(m.model) for m in report.cost_by_model))
-        lines.append(f"  {'model':<{width}}  {'rows':>9}  {'prompt':>12}  {'completion':>12}  {'cost':>10}")
+        lines.append(
+            f"  {'model':<{width}}  {'rows':>9}  {'prompt':>12}  {'completion':>12}  {'cost':>10}"
+        )
         for m in report.cost_by_model:
             unpriced = f"  ({m.unpriced_rows:,} without a price)" if m.unpriced_rows else ""
             lines.append(

@@ -72,7 +72,11 @@ def value_columns(job: JobSpec) -> list[str]:
 def optional_columns(job: JobSpec) -> list[str]:
     """The optional output columns this job fills: choices (n > 1), tool_calls, ttft_ms."""
     request = job.request
-    wanted = {"choices": request.choices > 1, "tool_calls": request.tools is not None, "ttft_ms": request.stream}
+    wanted = {
+        "choices": request.choices > 1,
+        "tool_calls": request.tools is not None,
+        "ttft_ms": request.stream,
+    }
     return [name for name, on in wanted.items() if on]
 
 
@@ -102,7 +106,6 @@ def plan_run(
     run_id = new_run_id()
     output = output_path or resolve_output(job.output.path, job.name, run_id=run_id, day=day)
     return RunPlan(job, source_path, output, source, preflight.rows, limit, run_id, extraction)
-
 
 
 def models_of(job: JobSpec) -> list[str | None]:

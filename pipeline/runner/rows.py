@@ -62,7 +62,6 @@ def _plus(total: int | None, more: int | None) -> int | None:
     return more if total is None else total + more
 
 
-
 class RowProcessor:
     """Turns rows into outcomes for one run; shared by all workers (one event loop)."""
 
@@ -103,9 +102,15 @@ class RowProcessor:
         self.client: ChatClient | None = None
         self._fatal_streak = 0
         extraction = self.extraction
-        local_schema = extraction is not None and extraction.mode == "json_object" and extraction.schema is not None
+        local_schema = (
+            extraction is not None
+            and extraction.mode == "json_object"
+            and extraction.schema is not None
+        )
         self._hash_salt = (
-            orjson.dumps(extraction.schema, option=orjson.OPT_SORT_KEYS) if local_schema and extraction else None
+            orjson.dumps(extraction.schema, option=orjson.OPT_SORT_KEYS)
+            if local_schema and extraction
+            else None
         )
 
     async def _build(self, row: PromptRow, model: str | None, reask: int = 0) -> ChatRequest:
@@ -128,7 +133,9 @@ class RowProcessor:
         """Whether an earlier run already finished this row with this exact request."""
         if self.done is None:
             return False
-        index = self.done.find(completion_key(row.id, request.request_hash), retry_errors=self.retry_errors)
+        index = self.done.find(
+            completion_key(row.id, request.request_hash), retry_errors=self.retry_errors
+        )
         if index is None:
             return False
         self.done.carry(index, seq)
@@ -142,7 +149,9 @@ class RowProcessor:
             stats.errors_by_type[self.done.error_type(index) or "unknown"] += 1
         return True
 
-    async def process(self, row: PromptRow, index: int = 0, model: str | None = None) -> Outcome | None:
+    async def process(
+        self, row: PromptRow, index: int = 0, model: str | None = None
+    ) -> Outcome | None:
         """The outcome of one row for one model; None when an earlier run already has it."""
         started = _now()
         seq = row.seq * len(self.models) + index
@@ -228,7 +237,12 @@ class RowProcessor:
             self.stop("aborted", f"the endpoint refuses every request: {exc.message}")
 
     async def _extract(
-        self, row: PromptRow, seq: int, request: ChatRequest, started: datetime, extraction: Extraction
+        self,
+        row: PromptRow,
+        seq: int,
+        request: ChatRequest,
+        started: datetime,
+        extraction: Extraction,
     ) -> Outcome:
         """JSON mode: send, parse; re-ask (new seed) on an unusable answer, up to ``json_retries`` times.
 
@@ -247,7 +261,16 @@ class RowProcessor:
                 reply = await self._send(row.id, request, attempts, bill)
             except AttemptError as exc:
                 return self._failed(
-                    row, seq, request, started, attempts[0], exc, bill, tokens, self._json_columns(None, reask), base_hash
+                    row,
+                    seq,
+                    request,
+                    started,
+                    attempts[0],
+                    exc,
+                    bill,
+                    tokens,
+                    self._json_columns(None, reask),
+                    base_hash,
                 )
             tokens = tuple(
                 _plus(total, count)
@@ -307,7 +330,9 @@ class RowProcessor:
             return {}
         return {self.extraction.column.name: value, "json_attempts": json_attempts}
 
-    async def _send(self, row_id: str, request: ChatRequest, attempts: list[int], bill: RowCost) -> Reply:
+    async def _send(
+        self, row_id: str, request: ChatRequest, attempts: list[int], bill: RowCost
+    ) -> Reply:
         """One request through retry, limiter and client; ``attempts`` counts the HTTP attempts,
         ``bill`` what they cost."""
         retrying: AsyncRetrying = self.retrying.copy(before_sleep=partial(self._log_retry, row_id))
@@ -364,10 +389,19 @@ class RowProcessor:
             return 0.0
         price = self.prices.resolve(request.model) if request.model else None
         if price is None:
-            self.stop("budget", f"model {request.model!r} has no known price, and limits.max_cost_usd needs one")
+            self.stop(
+                "budget",
+                f"model {request.model!r} has no known price, and limits.max_cost_usd needs one",
+            )
             raise Stopped
-        completion = request.max_tokens if request.max_tokens is not None else self.estimator.completion_guess
-        amount = attempt_ceiling(price, request.estimated_prompt_tokens * self.estimator.prompt_ratio, completion)
+        completion = (
+            request.max_tokens
+            if request.max_tokens is not None
+            else self.estimator.completion_guess
+        )
+        amount = attempt_ceiling(
+            price, request.estimated_prompt_tokens * self.estimator.prompt_ratio, completion
+        )
         if not self.budget.reserve(amount):
             self.stop("budget", self.budget.refusal(amount))
             raise Stopped
@@ -405,12 +439,16 @@ class RowProcessor:
             if isinstance(exc, RateLimited):
                 self.limiter.settle(cost, 0)
                 retry = self.plan.job.retry
-                self.limiter.cooldown(min(exc.retry_after_s or retry.initial_backoff_s, retry.max_backoff_s))
+                self.limiter.cooldown(
+                    min(exc.retry_after_s or retry.initial_backoff_s, retry.max_backoff_s)
+                )
             raise
         self.limiter.answered(reply.rate_limits)
         self._fatal_streak = 0
         if reply.prompt_tokens is not None and reply.completion_tokens is not None:
-            self.limiter.settle(cost, self.estimator.charged(request, reply.prompt_tokens, reply.completion_tokens))
+            self.limiter.settle(
+                cost, self.estimator.charged(request, reply.prompt_tokens, reply.completion_tokens)
+            )
             self.estimator.learn(request, reply.prompt_tokens, reply.completion_tokens)
         usd = reply_cost(self.prices.lookup(reply.model, request.model), reply)
         bill.add(usd)

@@ -99,7 +99,9 @@ class Runner:
             self.rows.done = await anyio.to_thread.run_sync(DoneIndex.load, earlier)
             self.stats.earlier_cost_usd = await anyio.to_thread.run_sync(recorded_cost, earlier)
         if job.limits.max_cost_usd is not None:
-            self.rows.budget = Budget(job.limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd)
+            self.rows.budget = Budget(
+                job.limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd
+            )
         workers = 2 * job.limits.concurrency
         log.info(
             "job.started",
@@ -137,20 +139,25 @@ class Runner:
 
     async def _run_stages(self, workers: int) -> None:
         job = self.plan.job
-        async with endpoint_url(job) as base_url, ChatClient(
-            job.endpoint,
-            api_key=self.api_key,
-            max_connections=job.limits.concurrency,
-            base_url=base_url,
-            transport=self._transport,
-            headers=self.rows.static_headers,
-            stream=job.request.stream,
-        ) as client:
+        async with (
+            endpoint_url(job) as base_url,
+            ChatClient(
+                job.endpoint,
+                api_key=self.api_key,
+                max_connections=job.limits.concurrency,
+                base_url=base_url,
+                transport=self._transport,
+                headers=self.rows.static_headers,
+                stream=job.request.stream,
+            ) as client,
+        ):
             self.rows.client = client
             rows_send, rows_receive = anyio.create_memory_object_stream[PromptRow](
                 max(_ROW_BUFFER, 2 * workers)
             )
-            out_send, out_receive = anyio.create_memory_object_stream[Outcome](max(1024, 2 * workers))
+            out_send, out_receive = anyio.create_memory_object_stream[Outcome](
+                max(1024, 2 * workers)
+            )
             writer_done = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write, out_receive, writer_done)
@@ -252,7 +259,9 @@ class Runner:
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return
 
-    async def _work(self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]) -> None:
+    async def _work(
+        self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]
+    ) -> None:
         """One worker: take a row, produce its outcomes (one per model), repeat, until the
         rows run out or the run stops."""
         async with rows, out:
@@ -309,7 +318,6 @@ class Runner:
         while True:
             self.progress.draw(self.stats)
             await anyio.sleep(PROGRESS_INTERVAL_S)
-
 
 
 async def _put(send: MemoryObjectSendStream[T], item: T) -> None:

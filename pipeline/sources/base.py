@@ -72,7 +72,9 @@ class Source(ABC):
         wanted = [self.id_column] if self.id_column else []
         for name in [*wanted, *self.value_columns, *self.keep_columns]:
             if name not in present:
-                raise InputError(f"{self.path}: column {name!r} not found (has: {', '.join(sorted(present))})")
+                raise InputError(
+                    f"{self.path}: column {name!r} not found (has: {', '.join(sorted(present))})"
+                )
 
     def preflight(self, limit: int | None = None) -> Preflight:
         """Check columns, and that ids are present and unique; count rows."""
@@ -121,5 +123,7 @@ class Source(ABC):
                 if digest not in repeated:
                     continue
                 if key in seen:
-                    raise InputError(f"{self.path}: {where}: duplicate id {key!r} in column {self.id_column!r}")
+                    raise InputError(
+                        f"{self.path}: {where}: duplicate id {key!r} in column {self.id_column!r}"
+                    )
                 seen.add(key)

@@ -78,10 +78,16 @@ def load_schema(value: str | dict[str, Any]) -> tuple[dict[str, Any], str]:
         validators.validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as exc:
         at = "/".join(str(p) for p in exc.absolute_path)
-        raise JobError(_one_line(f"{_KEY}: {where} is not a valid JSON Schema{f' at {at}' if at else ''}: {exc.message}")) from None
+        raise JobError(
+            _one_line(
+                f"{_KEY}: {where} is not a valid JSON Schema{f' at {at}' if at else ''}: {exc.message}"
+            )
+        ) from None
     for ref in _refs(schema):
         if not ref.startswith("#"):
-            raise JobError(f"{_KEY}: {where}: $ref {ref!r} is not local; only references inside the schema (#/...) are supported")
+            raise JobError(
+                f"{_KEY}: {where}: $ref {ref!r} is not local; only references inside the schema (#/...) are supported"
+            )
         if resolve_pointer(schema, ref) is None:
             raise JobError(f"{_KEY}: {where}: $ref {ref!r} does not resolve inside the schema")
     return schema, name
@@ -104,7 +110,11 @@ class Extraction:
 
     @classmethod
     def from_schema(
-        cls, mode: str, schema: dict[str, Any] | None, name: str = "response", strict: bool | None = None
+        cls,
+        mode: str,
+        schema: dict[str, Any] | None,
+        name: str = "response",
+        strict: bool | None = None,
     ) -> Extraction:
         """Build the mapping and the validator for an already-checked schema."""
         if schema is None:

@@ -43,8 +43,21 @@ _ANNOTATIONS = frozenset(
         "writeOnly", "$schema", "$id", "$anchor", "$defs", "definitions", "format",
     }
 )  # fmt: skip
-_OBJECT_COMBINATORS = ("allOf", "anyOf", "oneOf", "if", "patternProperties", "dependentSchemas", "dependencies")
-_SCALARS = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()}
+_OBJECT_COMBINATORS = (
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "if",
+    "patternProperties",
+    "dependentSchemas",
+    "dependencies",
+)
+_SCALARS = {
+    "string": pa.string(),
+    "integer": pa.int64(),
+    "number": pa.float64(),
+    "boolean": pa.bool_(),
+}
 
 
 class NotFit(ValueError):
@@ -204,7 +217,9 @@ class _Mapper:
             if "prefixItems" in schema or not isinstance(items, dict | bool):
                 return JSON_TEXT
             item = self.node(items, seen)
-            return ListNode(pa.list_(pa.field("element", item.arrow, nullable=item.nullable)), nullable, item)
+            return ListNode(
+                pa.list_(pa.field("element", item.arrow, nullable=item.nullable)), nullable, item
+            )
         return self._object(schema, nullable, seen)
 
     def _types(self, schema: Mapping[str, Any]) -> list[str] | None:
@@ -239,7 +254,9 @@ class _Mapper:
             arrow_fields.append(pa.field(name, child.arrow, nullable=child.nullable))
         return StructNode(pa.struct(arrow_fields), nullable, tuple(fields))
 
-    def _nullable_union(self, schema: Mapping[str, Any], branches: Any, seen: tuple[str, ...]) -> Node:
+    def _nullable_union(
+        self, schema: Mapping[str, Any], branches: Any, seen: tuple[str, ...]
+    ) -> Node:
         if not isinstance(branches, list) or any(
             key not in _ANNOTATIONS and key not in ("anyOf", "oneOf") for key in schema
         ):

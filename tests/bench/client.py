@@ -43,7 +43,9 @@ def main() -> None:
         if args.transport == "httpcore":
             concurrency = job.limits.concurrency
             transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+                limits=httpx.Limits(
+                    max_connections=concurrency, max_keepalive_connections=concurrency
+                )
             )
         runner = Runner(plan, api_key=api_key_for(job), transport=transport, fresh=True)
         cpu_before, wall_before = _cpu_s(), time.perf_counter()

@@ -71,13 +71,18 @@ def make_input(folder: Path, rows: int) -> Path:
         pl.DataFrame(
             {
                 "id": [f"row-{i:07d}" for i in range(rows)],
-                "text": [f"Review {i}: sturdy, quiet, a little pricey; arrived in {i % 9 + 1} days." for i in range(rows)],
+                "text": [
+                    f"Review {i}: sturdy, quiet, a little pricey; arrived in {i % 9 + 1} days."
+                    for i in range(rows)
+                ],
             }
         ).write_parquet(path)
     return path
 
 
-def write_job(folder: Path, name: str, base_url: str, *, concurrency: int, max_tokens: int, limits: str = "") -> Path:
+def write_job(
+    folder: Path, name: str, base_url: str, *, concurrency: int, max_tokens: int, limits: str = ""
+) -> Path:
     """A benchmark job file."""
     path = folder / f"{name}.toml"
     path.write_text(
@@ -110,9 +115,18 @@ def run_client(job: Path, source: Path, folder: Path, transport: str = "aiohttp"
     output = folder / f"{job.stem}-{transport}-{source.stem}.parquet"
     done = subprocess.run(
         [
-            sys.executable, "-m", "tests.bench.client", str(job),
-            "--input", str(source), "--output", str(output),
-            "--transport", transport, "--log", str(folder / f"{job.stem}.log"),
+            sys.executable,
+            "-m",
+            "tests.bench.client",
+            str(job),
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--transport",
+            transport,
+            "--log",
+            str(folder / f"{job.stem}.log"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -151,12 +165,23 @@ def bench_b(folder: Path) -> None:
 
 
 def bench_c(folder: Path, *, configured: bool = True) -> None:
-    how = "limits in the job" if configured else "no limits in the job: following x-ratelimit headers"
-    print(f"(c) 4,000 requests under 3,000 rpm / 600,000 tpm enforced by the server, 300 ms latency; {how}")
+    how = (
+        "limits in the job" if configured else "no limits in the job: following x-ratelimit headers"
+    )
+    print(
+        f"(c) 4,000 requests under 3,000 rpm / 600,000 tpm enforced by the server, 300 ms latency; {how}"
+    )
     rpm, tpm, max_tokens = 3000, 600_000, 256
     with fake_server("--latency-ms", "300", "--rpm", str(rpm), "--tpm", str(tpm)) as url:
         limits = f"requests_per_minute = {rpm}\ntokens_per_minute = {tpm}" if configured else ""
-        job = write_job(folder, "c" if configured else "c2", url, concurrency=128, max_tokens=max_tokens, limits=limits)
+        job = write_job(
+            folder,
+            "c" if configured else "c2",
+            url,
+            concurrency=128,
+            max_tokens=max_tokens,
+            limits=limits,
+        )
         r = run_client(job, make_input(folder, 4_000), folder)
         stats = server_stats(url)
     df = pl.read_parquet(r["output"])
@@ -186,7 +211,9 @@ def bench_d(folder: Path) -> None:
             job = write_job(folder, "d", url, concurrency=256, max_tokens=16)
             r = run_client(job, make_input(folder, rows), folder)
         rss[rows] = r["max_rss_mb"]
-        print(f"    {rows:>7,} rows: peak RSS {r['max_rss_mb']:.0f} MB, {r['wall_s']:.1f} s, ok {r['ok']:,}")
+        print(
+            f"    {rows:>7,} rows: peak RSS {r['max_rss_mb']:.0f} MB, {r['wall_s']:.1f} s, ok {r['ok']:,}"
+        )
     print(f"    ratio {rss[200_000] / rss[20_000]:.3f} (target <= 1.2)")
 
 
