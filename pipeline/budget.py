@@ -16,12 +16,6 @@ one is refused before anything is sent (exit 2) unless a price is given.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
-
-import polars as pl
-import pyarrow.parquet as pq
-
 from pipeline.cost import Price
 from pipeline.errors import JobError
 from pipeline.prices import PriceTable
@@ -71,14 +65,3 @@ def budget_price(max_cost_usd: float | None, model: str, prices: PriceTable) -> 
             " add it under [prices] or with --prices FILE"
         )
     return price
-
-
-def recorded_cost(paths: Iterable[Path]) -> float:
-    """USD recorded in ``cost_usd`` of earlier results files (files without the column count 0)."""
-    total = 0.0
-    for path in paths:
-        if "cost_usd" not in pq.read_schema(path).names:
-            continue
-        value = pl.scan_parquet(path).select(pl.col("cost_usd").sum()).collect().item()
-        total += float(value or 0.0)
-    return total

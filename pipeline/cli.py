@@ -29,7 +29,6 @@ import structlog
 
 from pipeline import __version__, estimate, fake
 from pipeline.budget import budget_price
-from pipeline.build import RequestBuilder
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError, OutputLock
 from pipeline.log import configure_logging
@@ -43,6 +42,7 @@ from pipeline.manifest import (
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, usd
 from pipeline.records import RunSummary
+from pipeline.requests import RequestBuilder
 from pipeline.runner import DEFAULT_GRACE_S, Runner, RunPlan, plan_run
 from pipeline.spec import JobSpec, load_job
 

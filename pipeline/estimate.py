@@ -30,18 +30,15 @@ from pathlib import Path
 import anyio
 import polars as pl
 
-from pipeline.build import RequestBuilder, estimate_prompt_tokens
 from pipeline.cost import PER_MILLION, Price
 from pipeline.errors import BadRowError
 from pipeline.prices import PriceTable
+from pipeline.requests import RequestBuilder, estimate_prompt_tokens
+from pipeline.results import read_results
 from pipeline.runner import Runner, RunPlan, plan_run
 from pipeline.spec import JobSpec
 
 _GUESS_WITHOUT_MAX_TOKENS = 256
-_SAMPLE_SCHEMA = {
-    "id": pl.String, "model": pl.String, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
-    "cached_tokens": pl.Int64, "latency_ms": pl.Float64, "cost_usd": pl.Float64,
-}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,16 +128,6 @@ def count_prompts(plan: RunPlan, builder: RequestBuilder, *, keep_ids: int = 0) 
     return PromptCount(rows, bad, tokens, by_id)
 
 
-def _read_sample(output: Path) -> pl.DataFrame:
-    """The sample's rows: its output, or the parts a stopped sample leaves, or none."""
-    parts = output.with_name(output.name + ".parts")
-    if output.exists():
-        return pl.read_parquet(output)
-    if any(parts.glob("*.parquet")):
-        return pl.read_parquet(parts)
-    return pl.DataFrame(schema=_SAMPLE_SCHEMA)
-
-
 async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable) -> Sample:
     """Send the job's first ``n`` rows for real, into a temporary output; measure them."""
     job = plan.job
@@ -162,7 +149,7 @@ async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: Pric
         )
         estimated = counted.by_id
         summary = await Runner(sample_plan, api_key=api_key, prices=prices, fresh=True).run()
-        df = await anyio.to_thread.run_sync(_read_sample, Path(summary.output_path))
+        df = await anyio.to_thread.run_sync(read_results, Path(summary.output_path))
     ok = df.filter(
         pl.col("prompt_tokens").is_not_null() & pl.col("completion_tokens").is_not_null()
     )

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.build import (
+from pipeline.errors import BadRowError
+from pipeline.records import PromptRow
+from pipeline.requests import (
     RequestBuilder,
     derive_seed,
     encode_body,
@@ -20,8 +22,6 @@ from pipeline.build import (
     request_hash,
     template_fields,
 )
-from pipeline.errors import BadRowError
-from pipeline.records import PromptRow
 from pipeline.spec import RequestSpec
 
 
@@ -39,7 +39,7 @@ def body_of(builder: RequestBuilder, prompt_row: PromptRow) -> dict[str, Any]:
 
 
 def documented_seed(base_seed: int, row_id: str) -> int:
-    """The formula of ``pipeline.build``'s docstring, written out independently."""
+    """The formula of ``pipeline.requests``'s docstring, written out independently."""
     digest = hashlib.sha256(f"{base_seed}:{row_id}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 

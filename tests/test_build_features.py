@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.build import HeaderTemplates, RequestBuilder, derive_seed, image_url, split_headers
 from pipeline.errors import BadRowError
 from pipeline.records import PromptRow
+from pipeline.requests import HeaderTemplates, RequestBuilder, derive_seed, image_url, split_headers
 from pipeline.spec import RequestSpec
 
 WEATHER = {"type": "function", "function": {"name": "get_weather"}}
@@ -184,8 +184,8 @@ def test_image_that_cannot_be_sent_is_bad_input(value: Any, says: str) -> None:
 
 
 def test_n_choices_multiply_the_completion_bound_the_limits_count() -> None:
-    from pipeline.build import RequestBuilder
     from pipeline.records import PromptRow
+    from pipeline.requests import RequestBuilder
     from pipeline.spec import RequestSpec
 
     row = PromptRow(seq=0, id="a", values={"text": "hello"})
@@ -199,8 +199,8 @@ def test_n_choices_multiply_the_completion_bound_the_limits_count() -> None:
 
 
 def test_max_completion_tokens_in_params_bounds_the_completion_too() -> None:
-    from pipeline.build import RequestBuilder
     from pipeline.records import PromptRow
+    from pipeline.requests import RequestBuilder
     from pipeline.spec import RequestSpec
 
     row = PromptRow(seq=0, id="a", values={"text": "hello"})

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.budget import Budget, recorded_cost
+from pipeline.budget import Budget
 from pipeline.cost import Price, RowCost, attempt_ceiling, possibly_billed, reply_cost, usage_cost
 from pipeline.errors import (
     AttemptError,
@@ -20,6 +20,7 @@ from pipeline.errors import (
     ServerError,
 )
 from pipeline.records import Reply
+from pipeline.results import recorded_cost
 
 MINI = Price(input=0.15, cached_input=0.075, output=0.6, model="gpt-4o-mini")
 O3_MINI = Price(input=1.1, cached_input=0.55, output=4.4, model="o3-mini")

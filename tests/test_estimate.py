@@ -10,11 +10,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.build import RequestBuilder
 from pipeline.cli import main
 from pipeline.cost import Price
 from pipeline.estimate import PromptCount, Sample, count_prompts, extrapolate, render
 from pipeline.fake import FakeServer
+from pipeline.requests import RequestBuilder
 from pipeline.runner import plan_run
 from pipeline.spec import JobSpec, parse_job
 from tests.conftest import make_job, to_toml, write_job

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from jsonschema import Draft202012Validator
 
-from pipeline.build import derive_seed, reask_seed
 from pipeline.cli import main
 from pipeline.errors import InputError, JobError
 from pipeline.fake import FakeServer
+from pipeline.requests import derive_seed, reask_seed
+from pipeline.results import OUTPUT_COLUMNS
 from pipeline.runner import plan_run
-from pipeline.sinks import OUTPUT_COLUMNS
 from pipeline.spec import parse_job
 from tests.conftest import make_job, write_job
 

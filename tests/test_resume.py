@@ -19,7 +19,7 @@ from pipeline.cli import main
 from pipeline.errors import OutputError
 from pipeline.fake import FakeServer
 from pipeline.manifest import manifest_path
-from pipeline.sinks import PartWriter
+from pipeline.results import PartWriter
 from tests.conftest import make_job, write_job
 
 FakeFactory = Callable[..., FakeServer]

@@ -13,7 +13,7 @@ import polars as pl
 
 from pipeline.cli import main
 from pipeline.fake import FakeServer
-from pipeline.sinks import OPTIONAL_COLUMNS, OUTPUT_COLUMNS
+from pipeline.results import OPTIONAL_COLUMNS, OUTPUT_COLUMNS
 from tests.conftest import make_job, write_job
 
 FakeFactory = Callable[..., FakeServer]

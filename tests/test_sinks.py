@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.errors import OutputError
 from pipeline.records import Outcome, ToolCall
-from pipeline.sinks import (
+from pipeline.results import (
     OPTIONAL_COLUMNS,
     OUTPUT_COLUMNS,
     OUTPUT_SCHEMA,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from pipeline.build import split_headers, template_fields
 from pipeline.errors import JobError
-from pipeline.sinks import RESERVED_COLUMNS
+from pipeline.requests import split_headers, template_fields
+from pipeline.results import RESERVED_COLUMNS
 from pipeline.sources import Source, open_source
 from pipeline.spec import JobSpec
 from pipeline.structured import Extraction, load_extraction

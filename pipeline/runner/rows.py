@@ -21,7 +21,6 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState
 
 from pipeline.budget import Budget
-from pipeline.build import RequestBuilder, split_headers
 from pipeline.client import ChatClient
 from pipeline.cost import RowCost, attempt_ceiling, possibly_billed, reply_cost
 from pipeline.errors import (
@@ -36,7 +35,8 @@ from pipeline.limits import RateLimiter, TokenEstimator
 from pipeline.prices import PriceTable
 from pipeline.progress import RunStats
 from pipeline.records import ChatRequest, Outcome, PromptRow, Reply
-from pipeline.resume import DoneIndex, completion_key
+from pipeline.requests import RequestBuilder, split_headers
+from pipeline.results import DoneIndex, completion_key
 from pipeline.retry import make_retrying
 from pipeline.runner.plan import RunPlan, models_of
 from pipeline.structured import Extraction

@@ -14,17 +14,16 @@ import structlog
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from pipeline.budget import Budget, recorded_cost
+from pipeline.budget import Budget
 from pipeline.client import ChatClient
 from pipeline.errors import OutputError
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, RunStats
 from pipeline.records import Outcome, PromptRow, RunSummary
-from pipeline.resume import DoneIndex
+from pipeline.results import DoneIndex, PartWriter, recorded_cost
 from pipeline.runner.endpoint import endpoint_url
 from pipeline.runner.plan import RunPlan, models_of, optional_columns
 from pipeline.runner.rows import RowProcessor, Stopped
-from pipeline.sinks import PartWriter
 
 log = structlog.get_logger("pipeline")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline.errors import ERROR_TYPES
+from pipeline.results.schema import SEQ
 
 _NOT_DONE_ERRORS = frozenset({"auth", "not_found"})
 _NO_ERROR = 255
@@ -43,12 +45,10 @@ def _read_keys(path: Path, source: int) -> pl.DataFrame:
     """Key, location, position and status of every result in one file, a batch at a time."""
     file = pq.ParquetFile(path)
     columns = ["id", "request_hash", "status", "error_type"]
-    has_seq = "_seq" in file.schema_arrow.names
+    has_seq = SEQ in file.schema_arrow.names
     frames: list[pl.DataFrame] = []
     start = 0
-    for batch in file.iter_batches(
-        batch_size=65536, columns=columns + (["_seq"] if has_seq else [])
-    ):
+    for batch in file.iter_batches(batch_size=65536, columns=columns + ([SEQ] if has_seq else [])):
         ids, hashes = batch.column("id").to_pylist(), batch.column("request_hash").to_pylist()
         rows = pl.int_range(start, start + batch.num_rows, eager=True, dtype=pl.UInt32)
         frames.append(
@@ -63,7 +63,7 @@ def _read_keys(path: Path, source: int) -> pl.DataFrame:
                     ),
                     "source": pl.repeat(source, batch.num_rows, eager=True, dtype=pl.UInt32),
                     "row": rows,
-                    "seq": pl.Series(batch.column("_seq")).cast(pl.Int64)
+                    "seq": pl.Series(batch.column(SEQ)).cast(pl.Int64)
                     if has_seq
                     else rows.cast(pl.Int64),
                     "ok": pl.Series(batch.column("status")) == "ok",
@@ -177,3 +177,14 @@ def _read_empty() -> pl.DataFrame:
             "error": pl.UInt8,
         }
     )
+
+
+def recorded_cost(paths: Iterable[Path]) -> float:
+    """USD recorded in ``cost_usd`` of earlier results files (files without the column count 0)."""
+    total = 0.0
+    for path in paths:
+        if "cost_usd" not in pq.read_schema(path).names:
+            continue
+        value = pl.scan_parquet(path).select(pl.col("cost_usd").sum()).collect().item()
+        total += float(value or 0.0)
+    return total

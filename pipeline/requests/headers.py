@@ -16,9 +16,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.build.template import render_template, template_fields
 from pipeline.errors import BadRowError
 from pipeline.records import PromptRow
+from pipeline.requests.template import render_template, template_fields
 
 ROW_ID = "id"
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")

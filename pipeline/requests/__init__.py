@@ -26,9 +26,9 @@ structured outputs generate an object's properties in the order the schema lists
     request.py    RequestBuilder: messages, model, seed, body, hash
 """
 
-from pipeline.build.headers import HeaderTemplates, split_headers
-from pipeline.build.images import image_url
-from pipeline.build.request import (
+from pipeline.requests.headers import HeaderTemplates, split_headers
+from pipeline.requests.images import image_url
+from pipeline.requests.request import (
     RequestBuilder,
     derive_seed,
     encode_body,
@@ -36,7 +36,7 @@ from pipeline.build.request import (
     reask_seed,
     request_hash,
 )
-from pipeline.build.template import render_template, template_fields
+from pipeline.requests.template import render_template, template_fields
 
 __all__ = [
     "HeaderTemplates",

@@ -7,11 +7,11 @@ from typing import Any
 
 import orjson
 
-from pipeline.build.headers import HeaderTemplates
-from pipeline.build.images import image_url
-from pipeline.build.template import render_template
 from pipeline.errors import BadRowError
 from pipeline.records import ChatRequest, Message, PromptRow
+from pipeline.requests.headers import HeaderTemplates
+from pipeline.requests.images import image_url
+from pipeline.requests.template import render_template
 from pipeline.spec import RequestSpec
 
 _CHARS_PER_TOKEN = 4

@@ -1,0 +1,196 @@
+"""Crash-safe part files as a run goes, then the one output file, by rename.
+
+Results are written as they arrive: the runner hands batches of outcomes to
+``PartWriter.write_part``, which writes each batch, sorted by input position, as a
+part file (temp name, fsync, rename) in ``<output>.parts/``. ``finalize`` merges the
+parts in input order, a window of positions at a time (memory stays flat), into
+the output file, which appears by rename, complete.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import OutputError
+from pipeline.records import Outcome
+from pipeline.results.merge import Piece, carried_pieces, merge_pieces
+from pipeline.results.schema import (
+    OPTIONAL_COLUMNS,
+    OUTPUT_COLUMNS,
+    OUTPUT_SCHEMA,
+    SEQ,
+    cell,
+    column_array,
+    output_schema,
+)
+
+
+def parts_dir(output: Path) -> Path:
+    """Where the part files of ``output`` live: ``<output>.parts/``."""
+    return output.with_name(output.name + ".parts")
+
+
+def read_results(output: Path) -> pl.DataFrame:
+    """Every result written for ``output``: the output file, else its part files, else none."""
+    if output.exists():
+        return pl.read_parquet(output)
+    parts = parts_dir(output)
+    if any(parts.glob("*.parquet")):
+        return pl.read_parquet(parts)
+    empty = pl.from_arrow(OUTPUT_SCHEMA.empty_table())
+    assert isinstance(empty, pl.DataFrame)
+    return empty
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartWriter:
+    """Writes outcomes as crash-safe part files, then merges them into one output file.
+
+    Part files are named ``part-<run>-<n>.parquet``: a resumed run writes under a new
+    run number and can tell its own parts from those of interrupted earlier runs.
+
+    ``extra`` columns (typed by the caller, nested types included) take their values
+    from ``Outcome.extra``, kept columns from ``Outcome.keep``.
+    """
+
+    def __init__(
+        self,
+        output: Path,
+        keep: pa.Schema,
+        extra: pa.Schema | None = None,
+        optional: Sequence[str] = (),
+    ) -> None:
+        self.output = output
+        self.parts_dir = parts_dir(output)
+        self.schema = output_schema(keep, optional, extra)
+        self._outcome_columns = frozenset(OUTPUT_COLUMNS) | frozenset(optional)
+        self._part_schema = self.schema.append(pa.field(SEQ, pa.int64(), nullable=False))
+        self._extra_names = frozenset(extra.names if extra is not None else ())
+        self._keep_names = list(keep.names)
+        self._parts = 0
+        self.run_number = 1
+
+    def prepare(self, *, fresh: bool = False) -> None:
+        """Create the folders and prove them writable, before anything is sent.
+
+        Earlier parts stay (they are what a resumed run reuses) unless ``fresh``;
+        half-written temp files of a crashed run are removed.
+        """
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            if fresh and self.parts_dir.exists():
+                shutil.rmtree(self.parts_dir)
+            self.parts_dir.mkdir(exist_ok=True)
+            for temp in self.parts_dir.glob("*.tmp"):
+                temp.unlink()
+            probe = self.parts_dir / ".probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(
+                f"{self.output}: cannot write output: {exc.strerror or exc}"
+            ) from None
+        runs = [int(p.name.split("-")[1]) for p in self.parts_dir.glob("part-*-*.parquet")]
+        self.run_number = max(runs, default=0) + 1
+
+    def earlier_results(self) -> list[Path]:
+        """Files holding results of earlier runs, oldest first: the output, then old parts."""
+        files = [self.output] if self.output.exists() else []
+        return files + sorted(self.parts_dir.glob("part-*-*.parquet"))
+
+    def own_parts(self) -> list[Path]:
+        """This run's part files."""
+        return sorted(self.parts_dir.glob(f"part-{self.run_number:04d}-*.parquet"))
+
+    def table(self, outcomes: Sequence[Outcome]) -> pa.Table:
+        """Outcomes as an Arrow table in the part schema, sorted by input position."""
+        ordered = sorted(outcomes, key=lambda o: o.seq)
+        arrays: list[pa.Array] = []
+        for field in self.schema:
+            name = field.name
+            if name in OPTIONAL_COLUMNS and name in self._outcome_columns:
+                values = [cell(name, getattr(o, name)) for o in ordered]
+            elif name in self._outcome_columns:
+                values = [getattr(o, name) for o in ordered]
+            elif name in self._extra_names:
+                values = [o.extra.get(name) for o in ordered]
+            else:
+                values = [o.keep.get(name) for o in ordered]
+            arrays.append(column_array(values, field.type))
+        arrays.append(pa.array([o.seq for o in ordered], type=pa.int64()))
+        return pa.Table.from_arrays(arrays, schema=self._part_schema)
+
+    def _refresh_kept(self, table: pa.Table, kept_values: Iterator[dict[str, Any]]) -> pa.Table:
+        """The table with its kept columns taken from the next ``num_rows`` input values."""
+        rows = list(itertools.islice(kept_values, table.num_rows))
+        for name in self._keep_names:
+            index = table.schema.get_field_index(name)
+            field = table.schema.field(index)
+            table = table.set_column(
+                index, field, column_array([row.get(name) for row in rows], field.type)
+            )
+        return table
+
+    def write_part(self, outcomes: Sequence[Outcome]) -> None:
+        """One part file, written under a temp name, fsynced, renamed (blocking: run in a thread)."""
+        if not outcomes:
+            return
+        table = self.table(outcomes)
+        self._parts += 1
+        final = self.parts_dir / f"part-{self.run_number:04d}-{self._parts:06d}.parquet"
+        temp = final.with_suffix(".tmp")
+        try:
+            with temp.open("wb") as handle:
+                pq.write_table(table, handle, compression="zstd")
+                handle.flush()
+                os.fsync(handle.fileno())
+            temp.replace(final)
+        except OSError as exc:
+            raise OutputError(f"{final}: cannot write results: {exc.strerror or exc}") from None
+
+    def finalize(
+        self,
+        carried: list[tuple[Path, bytearray, dict[int, int]]] | None = None,
+        kept_values: Iterator[dict[str, Any]] | None = None,
+    ) -> None:
+        """Merge this run's parts and the carried earlier results into the output, in input order.
+
+        ``kept_values`` (one dict per output row, in order) replaces the kept columns, so
+        rows carried from an earlier run show the input's current values. The output
+        appears by rename, complete; the parts folder is removed after.
+        """
+        pieces = [Piece(part) for part in self.own_parts()]
+        for path, keep, moved in carried or []:
+            pieces.extend(carried_pieces(path, keep, moved))
+        temp = self.output.with_name(f".{self.output.name}.tmp")
+        try:
+            with pq.ParquetWriter(temp, self.schema, compression="zstd") as writer:
+                for window in merge_pieces(pieces, self._part_schema):
+                    table = window.drop_columns([SEQ])
+                    if kept_values is not None and self._keep_names:
+                        table = self._refresh_kept(table, kept_values)
+                    writer.write_table(table)
+            temp.replace(self.output)
+            _fsync_dir(self.output.parent)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise OutputError(
+                f"{self.output}: cannot write output: {exc.strerror or exc}"
+            ) from None
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
