@@ -41,7 +41,7 @@ from pipeline.manifest import (
 )
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, usd
-from pipeline.records import RunSummary
+from pipeline.records import Ended, RunSummary
 from pipeline.requests import RequestBuilder
 from pipeline.runner import DEFAULT_GRACE_S, Runner, RunPlan, plan_run
 from pipeline.spec import JobSpec, load_job
@@ -194,15 +194,14 @@ def _print_summary(summary: RunSummary) -> None:
 
 def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
     """The exit code of a run that got to its end, and the reason in words."""
-    if summary.ended == "interrupted":
-        terminated = summary.reason is not None and "SIGTERM" in summary.reason
-        return (
-            EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-        ), summary.reason or "interrupted"
-    if summary.ended == "aborted":
-        return EXIT_ABORTED, summary.reason or "aborted"
-    if summary.ended == "budget":
-        return EXIT_BUDGET, summary.reason or "budget reached"
+    codes = {
+        Ended.INTERRUPTED: EXIT_INTERRUPTED,
+        Ended.TERMINATED: EXIT_TERMINATED,
+        Ended.ABORTED: EXIT_ABORTED,
+        Ended.BUDGET: EXIT_BUDGET,
+    }
+    if summary.ended in codes:
+        return codes[summary.ended], summary.reason or summary.ended.value
     limit = job.limits.max_error_rate
     if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
         rate = summary.rows_error / summary.rows_total
@@ -390,7 +389,7 @@ def _run(args: argparse.Namespace) -> int:
     if code != EXIT_OK:
         print(f"{'stopped' if not summary.complete else 'finished'}: {reason}", file=sys.stderr)
     if not summary.complete:
-        again = "raise limits.max_cost_usd and run" if summary.ended == "budget" else "run"
+        again = "raise limits.max_cost_usd and run" if summary.ended is Ended.BUDGET else "run"
         print(
             f"{summary.rows_total} of {runner.stats.total} rows done; {again} the same command again to resume",
             file=sys.stderr,

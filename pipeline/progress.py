@@ -3,57 +3,9 @@
 from __future__ import annotations
 
 import io
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import TextIO
 
-
-@dataclass
-class RunStats:
-    """Counters the runner updates as rows finish (one event loop: no locks needed)."""
-
-    total: int
-    done: int = 0
-    ok: int = 0
-    error: int = 0
-    requests: int = 0
-    reused: int = 0
-    sent: int = 0
-    json_reasks: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    errors_by_type: Counter[str] = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-    cost_usd: float = 0.0
-    unpriced: int = 0
-    earlier_cost_usd: float = 0.0
-    possibly_billed: int = 0
-
-    def add_cost(self, cost_usd: float | None, possibly_billed: int) -> None:
-        """Count one written row's cost (``None``: it could not be priced)."""
-        if cost_usd is None:
-            self.unpriced += 1
-        else:
-            self.cost_usd += cost_usd
-        self.possibly_billed += possibly_billed
-
-    @property
-    def projected_cost_usd(self) -> float | None:
-        """Spent so far (earlier runs included) plus this run's cost per row times the rows left."""
-        sent = self.done - self.reused
-        if sent <= 0:
-            return None
-        return (
-            self.earlier_cost_usd
-            + self.cost_usd
-            + self.cost_usd / sent * max(0, self.total - self.done)
-        )
-
-    @property
-    def elapsed_s(self) -> float:
-        """Seconds since the run started."""
-        return time.monotonic() - self.started
+from pipeline.records import RunStats
 
 
 def _clock(seconds: float) -> str:

@@ -1,9 +1,12 @@
-"""Small frozen types shared by the stages: a prompt row, a request, a reply, an outcome."""
+"""Small types shared by the stages: a prompt row, a request, a reply, an outcome, a run's counters."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 Message = dict[str, Any]
@@ -136,13 +139,25 @@ class Outcome:
     possibly_billed_attempts: int = 0
 
 
+class Ended(StrEnum):
+    """How a run ended; the lifecycle maps it to an exit code."""
+
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"
+    """SIGINT (Ctrl-C): checkpointed, resumable."""
+    TERMINATED = "terminated"
+    """SIGTERM (a scheduler stopping the run): checkpointed, resumable."""
+    ABORTED = "aborted"
+    """The endpoint refused every request (bad key, unknown model or path)."""
+    BUDGET = "budget"
+    """``limits.max_cost_usd`` would be passed."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     """What a run reports: counts, tokens, time, where the output went, how it ended.
 
-    ``ended`` is ``"complete"``, ``"interrupted"`` (a signal), ``"aborted"`` (the
-    endpoint refused everything) or ``"budget"`` (``limits.max_cost_usd`` reached);
-    ``reason`` says why. ``cost_usd`` is what this run's answers cost (rows that could
+    ``ended`` says how the run ended and ``reason`` why. ``cost_usd`` is what this run's answers cost (rows that could
     not be priced left out: ``unpriced_rows``); ``earlier_cost_usd`` what the results of
     earlier runs of the same output cost.
     """
@@ -159,7 +174,7 @@ class RunSummary:
     json_reasks: int = 0
     rows_reused: int = 0
     rows_sent: int = 0
-    ended: str = "complete"
+    ended: Ended = Ended.COMPLETE
     reason: str | None = None
     cost_usd: float = 0.0
     unpriced_rows: int = 0
@@ -169,4 +184,104 @@ class RunSummary:
     @property
     def complete(self) -> bool:
         """Whether every row was processed and the output written."""
-        return self.ended == "complete"
+        return self.ended is Ended.COMPLETE
+
+
+@dataclass
+class RunStats:
+    """A run's live counters (one event loop: no locks needed); the ``count_*`` methods
+    are their only updaters, ``summary`` the one place they become a ``RunSummary``."""
+
+    total: int
+    done: int = 0
+    ok: int = 0
+    error: int = 0
+    requests: int = 0
+    reused: int = 0
+    sent: int = 0
+    json_reasks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors_by_type: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    earlier_cost_usd: float = 0.0
+    possibly_billed: int = 0
+
+    def count_request(self) -> None:
+        """One HTTP request is about to be sent."""
+        self.requests += 1
+
+    def count_json_reask(self) -> None:
+        """One JSON-mode answer was unusable and is asked again."""
+        self.json_reasks += 1
+
+    def count_earlier_cost(self, usd: float) -> None:
+        """What the earlier results of this output cost (read before the run starts)."""
+        self.earlier_cost_usd += usd
+
+    def count_reused(self, *, ok: bool, error_type: str | None) -> None:
+        """One row taken from an earlier run's results, sent nothing."""
+        self.reused += 1
+        self._count_row(ok=ok, error_type=error_type)
+
+    def count_written(self, outcome: Outcome) -> None:
+        """One outcome of this run handed to the writer."""
+        self.sent += outcome.attempts > 0
+        self._count_row(ok=outcome.status == "ok", error_type=outcome.error_type)
+        self.prompt_tokens += outcome.prompt_tokens or 0
+        self.completion_tokens += outcome.completion_tokens or 0
+        if outcome.cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += outcome.cost_usd
+        self.possibly_billed += outcome.possibly_billed_attempts
+
+    def _count_row(self, *, ok: bool, error_type: str | None) -> None:
+        self.done += 1
+        if ok:
+            self.ok += 1
+        else:
+            self.error += 1
+            self.errors_by_type[error_type or "unknown"] += 1
+
+    def summary(self, output_path: str, ended: Ended, reason: str | None) -> RunSummary:
+        """The run's summary: the one place counters become what is reported."""
+        return RunSummary(
+            output_path=output_path,
+            rows_total=self.done,
+            rows_ok=self.ok,
+            rows_error=self.error,
+            errors_by_type=dict(self.errors_by_type),
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            requests_sent=self.requests,
+            elapsed_s=self.elapsed_s,
+            rows_reused=self.reused,
+            rows_sent=self.sent,
+            ended=ended,
+            reason=reason,
+            json_reasks=self.json_reasks,
+            cost_usd=self.cost_usd,
+            unpriced_rows=self.unpriced,
+            earlier_cost_usd=self.earlier_cost_usd,
+            possibly_billed_attempts=self.possibly_billed,
+        )
+
+    @property
+    def projected_cost_usd(self) -> float | None:
+        """Spent so far (earlier runs included) plus this run's cost per row times the rows left."""
+        sent = self.done - self.reused
+        if sent <= 0:
+            return None
+        return (
+            self.earlier_cost_usd
+            + self.cost_usd
+            + self.cost_usd / sent * max(0, self.total - self.done)
+        )
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started

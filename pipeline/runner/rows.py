@@ -33,8 +33,7 @@ from pipeline.errors import (
 )
 from pipeline.limits import RateLimiter, TokenEstimator
 from pipeline.prices import PriceTable
-from pipeline.progress import RunStats
-from pipeline.records import ChatRequest, Outcome, PromptRow, Reply
+from pipeline.records import ChatRequest, Ended, Outcome, PromptRow, Reply, RunStats
 from pipeline.requests import RequestBuilder, split_headers
 from pipeline.results import DoneIndex, completion_key
 from pipeline.retry import make_retrying
@@ -72,7 +71,7 @@ class RowProcessor:
         *,
         prices: PriceTable,
         retry_errors: bool,
-        stop: Callable[[str, str], None],
+        stop: Callable[[Ended, str], None],
         stopping: anyio.Event,
     ) -> None:
         job = plan.job
@@ -139,14 +138,7 @@ class RowProcessor:
         if index is None:
             return False
         self.done.carry(index, seq)
-        stats = self.stats
-        stats.done += 1
-        stats.reused += 1
-        if self.done.ok(index):
-            stats.ok += 1
-        else:
-            stats.error += 1
-            stats.errors_by_type[self.done.error_type(index) or "unknown"] += 1
+        self.stats.count_reused(ok=self.done.ok(index), error_type=self.done.error_type(index))
         return True
 
     async def process(
@@ -234,7 +226,7 @@ class RowProcessor:
         self._fatal_streak += 1
         model_missing = isinstance(exc, NotFound) and "model" in exc.message.lower()
         if model_missing or self._fatal_streak >= FATAL_STREAK:
-            self.stop("aborted", f"the endpoint refuses every request: {exc.message}")
+            self.stop(Ended.ABORTED, f"the endpoint refuses every request: {exc.message}")
 
     async def _extract(
         self,
@@ -300,7 +292,7 @@ class RowProcessor:
                         seed=request.seed,
                     )
                     reask += 1
-                    self.stats.json_reasks += 1
+                    self.stats.count_json_reask()
                     request = await self._build(row, request.model, reask)
                     continue
                 error = exc
@@ -390,7 +382,7 @@ class RowProcessor:
         price = self.prices.resolve(request.model) if request.model else None
         if price is None:
             self.stop(
-                "budget",
+                Ended.BUDGET,
                 f"model {request.model!r} has no known price, and limits.max_cost_usd needs one",
             )
             raise Stopped
@@ -403,7 +395,7 @@ class RowProcessor:
             price, request.estimated_prompt_tokens * self.estimator.prompt_ratio, completion
         )
         if not self.budget.reserve(amount):
-            self.stop("budget", self.budget.refusal(amount))
+            self.stop(Ended.BUDGET, self.budget.refusal(amount))
             raise Stopped
         return amount
 
@@ -428,7 +420,7 @@ class RowProcessor:
                         self.budget.release(reserved)
                     raise Stopped
                 attempts[0] += 1
-                self.stats.requests += 1
+                self.stats.count_request()
                 reply = await self.client.send(request)
         except AttemptError as exc:
             if self.budget is not None:

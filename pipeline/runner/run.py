@@ -18,8 +18,8 @@ from pipeline.budget import Budget
 from pipeline.client import ChatClient
 from pipeline.errors import OutputError
 from pipeline.prices import PriceTable
-from pipeline.progress import ProgressLine, RunStats
-from pipeline.records import Outcome, PromptRow, RunSummary
+from pipeline.progress import ProgressLine
+from pipeline.records import Ended, Outcome, PromptRow, RunStats, RunSummary
 from pipeline.results import DoneIndex, PartWriter, recorded_cost
 from pipeline.runner.endpoint import endpoint_url
 from pipeline.runner.plan import RunPlan, models_of, optional_columns
@@ -77,11 +77,11 @@ class Runner:
         self.grace_s = grace_s
         self.handle_signals = handle_signals
         self._transport = transport
-        self._ended = "complete"
+        self._ended = Ended.COMPLETE
         self._reason: str | None = None
         self._work_scope: anyio.CancelScope | None = None
 
-    def stop(self, ended: str, reason: str) -> None:
+    def stop(self, ended: Ended, reason: str) -> None:
         """Stop taking rows; in-flight requests get ``grace_s`` to finish."""
         if self._stopping.is_set():
             return
@@ -96,7 +96,7 @@ class Runner:
         earlier = [] if self.fresh else self.writer.earlier_results()
         if earlier:
             self.rows.done = await anyio.to_thread.run_sync(DoneIndex.load, earlier)
-            self.stats.earlier_cost_usd = await anyio.to_thread.run_sync(recorded_cost, earlier)
+            self.stats.count_earlier_cost(await anyio.to_thread.run_sync(recorded_cost, earlier))
         if job.limits.max_cost_usd is not None:
             self.rows.budget = Budget(
                 job.limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd
@@ -183,7 +183,8 @@ class Runner:
                     log.warning("job.stopping_now", signal=name)
                     self._cancel_work()
                 else:
-                    self.stop("interrupted", f"received {name}")
+                    ended = Ended.TERMINATED if signum == signal.SIGTERM else Ended.INTERRUPTED
+                    self.stop(ended, f"received {name}")
 
     async def _enforce_grace(self) -> None:
         """Once stopping, give in-flight requests ``grace_s``, then cancel them."""
@@ -196,26 +197,8 @@ class Runner:
             self._work_scope.cancel()
 
     def _summary(self) -> RunSummary:
-        summary = RunSummary(
-            output_path=str(self.plan.output_path),
-            rows_total=self.stats.done,
-            rows_ok=self.stats.ok,
-            rows_error=self.stats.error,
-            errors_by_type=dict(self.stats.errors_by_type),
-            prompt_tokens=self.stats.prompt_tokens,
-            completion_tokens=self.stats.completion_tokens,
-            requests_sent=self.stats.requests,
-            elapsed_s=self.stats.elapsed_s,
-            rows_reused=self.stats.reused,
-            rows_sent=self.stats.sent,
-            ended=self._ended if self._stopping.is_set() else "complete",
-            reason=self._reason,
-            json_reasks=self.stats.json_reasks,
-            cost_usd=self.stats.cost_usd,
-            unpriced_rows=self.stats.unpriced,
-            earlier_cost_usd=self.stats.earlier_cost_usd,
-            possibly_billed_attempts=self.stats.possibly_billed,
-        )
+        ended = self._ended if self._stopping.is_set() else Ended.COMPLETE
+        summary = self.stats.summary(str(self.plan.output_path), ended, self._reason)
         log.info(
             "job.finished",
             job=self.plan.job.name,
@@ -289,7 +272,7 @@ class Runner:
                         break
                 if outcome is not None:
                     buffer.append(outcome)
-                    self._count(outcome)
+                    self.stats.count_written(outcome)
                 if len(buffer) >= FLUSH_ROWS or time.monotonic() >= deadline:
                     batch, buffer = buffer, []
                     if batch:
@@ -297,19 +280,6 @@ class Runner:
                     deadline = time.monotonic() + FLUSH_INTERVAL_S
         await anyio.to_thread.run_sync(self.writer.write_part, buffer)
         done.set()
-
-    def _count(self, outcome: Outcome) -> None:
-        stats = self.stats
-        stats.done += 1
-        stats.sent += outcome.attempts > 0
-        if outcome.status == "ok":
-            stats.ok += 1
-        else:
-            stats.error += 1
-            stats.errors_by_type[outcome.error_type or "unknown"] += 1
-        stats.prompt_tokens += outcome.prompt_tokens or 0
-        stats.completion_tokens += outcome.completion_tokens or 0
-        stats.add_cost(outcome.cost_usd, outcome.possibly_billed_attempts)
 
     async def _draw(self) -> None:
         """Redraw the progress line until the run ends."""
