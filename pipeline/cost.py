@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import AttemptError, BadResponse, ConnectionFailed, RequestTimeout
-from pipeline.records import Reply
+from pipeline.records import Usage
 
 PER_MILLION = 1_000_000.0
 
@@ -64,40 +64,23 @@ def usage_cost(
     ) / PER_MILLION
 
 
-def reply_cost(price: Price | None, reply: Reply) -> float | None:
-    """USD for one answer, or ``None`` when it has no price or reports no usage."""
-    if price is None or reply.prompt_tokens is None or reply.completion_tokens is None:
+def reply_cost(price: Price | None, usage: Usage) -> float | None:
+    """USD for one answer's usage, or ``None`` when it has no price or reports no usage."""
+    if price is None or usage.prompt_tokens is None or usage.completion_tokens is None:
         return None
     return usage_cost(
         price,
-        reply.prompt_tokens,
-        reply.completion_tokens,
-        cached_tokens=reply.cached_tokens,
-        reasoning_tokens=reply.reasoning_tokens,
-        total_tokens=reply.total_tokens,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        total_tokens=usage.total_tokens,
     )
 
 
 def attempt_ceiling(price: Price, prompt_tokens: float, completion_tokens: float) -> float:
     """The most an attempt is expected to cost: nothing cached, every output token used."""
     return (prompt_tokens * price.input + completion_tokens * price.output) / PER_MILLION
-
-
-@dataclass(slots=True)
-class RowCost:
-    """One row's cost over its attempts.
-
-    ``usd`` sums the answers that returned usage (``None`` once one could not be
-    priced); ``possibly_billed`` counts attempts sent whose answer never arrived in
-    full (timeouts, dropped connections, broken bodies), which a provider may bill.
-    """
-
-    usd: float | None = 0.0
-    possibly_billed: int = 0
-
-    def add(self, cost: float | None) -> None:
-        """Count one answer's cost (``None``: it could not be priced)."""
-        self.usd = None if cost is None or self.usd is None else self.usd + cost
 
 
 def possibly_billed(exc: AttemptError) -> bool:

@@ -74,6 +74,52 @@ class ToolCall:
     arguments: str | None
 
 
+def _plus(total: int | None, more: int | None) -> int | None:
+    """Add token counts; None only while nothing was reported."""
+    if more is None:
+        return total
+    return more if total is None else total + more
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as a server reported them (``None`` where it did not); adds with ``+``.
+
+    ``cached_tokens`` are part of ``prompt_tokens``; ``reasoning_tokens`` part of
+    ``completion_tokens`` as OpenAI counts them (``pipeline.cost`` knows the exception).
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            _plus(self.prompt_tokens, other.prompt_tokens),
+            _plus(self.completion_tokens, other.completion_tokens),
+            _plus(self.total_tokens, other.total_tokens),
+            _plus(self.cached_tokens, other.cached_tokens),
+            _plus(self.reasoning_tokens, other.reasoning_tokens),
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Whether both prompt and completion tokens were reported (what pricing needs)."""
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
+
+USAGE_COLUMNS: tuple[str, ...] = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
+"""The output columns that come from an outcome's ``Usage``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A successful chat-completions answer, reduced to what the output keeps.
@@ -85,19 +131,15 @@ class Reply:
     content: str | None
     finish_reason: str | None
     model: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    total_tokens: int | None
     http_status: int
     latency_ms: float
+    usage: Usage = Usage()
     rate_limits: RateLimitInfo | None = None
     choices: tuple[str | None, ...] = ()
     tool_calls: tuple[ToolCall, ...] | None = None
     ttft_ms: float | None = None
     system_fingerprint: str | None = None
     response_id: str | None = None
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +161,7 @@ class Outcome:
     content: str | None = None
     finish_reason: str | None = None
     model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
+    usage: Usage = Usage()
     latency_ms: float | None = None
     http_status: int | None = None
     error_type: str | None = None
@@ -134,9 +174,37 @@ class Outcome:
     keep: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     cost_usd: float | None = 0.0
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
     possibly_billed_attempts: int = 0
+
+
+@dataclass(slots=True)
+class Ledger:
+    """What one (row, model) cost so far, over all its attempts and JSON re-asks.
+
+    ``attempts`` counts HTTP requests sent; ``usage`` adds every answer received;
+    ``cost_usd`` sums their prices (``None`` once one could not be priced: never a
+    guess); ``possibly_billed`` counts attempts sent whose answer never arrived in full.
+    """
+
+    attempts: int = 0
+    usage: Usage = Usage()
+    cost_usd: float | None = 0.0
+    possibly_billed: int = 0
+
+    def sent(self) -> None:
+        """One more HTTP request left for this row."""
+        self.attempts += 1
+
+    def answered(self, usage: Usage, cost_usd: float | None) -> None:
+        """An answer arrived: add its usage and its price (``None``: it could not be priced)."""
+        self.usage += usage
+        self.cost_usd = (
+            None if cost_usd is None or self.cost_usd is None else self.cost_usd + cost_usd
+        )
+
+    def lost(self) -> None:
+        """An attempt was sent but its answer never arrived in full (may be billed)."""
+        self.possibly_billed += 1
 
 
 class Ended(StrEnum):
@@ -230,8 +298,8 @@ class RunStats:
         """One outcome of this run handed to the writer."""
         self.sent += outcome.attempts > 0
         self._count_row(ok=outcome.status == "ok", error_type=outcome.error_type)
-        self.prompt_tokens += outcome.prompt_tokens or 0
-        self.completion_tokens += outcome.completion_tokens or 0
+        self.prompt_tokens += outcome.usage.prompt_tokens or 0
+        self.completion_tokens += outcome.usage.completion_tokens or 0
         if outcome.cost_usd is None:
             self.unpriced += 1
         else:

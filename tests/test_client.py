@@ -195,7 +195,11 @@ async def test_reply_is_parsed() -> None:
     assert reply.content == "Short summary."
     assert reply.finish_reason == "stop"
     assert reply.model == "gpt-4o-mini-2024-07-18"
-    assert (reply.prompt_tokens, reply.completion_tokens, reply.total_tokens) == (11, 3, 14)
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (
+        11,
+        3,
+        14,
+    )
     assert reply.http_status == 200
     assert reply.latency_ms >= 0.0
     assert reply.rate_limits is None
@@ -212,8 +216,8 @@ async def test_reply_without_usage_or_content() -> None:
 
     assert reply.content is None
     assert reply.finish_reason == "tool_calls"
-    assert reply.prompt_tokens is None
-    assert reply.total_tokens is None
+    assert reply.usage.prompt_tokens is None
+    assert reply.usage.total_tokens is None
 
 
 @pytest.mark.anyio

@@ -100,7 +100,11 @@ async def test_stream_is_assembled_with_usage_and_ttft() -> None:
     assert reply.content == "Hello!"
     assert reply.choices == ("Hello!",)
     assert reply.finish_reason == "stop"
-    assert (reply.prompt_tokens, reply.completion_tokens, reply.total_tokens) == (9, 4, 13)
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (
+        9,
+        4,
+        13,
+    )
     assert reply.model == "m-2024"
     assert reply.system_fingerprint == "fp_1"
     assert reply.response_id == "chatcmpl-9"
@@ -131,7 +135,7 @@ async def test_stream_with_several_choices_and_a_tool_call() -> None:
     assert reply.choices == (None, "second")
     assert reply.finish_reason == "tool_calls"
     assert reply.tool_calls == (ToolCall("call_1", "get_weather", '{"city": "Oslo"}'),)
-    assert reply.prompt_tokens is None
+    assert reply.usage.prompt_tokens is None
 
 
 @pytest.mark.anyio
@@ -281,5 +285,9 @@ def test_usage_that_is_not_a_number_is_ignored_not_a_crash() -> None:
         }
     )  # fmt: skip
     reply = parse_reply(body, 200, 1.0, None)
-    assert (reply.prompt_tokens, reply.completion_tokens, reply.total_tokens) == (None, None, 7)
-    assert reply.cached_tokens is None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (
+        None,
+        None,
+        7,
+    )
+    assert reply.usage.cached_tokens is None

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.budget import Budget
-from pipeline.cost import Price, RowCost, attempt_ceiling, possibly_billed, reply_cost, usage_cost
+from pipeline.cost import Price, attempt_ceiling, possibly_billed, reply_cost, usage_cost
 from pipeline.errors import (
     AttemptError,
     AuthFailed,
@@ -19,26 +19,17 @@ from pipeline.errors import (
     RequestTimeout,
     ServerError,
 )
-from pipeline.records import Reply
+from pipeline.records import Ledger, Usage
 from pipeline.results import recorded_cost
 
 MINI = Price(input=0.15, cached_input=0.075, output=0.6, model="gpt-4o-mini")
 O3_MINI = Price(input=1.1, cached_input=0.55, output=4.4, model="o3-mini")
 
 
-def reply(prompt: int | None, completion: int | None, **usage: int) -> Reply:
+def reply(prompt: int | None, completion: int | None, **counts: int) -> Usage:
+    """One answer's usage (total = prompt + completion unless given)."""
     total = None if prompt is None or completion is None else prompt + completion
-    return Reply(
-        content="x",
-        finish_reason="stop",
-        model="gpt-4o-mini",
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=usage.pop("total_tokens", total),
-        http_status=200,
-        latency_ms=1.0,
-        **usage,
-    )
+    return Usage(prompt, completion, counts.pop("total_tokens", total), **counts)
 
 
 def test_plain_usage() -> None:
@@ -81,14 +72,16 @@ def test_reply_cost_needs_a_price_and_usage() -> None:
 
 
 def test_a_row_pays_for_every_attempt_that_returned_usage() -> None:
-    bill = RowCost()
-    bill.add(reply_cost(MINI, reply(1000, 500)))
-    bill.add(reply_cost(MINI, reply(1000, 500, cached_tokens=400)))  # a re-ask
-    assert bill.usd == pytest.approx(870e-6)
-    bill.add(reply_cost(None, reply(10, 10)))
-    assert bill.usd is None
-    bill.add(reply_cost(MINI, reply(10, 10)))
-    assert bill.usd is None
+    ledger = Ledger()
+    ledger.answered(reply(1000, 500), reply_cost(MINI, reply(1000, 500)))
+    again = reply(1000, 500, cached_tokens=400)
+    ledger.answered(again, reply_cost(MINI, again))  # a re-ask
+    assert ledger.cost_usd == pytest.approx(870e-6)
+    assert ledger.usage == Usage(2000, 1000, 3000, 400)
+    ledger.answered(reply(10, 10), reply_cost(None, reply(10, 10)))
+    assert ledger.cost_usd is None
+    ledger.answered(reply(10, 10), reply_cost(MINI, reply(10, 10)))
+    assert ledger.cost_usd is None
 
 
 def test_attempt_ceiling_assumes_nothing_cached_and_every_output_token() -> None:

@@ -22,7 +22,7 @@ from pipeline.errors import (
     RequestTimeout,
     ServerError,
 )
-from pipeline.records import RateLimitInfo, Reply, ToolCall
+from pipeline.records import RateLimitInfo, Reply, ToolCall, Usage
 
 MAX_MESSAGE = 300
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -205,31 +205,37 @@ def reply_from(
         raise BadResponse("response has no choices", http_status=status)
     choice: dict[str, Any] = choices[0]
     content = _content(choice)
-    usage = data.get("usage")
-    if not isinstance(usage, dict):
-        usage = {}
-    prompt_details, completion_details = (
-        usage.get("prompt_tokens_details"),
-        usage.get("completion_tokens_details"),
-    )
     return Reply(
         content=content,
         finish_reason=choice.get("finish_reason"),
         model=data.get("model"),
-        prompt_tokens=_count(usage.get("prompt_tokens")),
-        completion_tokens=_count(usage.get("completion_tokens")),
-        total_tokens=_count(usage.get("total_tokens")),
         http_status=status,
         latency_ms=latency_ms,
+        usage=usage_from(data.get("usage")),
         rate_limits=rate_limits,
         choices=(content,) if len(choices) == 1 else tuple(_content(c) for c in choices),
         tool_calls=_tool_calls(choice),
         ttft_ms=ttft_ms,
         system_fingerprint=_text(data.get("system_fingerprint")),
         response_id=_text(data.get("id")),
-        cached_tokens=_count(prompt_details.get("cached_tokens"))
-        if isinstance(prompt_details, dict)
-        else None,
+    )
+
+
+def usage_from(usage: Any) -> Usage:
+    """An OpenAI ``usage`` object -> ``Usage``; anything not a whole number is left out."""
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    return Usage(
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        total_tokens=_count(usage.get("total_tokens")),
+        cached_tokens=(
+            _count(prompt_details.get("cached_tokens"))
+            if isinstance(prompt_details, dict)
+            else None
+        ),
         reasoning_tokens=(
             _count(completion_details.get("reasoning_tokens"))
             if isinstance(completion_details, dict)

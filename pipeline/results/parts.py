@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError
-from pipeline.records import Outcome
+from pipeline.records import USAGE_COLUMNS, Outcome
 from pipeline.results.merge import Piece, carried_pieces, merge_pieces
 from pipeline.results.schema import (
     OPTIONAL_COLUMNS,
@@ -126,6 +126,8 @@ class PartWriter:
             name = field.name
             if name in OPTIONAL_COLUMNS and name in self._outcome_columns:
                 values = [cell(name, getattr(o, name)) for o in ordered]
+            elif name in USAGE_COLUMNS:
+                values = [getattr(o.usage, name) for o in ordered]
             elif name in self._outcome_columns:
                 values = [getattr(o, name) for o in ordered]
             elif name in self._extra_names:

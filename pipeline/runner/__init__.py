@@ -1,22 +1,24 @@
-"""The only composer (a package since it outgrew one module): reader -> N workers -> writer.
+"""The only composer: a run's lifecycle, the task group, a row's journey, the senders.
 
-    source ──rows──▶ workers (2 x concurrency, at most `concurrency` in flight)
-                         │ for each model: build ▸ reuse? ▸ retry( slot ▸ budget ▸ limiter ▸ client ) [▸ parse, re-ask]
+    source ──rows──▶ workers (2 x concurrency)
+                         │ per model: build ▸ reuse? ▸ send ▸ [parse ▸ re-ask] ▸ outcome
                          ▼
                       outcomes ──▶ writer (part files every second / 500 rows) ──▶ finalize
 
 Rows that fail are data: every input row produces exactly one outcome per model
 (one model unless the job lists ``models``); outcome ``seq`` is
 ``row.seq * len(models) + model index``, so the output is in input order, then in
-the order the models are listed. In JSON mode each answer is parsed
-(``pipeline.structured``); an unusable one is asked again, with the next re-ask seed,
-up to ``json_retries`` times, each re-ask a new request through the same retry and
-limiter path.
+the order the models are listed.
 
     plan.py       RunPlan, plan_run: the input checked, the output path filled in
+    run.py        Runner: the task group (reader -> workers -> writer), signals, the summary
+    control.py    RunControl (the stop flag, how the run ended), RefusalWatch, Stopped
+    journey.py    RowJourney: the per-row script, top to bottom
+    prepare.py    RequestPreparer: a row's request, off the loop when it reads files
+    reuse.py      Reuse: results an earlier run of the same output already has
+    send.py       Sender protocol; LiveSender: slot, budget, limiter, client, retries, settle
+    outcome.py    the only place a reply, a ledger or an error becomes an output row
     endpoint.py   the job's endpoint, or the built-in fake server started for it
-    rows.py       RowProcessor: one row -> its outcomes (build, reuse, send, parse, price)
-    run.py        Runner: the task group, stopping, signals, the writer, the summary
 """
 
 from pipeline.runner.plan import RunPlan, new_run_id, plan_run, resolve_output

@@ -17,13 +17,19 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
 from pipeline.errors import OutputError
+from pipeline.limits import RateLimiter
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
 from pipeline.records import Ended, Outcome, PromptRow, RunStats, RunSummary
+from pipeline.requests import RequestBuilder, split_headers
 from pipeline.results import DoneIndex, PartWriter, recorded_cost
+from pipeline.runner.control import RunControl, Stopped
 from pipeline.runner.endpoint import endpoint_url
+from pipeline.runner.journey import RowJourney
 from pipeline.runner.plan import RunPlan, models_of, optional_columns
-from pipeline.runner.rows import RowProcessor, Stopped
+from pipeline.runner.prepare import RequestPreparer
+from pipeline.runner.reuse import Reuse
+from pipeline.runner.send import LiveSender
 
 log = structlog.get_logger("pipeline")
 
@@ -55,16 +61,10 @@ class Runner:
         job = plan.job
         self.plan = plan
         self.api_key = api_key
-        self.stats = RunStats(total=plan.rows * len(models_of(job)))
-        self._stopping = anyio.Event()
-        self.rows = RowProcessor(
-            plan,
-            self.stats,
-            prices=prices if prices is not None else PriceTable.for_job(job.prices),
-            retry_errors=retry_errors,
-            stop=self.stop,
-            stopping=self._stopping,
-        )
+        self.models = models_of(job)
+        self.stats = RunStats(total=plan.rows * len(self.models))
+        self.control = RunControl(grace_s)
+        self.prices = prices if prices is not None else PriceTable.for_job(job.prices)
         self.writer = PartWriter(
             plan.output_path,
             plan.source.keep_schema(),
@@ -74,34 +74,26 @@ class Runner:
         self.progress = progress
         self.source_name = str(plan.input_path)
         self.fresh = fresh
-        self.grace_s = grace_s
+        self.retry_errors = retry_errors
         self.handle_signals = handle_signals
         self._transport = transport
-        self._ended = Ended.COMPLETE
-        self._reason: str | None = None
         self._work_scope: anyio.CancelScope | None = None
 
     def stop(self, ended: Ended, reason: str) -> None:
-        """Stop taking rows; in-flight requests get ``grace_s`` to finish."""
-        if self._stopping.is_set():
-            return
-        self._ended, self._reason = ended, reason
-        self._stopping.set()
-        log.warning("job.stopping", reason=reason, grace_s=self.grace_s)
+        """Stop taking rows; in-flight requests get the grace period to finish."""
+        self.control.stop(ended, reason)
 
     async def run(self) -> RunSummary:
         """Send every row not already done, write every outcome, merge the output."""
         job = self.plan.job
         await anyio.to_thread.run_sync(partial(self.writer.prepare, fresh=self.fresh))
-        earlier = [] if self.fresh else self.writer.earlier_results()
-        if earlier:
-            self.rows.done = await anyio.to_thread.run_sync(DoneIndex.load, earlier)
-            self.stats.count_earlier_cost(await anyio.to_thread.run_sync(recorded_cost, earlier))
-        if job.limits.max_cost_usd is not None:
-            self.rows.budget = Budget(
-                job.limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd
+        earlier_files = [] if self.fresh else self.writer.earlier_results()
+        earlier: DoneIndex | None = None
+        if earlier_files:
+            earlier = await anyio.to_thread.run_sync(DoneIndex.load, earlier_files)
+            self.stats.count_earlier_cost(
+                await anyio.to_thread.run_sync(recorded_cost, earlier_files)
             )
-        workers = 2 * job.limits.concurrency
         log.info(
             "job.started",
             job=job.name,
@@ -111,17 +103,17 @@ class Runner:
             output=str(self.plan.output_path),
             model=job.request.model or job.request.models or f"column {job.request.model_column}",
             concurrency=job.limits.concurrency,
-            earlier_results=len(self.rows.done) if self.rows.done is not None else 0,
+            earlier_results=len(earlier) if earlier is not None else 0,
         )
         try:
-            await self._run_stages(workers)
+            await self._run_stages(earlier)
         except BaseExceptionGroup as group:
             output_errors = group.subgroup(OutputError)
             if output_errors is not None and output_errors.exceptions:
                 raise _first_leaf(output_errors) from None
             raise
-        if not self._stopping.is_set():
-            carried = self.rows.done.carried.per_source() if self.rows.done is not None else None
+        if not self.control.is_stopping:
+            carried = earlier.carried.per_source() if earlier is not None else None
             kept = self._kept_values() if carried and self.plan.job.input.keep_columns else None
             await anyio.to_thread.run_sync(self.writer.finalize, carried, kept)
         if self.progress is not None:
@@ -130,14 +122,59 @@ class Runner:
 
     def _kept_values(self) -> Iterator[dict[str, Any]]:
         """The input's kept values again, one per output row (each row once per model)."""
-        copies = len(self.rows.models)
+        copies = len(self.models)
         for batch in self.plan.source.batches(self.plan.limit):
             for row in batch:
                 for _ in range(copies):
                     yield row.keep
 
-    async def _run_stages(self, workers: int) -> None:
+    def _journey(self, client: ChatClient, earlier: DoneIndex | None) -> RowJourney:
+        """The per-row script of this run, built whole once the client is open."""
         job = self.plan.job
+        limits = job.limits
+        budget = None
+        if limits.max_cost_usd is not None:
+            budget = Budget(limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd)
+        sender = LiveSender(
+            client,
+            concurrency=limits.concurrency,
+            limiter=RateLimiter(limits.requests_per_minute, limits.tokens_per_minute),
+            budget=budget,
+            prices=self.prices,
+            retry=job.retry,
+            stats=self.stats,
+            control=self.control,
+        )
+        extraction = self.plan.extraction
+        reuse = None
+        if earlier is not None:
+            reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
+        return RowJourney(
+            prepare=RequestPreparer(self._builder(), extraction),
+            reuse=reuse,
+            sender=sender,
+            extraction=extraction,
+            json_retries=job.request.json_retries,
+            models=len(self.models),
+            default_model=job.request.model,
+            source_name=self.source_name,
+            stats=self.stats,
+        )
+
+    def _builder(self) -> RequestBuilder:
+        job = self.plan.job
+        extraction = self.plan.extraction
+        return RequestBuilder(
+            job.request,
+            prompt_column=job.input.prompt_column,
+            messages_column=job.input.messages_column,
+            response_format=extraction.response_format() if extraction else None,
+            headers=split_headers(job.endpoint.headers)[1],
+        )
+
+    async def _run_stages(self, earlier: DoneIndex | None) -> None:
+        job = self.plan.job
+        workers = 2 * job.limits.concurrency
         async with (
             endpoint_url(job) as base_url,
             ChatClient(
@@ -146,11 +183,11 @@ class Runner:
                 max_connections=job.limits.concurrency,
                 base_url=base_url,
                 transport=self._transport,
-                headers=self.rows.static_headers,
+                headers=split_headers(job.endpoint.headers)[0],
                 stream=job.request.stream,
             ) as client,
         ):
-            self.rows.client = client
+            journey = self._journey(client, earlier)
             rows_send, rows_receive = anyio.create_memory_object_stream[PromptRow](
                 max(_ROW_BUFFER, 2 * workers)
             )
@@ -170,7 +207,9 @@ class Runner:
                     work.start_soon(self._read, rows_send)
                     async with out_send, rows_receive:
                         for _ in range(workers):
-                            work.start_soon(self._work, rows_receive.clone(), out_send.clone())
+                            work.start_soon(
+                                self._work, journey, rows_receive.clone(), out_send.clone()
+                            )
                 await writer_done.wait()
                 tg.cancel_scope.cancel()
 
@@ -179,7 +218,7 @@ class Runner:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if self._stopping.is_set():
+                if self.control.is_stopping:
                     log.warning("job.stopping_now", signal=name)
                     self._cancel_work()
                 else:
@@ -188,8 +227,8 @@ class Runner:
 
     async def _enforce_grace(self) -> None:
         """Once stopping, give in-flight requests ``grace_s``, then cancel them."""
-        await self._stopping.wait()
-        await anyio.sleep(self.grace_s)
+        await self.control.stopping.wait()
+        await anyio.sleep(self.control.grace_s)
         self._cancel_work()
 
     def _cancel_work(self) -> None:
@@ -197,8 +236,8 @@ class Runner:
             self._work_scope.cancel()
 
     def _summary(self) -> RunSummary:
-        ended = self._ended if self._stopping.is_set() else Ended.COMPLETE
-        summary = self.stats.summary(str(self.plan.output_path), ended, self._reason)
+        control = self.control
+        summary = self.stats.summary(str(self.plan.output_path), control.ended, control.reason)
         log.info(
             "job.finished",
             job=self.plan.job.name,
@@ -229,12 +268,12 @@ class Runner:
         """
         batches = self.plan.source.batches(self.plan.limit)
         async with send:
-            while not self._stopping.is_set():
+            while not self.control.is_stopping:
                 batch = await anyio.to_thread.run_sync(next, batches, None)
                 if batch is None:
                     return
                 for row in batch:
-                    if self._stopping.is_set():
+                    if self.control.is_stopping:
                         return
                     try:
                         await _put(send, row)
@@ -242,17 +281,20 @@ class Runner:
                         return
 
     async def _work(
-        self, rows: ObjectReceiveStream[PromptRow], out: MemoryObjectSendStream[Outcome]
+        self,
+        journey: RowJourney,
+        rows: ObjectReceiveStream[PromptRow],
+        out: MemoryObjectSendStream[Outcome],
     ) -> None:
         """One worker: take a row, produce its outcomes (one per model), repeat, until the
         rows run out or the run stops."""
         async with rows, out:
             async for row in rows:
-                for index, model in enumerate(self.rows.models):
-                    if self._stopping.is_set():
+                for index, model in enumerate(self.models):
+                    if self.control.is_stopping:
                         return
                     try:
-                        outcome = await self.rows.process(row, index, model)
+                        outcome = await journey.process(row, index, model)
                     except Stopped:
                         return
                     if outcome is not None:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import OutputError
-from pipeline.records import Outcome, ToolCall
+from pipeline.records import USAGE_COLUMNS, Outcome, ToolCall, Usage
 from pipeline.results import (
     OPTIONAL_COLUMNS,
     OUTPUT_COLUMNS,
@@ -42,9 +42,7 @@ def outcome(seq: int, **fields: Any) -> Outcome:
         "content": f"answer {seq}" if ok else None,
         "finish_reason": "stop" if ok else None,
         "model": "gpt-4o-mini" if ok else None,
-        "prompt_tokens": 10 + seq if ok else None,
-        "completion_tokens": 5 if ok else None,
-        "total_tokens": 15 + seq if ok else None,
+        "usage": Usage(10 + seq, 5, 15 + seq) if ok else Usage(),
         "latency_ms": 12.5,
         "http_status": 200 if ok else 503,
         "error_type": None if ok else "server_error",
@@ -151,7 +149,8 @@ def test_rows_round_trip_exactly(writer: PartWriter) -> None:
 
     (row,) = pq.read_table(writer.output).to_pylist()
     for name in OUTPUT_COLUMNS:
-        assert row[name] == getattr(original, name), name
+        source = original.usage if name in USAGE_COLUMNS else original
+        assert row[name] == getattr(source, name), name
     assert {k: row[k] for k in KEEP.names} == original.keep
 
 

@@ -1,0 +1,132 @@
+"""One input row -> its outcome for one model, read top to bottom::
+
+    build ▸ reuse? ▸ send ▸ [parse ▸ re-ask] ▸ outcome
+
+A row that cannot become a request is an error row (nothing sent); a result an
+earlier run already has is reused; otherwise the sender answers it. In JSON mode an
+unusable answer is asked again with the next re-ask seed, up to ``json_retries``
+times, each re-ask a new request through the same sender.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from pipeline.errors import AnswerError, AttemptError, BadRowError
+from pipeline.records import ChatRequest, Ledger, Outcome, PromptRow, RunStats
+from pipeline.runner import outcome
+from pipeline.runner.outcome import Answer, Where
+from pipeline.runner.prepare import RequestPreparer
+from pipeline.runner.reuse import Reuse
+from pipeline.runner.send import Sender
+from pipeline.structured import Extraction
+
+log = structlog.get_logger("pipeline")
+
+
+class RowJourney:
+    """The per-row script of one run; shared by all workers (one event loop)."""
+
+    def __init__(
+        self,
+        *,
+        prepare: RequestPreparer,
+        reuse: Reuse | None,
+        sender: Sender,
+        extraction: Extraction | None,
+        json_retries: int,
+        models: int,
+        default_model: str | None,
+        source_name: str,
+        stats: RunStats,
+    ) -> None:
+        self._prepare = prepare
+        self._reuse = reuse
+        self._sender = sender
+        self._extraction = extraction
+        self._json_retries = json_retries
+        self._models = models
+        self._default_model = default_model
+        self._source_name = source_name
+        self._stats = stats
+
+    async def process(self, row: PromptRow, index: int, model: str | None) -> Outcome | None:
+        """The outcome of ``row`` for its ``index``-th model; None when reused from an earlier run."""
+        where = Where(row, row.seq * self._models + index, outcome.now())
+        try:
+            request = await self._prepare.build(row, model)
+        except BadRowError as exc:
+            place = row.where(self._source_name)
+            return outcome.unbuildable(
+                where, model or self._default_model, place, exc, self._json_columns(None, 0)
+            )
+        if self._reuse is not None and self._reuse.take(row.id, where.seq, request.request_hash):
+            return None
+        if self._extraction is None:
+            return await self._ask(where, request)
+        return await self._extract(where, request, self._extraction)
+
+    async def _ask(self, where: Where, request: ChatRequest) -> Outcome:
+        """Plain mode: one request, its answer or its error."""
+        ledger = Ledger()
+        try:
+            reply = await self._sender.send(where.row.id, request, ledger)
+        except AttemptError as exc:
+            return outcome.failed(
+                where, request, ledger, exc, request_hash=request.request_hash, columns={}
+            )
+        return outcome.answered(
+            where, request, reply, ledger, request_hash=request.request_hash, answer=Answer()
+        )
+
+    async def _extract(self, where: Where, request: ChatRequest, extraction: Extraction) -> Outcome:
+        """JSON mode: send, parse; re-ask (new seed) on an unusable answer.
+
+        Usage and cost add up every answer of the row; ``seed`` and the reply columns are
+        those of the last request, ``request_hash`` that of the first (what resume looks up).
+        """
+        ledger = Ledger()
+        first_hash = request.request_hash
+        reask = 0
+        while True:
+            try:
+                reply = await self._sender.send(where.row.id, request, ledger)
+            except AttemptError as exc:
+                columns = self._json_columns(None, reask)
+                return outcome.failed(
+                    where, request, ledger, exc, request_hash=first_hash, columns=columns
+                )
+            try:
+                value = extraction.parse(reply.content, reply.finish_reason)
+            except AnswerError as exc:
+                if reask < self._json_retries:
+                    reask += 1
+                    request = await self._reask(where.row, request, reask, exc)
+                    continue
+                answer = Answer(self._json_columns(None, reask + 1), exc)
+            else:
+                answer = Answer(self._json_columns(value, reask + 1))
+            return outcome.answered(
+                where, request, reply, ledger, request_hash=first_hash, answer=answer
+            )
+
+    async def _reask(
+        self, row: PromptRow, request: ChatRequest, reask: int, exc: AnswerError
+    ) -> ChatRequest:
+        """The request asking again, after an unusable answer to ``request``."""
+        log.info(
+            "request.json_retry",
+            id=row.id,
+            json_attempt=reask,
+            error_type=exc.error_type,
+            error=exc.message,
+            seed=request.seed,
+        )
+        self._stats.count_json_reask()
+        return await self._prepare.build(row, request.model, reask)
+
+    def _json_columns(self, value: object, json_attempts: int) -> dict[str, object]:
+        """The JSON-mode columns of one outcome (none without JSON mode)."""
+        if self._extraction is None:
+            return {}
+        return {self._extraction.column.name: value, "json_attempts": json_attempts}

@@ -1,0 +1,179 @@
+"""Senders: a request in, a reply (or the attempt error that ended it) out.
+
+A sender settles everything an attempt touches: the rate limits, the budget, the
+row's ledger (attempts, usage, cost, possibly-billed attempts). The live sender does
+it one HTTP request at a time::
+
+    retry( in-flight slot ▸ budget ▸ limiter ▸ client ▸ settle )
+
+The batch sender (later) sends through a provider's Batch API under the same
+``Sender`` protocol, so the per-row script and the outcome functions stay one.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Protocol
+
+import anyio
+import structlog
+from tenacity import AsyncRetrying, RetryCallState
+
+from pipeline.budget import Budget
+from pipeline.client import ChatClient
+from pipeline.cost import attempt_ceiling, possibly_billed, reply_cost
+from pipeline.errors import AttemptError, RateLimited
+from pipeline.limits import RateLimiter, TokenEstimator
+from pipeline.prices import PriceTable
+from pipeline.records import ChatRequest, Ended, Ledger, Reply, RunStats
+from pipeline.retry import make_retrying
+from pipeline.runner.control import RefusalWatch, RunControl, Stopped
+from pipeline.spec import RetrySpec
+
+log = structlog.get_logger("pipeline")
+
+
+class Sender(Protocol):
+    """Turns one request into a reply, recording what it cost in ``ledger``."""
+
+    async def send(self, row_id: str, request: ChatRequest, ledger: Ledger) -> Reply:
+        """The reply; raises the ``AttemptError`` that ended the request, or ``Stopped``."""
+        ...
+
+
+class LiveSender:
+    """Sends each request over HTTP under the concurrency limit, the rate limits and the
+    budget, with retries; shared by all workers of a run (one event loop)."""
+
+    def __init__(
+        self,
+        client: ChatClient,
+        *,
+        concurrency: int,
+        limiter: RateLimiter,
+        budget: Budget | None,
+        prices: PriceTable,
+        retry: RetrySpec,
+        stats: RunStats,
+        control: RunControl,
+    ) -> None:
+        self._client = client
+        self._in_flight = anyio.Semaphore(concurrency)
+        self._limiter = limiter
+        self._estimator = TokenEstimator()
+        self._budget = budget
+        self._prices = prices
+        self._retry = retry
+        self._retrying = make_retrying(retry)
+        self._stats = stats
+        self._control = control
+        self._refusals = RefusalWatch(control)
+
+    async def send(self, row_id: str, request: ChatRequest, ledger: Ledger) -> Reply:
+        """One request through retry, slot, budget, limiter and client."""
+        retrying: AsyncRetrying = self._retrying.copy(before_sleep=partial(_log_retry, row_id))
+        try:
+            reply: Reply = await retrying(self._attempt, request, ledger)
+        except AttemptError as exc:
+            self._refusals.failed(exc)
+            raise
+        return reply
+
+    async def _attempt(self, request: ChatRequest, ledger: Ledger) -> Reply:
+        """One attempt: hold an in-flight slot, reserve its cost, pay the rate limiter, send.
+
+        The budget and the limiter are paid only once the slot is held, right before
+        sending, so a reservation never goes stale while waiting for a slot.
+        """
+        self._control.check()
+        tokens = self._estimator.cost(request)
+        reserved = 0.0
+        try:
+            async with self._in_flight:
+                self._control.check()
+                reserved = self._reserve(request)
+                await self._limiter.acquire(tokens)
+                if self._control.is_stopping:
+                    self._release(reserved)
+                    raise Stopped
+                ledger.sent()
+                self._stats.count_request()
+                reply = await self._client.send(request)
+        except AttemptError as exc:
+            self._settle_failure(exc, tokens, reserved, ledger)
+            raise
+        self._settle_answer(request, reply, tokens, reserved, ledger)
+        return reply
+
+    def _reserve(self, request: ChatRequest) -> float:
+        """Reserve the attempt's cost ceiling under the budget; stop the run when it does not fit."""
+        if self._budget is None:
+            return 0.0
+        price = self._prices.resolve(request.model) if request.model else None
+        if price is None:
+            self._control.stop(
+                Ended.BUDGET,
+                f"model {request.model!r} has no known price, and limits.max_cost_usd needs one",
+            )
+            raise Stopped
+        estimator = self._estimator
+        completion = (
+            request.max_tokens if request.max_tokens is not None else estimator.completion_guess
+        )
+        amount = attempt_ceiling(
+            price, request.estimated_prompt_tokens * estimator.prompt_ratio, completion
+        )
+        if not self._budget.reserve(amount):
+            self._control.stop(Ended.BUDGET, self._budget.refusal(amount))
+            raise Stopped
+        return amount
+
+    def _release(self, reserved: float) -> None:
+        if self._budget is not None:
+            self._budget.release(reserved)
+
+    def _settle_failure(
+        self, exc: AttemptError, tokens: int, reserved: float, ledger: Ledger
+    ) -> None:
+        """A failed attempt: give the budget back, note what the server said of its limits."""
+        self._release(reserved)
+        if possibly_billed(exc):
+            ledger.lost()
+        self._limiter.answered(exc.rate_limits)
+        if isinstance(exc, RateLimited):
+            self._limiter.settle(tokens, 0)
+            pause = min(
+                exc.retry_after_s or self._retry.initial_backoff_s, self._retry.max_backoff_s
+            )
+            self._limiter.cooldown(pause)
+
+    def _settle_answer(
+        self, request: ChatRequest, reply: Reply, tokens: int, reserved: float, ledger: Ledger
+    ) -> None:
+        """An answer: correct the limiter and the estimate from its usage, price it."""
+        self._limiter.answered(reply.rate_limits)
+        self._refusals.answered()
+        usage = reply.usage
+        if usage.prompt_tokens is not None and usage.completion_tokens is not None:
+            charged = self._estimator.charged(request, usage.prompt_tokens, usage.completion_tokens)
+            self._limiter.settle(tokens, charged)
+            self._estimator.learn(request, usage.prompt_tokens, usage.completion_tokens)
+        usd = reply_cost(self._prices.lookup(reply.model, request.model), usage)
+        ledger.answered(usage, usd)
+        if self._budget is not None:
+            self._budget.settle(reserved, usd)
+
+
+def _log_retry(row_id: str, state: RetryCallState) -> None:
+    outcome = state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    sleep_s = state.next_action.sleep if state.next_action is not None else 0.0
+    log.info(
+        "request.retry",
+        id=row_id,
+        attempt=state.attempt_number,
+        sleep_s=round(sleep_s, 3),
+        error_type=getattr(exc, "error_type", None),
+        http_status=getattr(exc, "http_status", None),
+        error=getattr(exc, "message", None),
+    )
