@@ -104,11 +104,6 @@ class Usage:
             _plus(self.reasoning_tokens, other.reasoning_tokens),
         )
 
-    @property
-    def complete(self) -> bool:
-        """Whether both prompt and completion tokens were reported (what pricing needs)."""
-        return self.prompt_tokens is not None and self.completion_tokens is not None
-
 
 USAGE_COLUMNS: tuple[str, ...] = (
     "prompt_tokens",
