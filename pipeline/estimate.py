@@ -32,6 +32,7 @@ import polars as pl
 
 from pipeline.cost import PER_MILLION, Price
 from pipeline.errors import BadRowError
+from pipeline.humanize import clock, usd
 from pipeline.prices import PriceTable
 from pipeline.requests import RequestBuilder, estimate_prompt_tokens
 from pipeline.results import read_results
@@ -229,17 +230,6 @@ def _latency(job: JobSpec, sample: Sample | None) -> tuple[float | None, str | N
     return None, None
 
 
-def _clock(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def _usd(value: float) -> str:
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
-
-
 def render(estimate: Estimate, job: JobSpec) -> str:
     """The estimate as the lines ``pipeline estimate`` prints."""
     sample = estimate.sample
@@ -271,13 +261,13 @@ def render(estimate: Estimate, job: JobSpec) -> str:
         )
     else:
         high = (
-            f" to {_usd(estimate.cost_bound)}"
+            f" to {usd(estimate.cost_bound)}"
             if estimate.cost_bound is not None
             else " (no upper bound without max_tokens)"
         )
         caveat = " (uncertain figures)" if price.uncertain else ""
         lines.append(
-            f"cost            ~{_usd(estimate.cost_typical)}{high}  [{price.model}: ${price.input:g} in, ${price.cached_input:g} cached,"
+            f"cost            ~{usd(estimate.cost_typical)}{high}  [{price.model}: ${price.input:g} in, ${price.cached_input:g} cached,"
             f" ${price.output:g} out per million tokens, as of {price.as_of or 'unknown'}{caveat}]"
         )
     limits = job.limits
@@ -292,17 +282,17 @@ def render(estimate: Estimate, job: JobSpec) -> str:
     where = f"concurrency {limits.concurrency}" + (f", {rates}" if rates else "")
     if estimate.duration_s is not None and estimate.latency_s is not None:
         lines.append(
-            f"duration        ~{_clock(estimate.duration_s)} ({where}; latency {estimate.latency_s:.2f} s, {estimate.latency_source})"
+            f"duration        ~{clock(estimate.duration_s)} ({where}; latency {estimate.latency_s:.2f} s, {estimate.latency_source})"
         )
     else:
         floor = (
-            f"at least {_clock(estimate.limit_floor_s)} under the rate limits; "
+            f"at least {clock(estimate.limit_floor_s)} under the rate limits; "
             if estimate.limit_floor_s
             else ""
         )
         lines.append(f"duration        {floor}latency unknown: --sample N measures it ({where})")
     if sample is not None:
-        cost = f", cost {_usd(sample.cost_usd)}" if sample.cost_usd is not None else ""
+        cost = f", cost {usd(sample.cost_usd)}" if sample.cost_usd is not None else ""
         lines.append(
             f"sample          {sample.rows} rows sent ({sample.requests} requests, {sample.ok_rows} answered{cost})"
         )
