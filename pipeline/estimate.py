@@ -30,7 +30,7 @@ from pathlib import Path
 import anyio
 import polars as pl
 
-from pipeline.cost import PER_MILLION, Price
+from pipeline.cost import Price, attempt_ceiling, tokens_cost
 from pipeline.errors import BadRowError
 from pipeline.humanize import clock, usd
 from pipeline.prices import PriceTable
@@ -189,11 +189,9 @@ def extrapolate(
     cost_typical = cost_bound = None
     if price is not None:
         cached = prompt * (sample.cached_share if sample else 0.0)
-        cost_typical = (
-            (prompt - cached) * price.input + cached * price.cached_input + typical * price.output
-        ) / PER_MILLION
+        cost_typical = tokens_cost(price, prompt, typical, cached_tokens=cached)
         if bound is not None:
-            cost_bound = (prompt * price.input + bound * price.output) / PER_MILLION
+            cost_bound = attempt_ceiling(price, prompt, bound)
     latency, source = _latency(job, sample)
     limits = job.limits
     floors = [0.0]
