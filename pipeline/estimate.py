@@ -132,11 +132,7 @@ def count_prompts(plan: RunPlan, builder: RequestBuilder, *, keep_ids: int = 0) 
 async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable) -> Sample:
     """Send the job's first ``n`` rows for real, into a temporary output; measure them."""
     job = plan.job
-    builder = RequestBuilder(
-        job.request,
-        prompt_column=job.input.prompt_column,
-        messages_column=job.input.messages_column,
-    )
+    builder = RequestBuilder.for_job(job)
     limit = min(n, plan.limit) if plan.limit is not None else n
     with tempfile.TemporaryDirectory(prefix="pipeline-sample-") as folder:
         sample_plan = plan_run(
