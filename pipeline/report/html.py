@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from html import escape
 
 from pipeline.humanize import clock, usd
-from pipeline.report.summary import Bin, Bucket, Report
+from pipeline.report.summary import LatencyBin, Report, TimeBin
 
 WIDTH = 520
 WIDE = 1080
@@ -99,7 +99,7 @@ def _axes(left: int, top: int, plot_w: float, plot_h: float, y_max: float) -> li
     return parts
 
 
-def histogram(chart_id: str, bins: list[Bin]) -> str:
+def histogram(chart_id: str, bins: list[LatencyBin]) -> str:
     """Latency histogram: rows per latency bin (ms)."""
     if not bins:
         return _empty(chart_id, WIDTH, "no answered rows")
@@ -130,7 +130,7 @@ def histogram(chart_id: str, bins: list[Bin]) -> str:
     return "".join(parts)
 
 
-def timeline(chart_id: str, buckets: list[Bucket], bucket_s: int) -> str:
+def timeline(chart_id: str, buckets: list[TimeBin], bucket_s: int) -> str:
     """Rows ok and in error per time bucket (stacked bars) and requests sent for them (line)."""
     if not buckets:
         return _empty(chart_id, WIDE, "no rows")
