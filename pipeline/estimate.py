@@ -2,7 +2,7 @@
 
 Without a sample nothing is sent: the input is streamed through the job's request
 builder and each prompt is counted offline at about four characters a token plus
-per-message overheads (``build.estimate_prompt_tokens``, the figure the rate
+per-message overheads (``requests.estimate_prompt_tokens``, the figure the rate
 limiter starts from). No BPE tokenizer is used: ``tiktoken`` downloads its
 vocabulary at run time, and no offline one ships inside a wheel we depend on.
 
