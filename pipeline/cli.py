@@ -279,12 +279,7 @@ def _estimate(args: argparse.Namespace) -> int:
     api_key = api_key_for(job) if args.sample else None
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     configure_logging(secrets=[api_key] if api_key else [], level=logging.WARNING)
-    builder = RequestBuilder(
-        job.request,
-        prompt_column=job.input.prompt_column,
-        messages_column=job.input.messages_column,
-    )
-    count = estimate.count_prompts(plan, builder)
+    count = estimate.count_prompts(plan, RequestBuilder.for_job(job))
     sample = None
     if args.sample:
         sample = anyio.run(

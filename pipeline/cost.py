@@ -40,6 +40,20 @@ class Price:
     uncertain: bool = False
 
 
+def tokens_cost(
+    price: Price, prompt_tokens: float, output_tokens: float, *, cached_tokens: float = 0.0
+) -> float:
+    """USD for token counts, the formula itself (fractional counts for estimates).
+
+    ``cached_tokens`` is the part of ``prompt_tokens`` billed at the cached-input price.
+    """
+    return (
+        (prompt_tokens - cached_tokens) * price.input
+        + cached_tokens * price.cached_input
+        + output_tokens * price.output
+    ) / PER_MILLION
+
+
 def usage_cost(
     price: Price,
     prompt_tokens: int,
@@ -59,9 +73,7 @@ def usage_cost(
         and total_tokens == prompt_tokens + completion_tokens + reasoning
     ):
         output += reasoning
-    return (
-        (prompt_tokens - cached) * price.input + cached * price.cached_input + output * price.output
-    ) / PER_MILLION
+    return tokens_cost(price, prompt_tokens, output, cached_tokens=cached)
 
 
 def reply_cost(price: Price | None, usage: Usage) -> float | None:
@@ -80,7 +92,7 @@ def reply_cost(price: Price | None, usage: Usage) -> float | None:
 
 def attempt_ceiling(price: Price, prompt_tokens: float, completion_tokens: float) -> float:
     """The most an attempt is expected to cost: nothing cached, every output token used."""
-    return (prompt_tokens * price.input + completion_tokens * price.output) / PER_MILLION
+    return tokens_cost(price, prompt_tokens, completion_tokens)
 
 
 def possibly_billed(exc: AttemptError) -> bool:

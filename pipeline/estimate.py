@@ -2,7 +2,7 @@
 
 Without a sample nothing is sent: the input is streamed through the job's request
 builder and each prompt is counted offline at about four characters a token plus
-per-message overheads (``build.estimate_prompt_tokens``, the figure the rate
+per-message overheads (``requests.estimate_prompt_tokens``, the figure the rate
 limiter starts from). No BPE tokenizer is used: ``tiktoken`` downloads its
 vocabulary at run time, and no offline one ships inside a wheel we depend on.
 
@@ -30,8 +30,9 @@ from pathlib import Path
 import anyio
 import polars as pl
 
-from pipeline.cost import PER_MILLION, Price
+from pipeline.cost import Price, attempt_ceiling, tokens_cost
 from pipeline.errors import BadRowError
+from pipeline.humanize import clock, usd
 from pipeline.prices import PriceTable
 from pipeline.requests import RequestBuilder, estimate_prompt_tokens
 from pipeline.results import read_results
@@ -131,11 +132,7 @@ def count_prompts(plan: RunPlan, builder: RequestBuilder, *, keep_ids: int = 0) 
 async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable) -> Sample:
     """Send the job's first ``n`` rows for real, into a temporary output; measure them."""
     job = plan.job
-    builder = RequestBuilder(
-        job.request,
-        prompt_column=job.input.prompt_column,
-        messages_column=job.input.messages_column,
-    )
+    builder = RequestBuilder.for_job(job)
     limit = min(n, plan.limit) if plan.limit is not None else n
     with tempfile.TemporaryDirectory(prefix="pipeline-sample-") as folder:
         sample_plan = plan_run(
@@ -188,11 +185,9 @@ def extrapolate(
     cost_typical = cost_bound = None
     if price is not None:
         cached = prompt * (sample.cached_share if sample else 0.0)
-        cost_typical = (
-            (prompt - cached) * price.input + cached * price.cached_input + typical * price.output
-        ) / PER_MILLION
+        cost_typical = tokens_cost(price, prompt, typical, cached_tokens=cached)
         if bound is not None:
-            cost_bound = (prompt * price.input + bound * price.output) / PER_MILLION
+            cost_bound = attempt_ceiling(price, prompt, bound)
     latency, source = _latency(job, sample)
     limits = job.limits
     floors = [0.0]
@@ -229,17 +224,6 @@ def _latency(job: JobSpec, sample: Sample | None) -> tuple[float | None, str | N
     return None, None
 
 
-def _clock(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def _usd(value: float) -> str:
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
-
-
 def render(estimate: Estimate, job: JobSpec) -> str:
     """The estimate as the lines ``pipeline estimate`` prints."""
     sample = estimate.sample
@@ -271,13 +255,13 @@ def render(estimate: Estimate, job: JobSpec) -> str:
         )
     else:
         high = (
-            f" to {_usd(estimate.cost_bound)}"
+            f" to {usd(estimate.cost_bound)}"
             if estimate.cost_bound is not None
             else " (no upper bound without max_tokens)"
         )
         caveat = " (uncertain figures)" if price.uncertain else ""
         lines.append(
-            f"cost            ~{_usd(estimate.cost_typical)}{high}  [{price.model}: ${price.input:g} in, ${price.cached_input:g} cached,"
+            f"cost            ~{usd(estimate.cost_typical)}{high}  [{price.model}: ${price.input:g} in, ${price.cached_input:g} cached,"
             f" ${price.output:g} out per million tokens, as of {price.as_of or 'unknown'}{caveat}]"
         )
     limits = job.limits
@@ -292,17 +276,17 @@ def render(estimate: Estimate, job: JobSpec) -> str:
     where = f"concurrency {limits.concurrency}" + (f", {rates}" if rates else "")
     if estimate.duration_s is not None and estimate.latency_s is not None:
         lines.append(
-            f"duration        ~{_clock(estimate.duration_s)} ({where}; latency {estimate.latency_s:.2f} s, {estimate.latency_source})"
+            f"duration        ~{clock(estimate.duration_s)} ({where}; latency {estimate.latency_s:.2f} s, {estimate.latency_source})"
         )
     else:
         floor = (
-            f"at least {_clock(estimate.limit_floor_s)} under the rate limits; "
+            f"at least {clock(estimate.limit_floor_s)} under the rate limits; "
             if estimate.limit_floor_s
             else ""
         )
         lines.append(f"duration        {floor}latency unknown: --sample N measures it ({where})")
     if sample is not None:
-        cost = f", cost {_usd(sample.cost_usd)}" if sample.cost_usd is not None else ""
+        cost = f", cost {usd(sample.cost_usd)}" if sample.cost_usd is not None else ""
         lines.append(
             f"sample          {sample.rows} rows sent ({sample.requests} requests, {sample.ok_rows} answered{cost})"
         )

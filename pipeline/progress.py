@@ -5,21 +5,9 @@ from __future__ import annotations
 import io
 from typing import TextIO
 
+from pipeline.humanize import clock
+from pipeline.humanize import usd as usd  # re-exported: cli.py imports it from here
 from pipeline.records import RunStats
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
-def usd(value: float) -> str:
-    """``$0.0123``, ``$4.56``, ``$1,234``: four decimals under a dollar, none from a hundred."""
-    if value >= 100:
-        return f"${value:,.0f}"
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 
 def _cost(stats: RunStats) -> str:
@@ -39,7 +27,7 @@ def render(stats: RunStats, width: int = 24) -> str:
     rate = stats.requests / elapsed
     tokens_per_min = (stats.prompt_tokens + stats.completion_tokens) / elapsed * 60
     row_rate = stats.done / elapsed
-    eta = _clock((stats.total - stats.done) / row_rate) if row_rate > 0 else "--:--"
+    eta = clock((stats.total - stats.done) / row_rate) if row_rate > 0 else "--:--"
     return (
         f"[{bar}] {stats.done:,}/{stats.total:,} ok {stats.ok:,} err {stats.error:,}"
         f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | {_cost(stats)} | ETA {eta}"

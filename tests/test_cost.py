@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.budget import Budget
-from pipeline.cost import Price, attempt_ceiling, possibly_billed, reply_cost, usage_cost
+from pipeline.cost import (
+    Price,
+    attempt_ceiling,
+    possibly_billed,
+    reply_cost,
+    tokens_cost,
+    usage_cost,
+)
 from pipeline.errors import (
     AttemptError,
     AuthFailed,
@@ -86,6 +93,19 @@ def test_a_row_pays_for_every_attempt_that_returned_usage() -> None:
 
 def test_attempt_ceiling_assumes_nothing_cached_and_every_output_token() -> None:
     assert attempt_ceiling(MINI, 1000, 64) == pytest.approx((150 + 38.4) * 1e-6)
+
+
+def test_tokens_cost_takes_fractional_counts_for_estimates() -> None:
+    # 750.5 * 0.15 + 249.5 * 0.075 + 100.25 * 0.6 = 112.575 + 18.7125 + 60.15
+    cost = tokens_cost(MINI, 1000.0, 100.25, cached_tokens=249.5)
+    assert cost == pytest.approx(191.4375e-6)
+
+
+def test_usage_cost_and_the_ceiling_are_the_one_formula() -> None:
+    assert usage_cost(MINI, 1000, 500, cached_tokens=400) == tokens_cost(
+        MINI, 1000, 500, cached_tokens=400
+    )
+    assert attempt_ceiling(MINI, 1000, 64) == tokens_cost(MINI, 1000, 64)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import math
 from datetime import UTC, datetime
 from html import escape
 
-from pipeline.report.summary import Bin, Bucket, Report
-from pipeline.report.text import usd
+from pipeline.humanize import clock, usd
+from pipeline.report.summary import LatencyBin, Report, TimeBin
 
 WIDTH = 520
 WIDE = 1080
@@ -99,7 +99,7 @@ def _axes(left: int, top: int, plot_w: float, plot_h: float, y_max: float) -> li
     return parts
 
 
-def histogram(chart_id: str, bins: list[Bin]) -> str:
+def histogram(chart_id: str, bins: list[LatencyBin]) -> str:
     """Latency histogram: rows per latency bin (ms)."""
     if not bins:
         return _empty(chart_id, WIDTH, "no answered rows")
@@ -130,14 +130,7 @@ def histogram(chart_id: str, bins: list[Bin]) -> str:
     return "".join(parts)
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def timeline(chart_id: str, buckets: list[Bucket], bucket_s: int) -> str:
+def timeline(chart_id: str, buckets: list[TimeBin], bucket_s: int) -> str:
     """Rows ok and in error per time bucket (stacked bars) and requests sent for them (line)."""
     if not buckets:
         return _empty(chart_id, WIDE, "no rows")
@@ -154,7 +147,7 @@ def timeline(chart_id: str, buckets: list[Bucket], bucket_s: int) -> str:
         x = left + i * bar_w
         ok_h, err_h = plot_h * b.ok / y_max, plot_h * b.error / y_max
         base = top + plot_h
-        when = f"{_clock(b.start_s)}-{_clock(b.start_s + bucket_s)}"
+        when = f"{clock(b.start_s)}-{clock(b.start_s + bucket_s)}"
         parts.append(
             f'<rect class="bar ok" x="{x + 1:.1f}" y="{base - ok_h:.1f}" width="{max(1.0, bar_w - 2):.1f}" height="{ok_h:.1f}" fill="{_OK}">'
             f"<title>{when}: {b.ok:,} ok</title></rect>"
@@ -170,7 +163,7 @@ def timeline(chart_id: str, buckets: list[Bucket], bucket_s: int) -> str:
     )
     for i in range(0, len(buckets), max(1, len(buckets) // 8)):
         parts.append(
-            f'<text x="{left + i * bar_w:.1f}" y="{height - bottom + 16}" text-anchor="middle">{_clock(i * bucket_s)}</text>'
+            f'<text x="{left + i * bar_w:.1f}" y="{height - bottom + 16}" text-anchor="middle">{clock(i * bucket_s)}</text>'
         )
     parts.append(
         f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">time since the first row started'

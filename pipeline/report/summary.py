@@ -54,8 +54,8 @@ class ModelCost:
 
 
 @dataclass(frozen=True, slots=True)
-class Bin:
-    """One histogram bin ``[low, high)`` (the last one also holds everything above)."""
+class LatencyBin:
+    """One bin ``[low, high)`` ms of the latency histogram (the last one also holds everything above)."""
 
     low: float
     high: float
@@ -63,8 +63,8 @@ class Bin:
 
 
 @dataclass(frozen=True, slots=True)
-class Bucket:
-    """Rows finished in one time bucket, and the requests they took."""
+class TimeBin:
+    """One bin ``[start_s, start_s + bucket_s)`` of the timeline: rows finished in it, and the requests they took."""
 
     start_s: float
     ok: int
@@ -90,11 +90,11 @@ class Report:
     possibly_billed_attempts: int
     cost_by_model: list[ModelCost]
     latency_ms: dict[str, float]
-    latency_histogram: list[Bin]
+    latency_histogram: list[LatencyBin]
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float
-    timeline: list[Bucket]
+    timeline: list[TimeBin]
     bucket_s: int
 
     @property
@@ -147,7 +147,7 @@ def bucket_seconds(span_s: float, buckets: int = MAX_BUCKETS) -> int:
     return math.ceil(span_s / buckets / 86400) * 86400
 
 
-def latency_histogram(latency: pl.Series, bins: int = HISTOGRAM_BINS) -> list[Bin]:
+def latency_histogram(latency: pl.Series, bins: int = HISTOGRAM_BINS) -> list[LatencyBin]:
     """Equal bins from the smallest latency to the largest, or to 1.5 x p99 when a long tail would squash the rest."""
     values = latency.drop_nulls()
     if values.is_empty():
@@ -158,7 +158,10 @@ def latency_histogram(latency: pl.Series, bins: int = HISTOGRAM_BINS) -> list[Bi
     width = (high - low) / bins if high > low else 1.0
     index = ((values - low) / width).floor().clip(0, bins - 1).cast(pl.Int64)
     counts = dict(index.value_counts().iter_rows())
-    return [Bin(low + i * width, low + (i + 1) * width, int(counts.get(i, 0))) for i in range(bins)]
+    return [
+        LatencyBin(low + i * width, low + (i + 1) * width, int(counts.get(i, 0)))
+        for i in range(bins)
+    ]
 
 
 def summarize(path: Path) -> Report:
@@ -202,7 +205,7 @@ def summarize(path: Path) -> Report:
         else 0.0
     )
     width = bucket_seconds(span)
-    timeline: list[Bucket] = []
+    timeline: list[TimeBin] = []
     if started is not None:
         buckets = (
             df.filter(pl.col("finished_at").is_not_null())
@@ -221,7 +224,7 @@ def summarize(path: Path) -> Report:
         found = {int(b): (int(ok), int(err), int(req)) for b, ok, err, req in buckets.iter_rows()}
         for b in range(max(found, default=-1) + 1):
             ok, err, req = found.get(b, (0, 0, 0))
-            timeline.append(Bucket(b * width, ok, err, req))
+            timeline.append(TimeBin(b * width, ok, err, req))
     return Report(
         path=str(path),
         rows=df.height,

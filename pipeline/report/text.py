@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.humanize import usd
 from pipeline.report.summary import Report
-
-
-def usd(value: float) -> str:
-    """``$0.0123`` under a dollar, ``$4.56`` above."""
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 
 def _seconds(value: float) -> str:

@@ -9,10 +9,10 @@ import orjson
 
 from pipeline.errors import BadRowError
 from pipeline.records import ChatRequest, Message, PromptRow
-from pipeline.requests.headers import HeaderTemplates
+from pipeline.requests.headers import HeaderTemplates, split_headers
 from pipeline.requests.images import image_url
 from pipeline.requests.template import render_template
-from pipeline.spec import RequestSpec
+from pipeline.spec import JobSpec, RequestSpec
 
 _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
@@ -133,6 +133,21 @@ class RequestBuilder:
         self._fixed.update(spec.params)
         if response_format is not None:
             self._fixed["response_format"] = response_format
+
+    @classmethod
+    def for_job(
+        cls, job: JobSpec, *, response_format: dict[str, Any] | None = None
+    ) -> RequestBuilder:
+        """The builder of a job: its request, its input's prompt or messages column, and the
+        endpoint's templated headers (the static ones go on the client: ``split_headers``)."""
+        _, templates = split_headers(job.endpoint.headers)
+        return cls(
+            job.request,
+            prompt_column=job.input.prompt_column,
+            messages_column=job.input.messages_column,
+            headers=templates,
+            response_format=response_format,
+        )
 
     @property
     def reads_files(self) -> bool:

@@ -146,11 +146,14 @@ class Runner:
             control=self.control,
         )
         extraction = self.plan.extraction
+        response_format = extraction.response_format() if extraction else None
         reuse = None
         if earlier is not None:
             reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
         return RowJourney(
-            prepare=RequestPreparer(self._builder(), extraction),
+            prepare=RequestPreparer(
+                RequestBuilder.for_job(job, response_format=response_format), extraction
+            ),
             reuse=reuse,
             sender=sender,
             extraction=extraction,
@@ -159,17 +162,6 @@ class Runner:
             default_model=job.request.model,
             source_name=self.source_name,
             stats=self.stats,
-        )
-
-    def _builder(self) -> RequestBuilder:
-        job = self.plan.job
-        extraction = self.plan.extraction
-        return RequestBuilder(
-            job.request,
-            prompt_column=job.input.prompt_column,
-            messages_column=job.input.messages_column,
-            response_format=extraction.response_format() if extraction else None,
-            headers=split_headers(job.endpoint.headers)[1],
         )
 
     async def _run_stages(self, earlier: DoneIndex | None) -> None:

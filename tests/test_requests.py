@@ -1,4 +1,4 @@
-"""Tests of the request builder: derived seeds, canonical bodies, hashes, templates."""
+"""Tests of the request builder: derived seeds, canonical bodies, hashes, templates, a job's builder."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pipeline.errors import BadRowError
 from pipeline.records import PromptRow
 from pipeline.requests import (
+    HeaderTemplates,
     RequestBuilder,
     derive_seed,
     encode_body,
@@ -22,7 +23,7 @@ from pipeline.requests import (
     request_hash,
     template_fields,
 )
-from pipeline.spec import RequestSpec
+from pipeline.spec import JobSpec, RequestSpec, parse_job
 
 
 def spec(**fields: Any) -> RequestSpec:
@@ -402,3 +403,57 @@ def test_request_carries_the_estimate() -> None:
     request = builder.build(row({"text": "t" * 400}))
     assert request.estimated_prompt_tokens == (40 + 400) // 4 + 2 * 4 + 3
     assert request.max_tokens is None
+
+
+# ---- a job's builder --------------------------------------------------------------------
+
+
+def job(**sections: dict[str, Any]) -> JobSpec:
+    data: dict[str, Any] = {
+        "name": "j",
+        "input": {"path": "rows.jsonl", "prompt_column": "text"},
+        "request": {"model": "gpt-4o-mini", "system": "Be brief.", "temperature": 0.0},
+        "endpoint": {"base_url": "http://127.0.0.1:9/v1"},
+    }
+    for name, fields in sections.items():
+        data[name] = {**data.get(name, {}), **fields}
+    return parse_job(data)
+
+
+def test_for_job_builds_what_the_job_describes() -> None:
+    the_job = job(endpoint={"headers": {"x-static": "on", "x-trace": "t-{id}"}})
+    builder = RequestBuilder.for_job(the_job)
+    by_hand = RequestBuilder(
+        the_job.request,
+        prompt_column="text",
+        headers=HeaderTemplates({"x-trace": "t-{id}"}),
+    )
+
+    request = builder.build(row({"text": "hi"}, row_id="r7"))
+
+    assert request == by_hand.build(row({"text": "hi"}, row_id="r7"))
+    assert request.headers == {"x-trace": "t-r7"}  # the static header goes on the client
+    assert orjson.loads(request.body)["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+    ]
+
+
+def test_for_job_without_templated_headers_sends_none() -> None:
+    request = RequestBuilder.for_job(job(endpoint={"headers": {"x-static": "on"}})).build(
+        row({"text": "hi"})
+    )
+    assert request.headers is None
+
+
+def test_for_job_reads_the_messages_column_and_takes_a_response_format() -> None:
+    the_job = job(input={"prompt_column": None, "messages_column": "messages"})
+    fmt = {"type": "json_object"}
+    messages = [{"role": "user", "content": "hi"}]
+
+    body = orjson.loads(
+        RequestBuilder.for_job(the_job, response_format=fmt).build(row({"messages": messages})).body
+    )
+
+    assert body["messages"] == messages
+    assert body["response_format"] == fmt
