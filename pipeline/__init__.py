@@ -1,5 +1,7 @@
 """Asynchronous batch pipeline for OpenAI-compatible chat completions."""
 
+__version__ = "0.1.0"  # first: modules imported below read it
+
 from pipeline.errors import PipelineError, UserError
 from pipeline.records import Outcome, PromptRow, RunSummary
 from pipeline.runner import Runner, plan_run
@@ -17,5 +19,3 @@ __all__ = [
     "load_job",
     "plan_run",
 ]
-
-__version__ = "0.1.0"

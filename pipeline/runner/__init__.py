@@ -13,13 +13,62 @@ the order the models are listed. In JSON mode each answer is parsed
 up to ``json_retries`` times, each re-ask a new request through the same retry and
 limiter path.
 
+    lifecycle.py  run_job: the job loaded, the lock, skip-if-complete, the run, the exit
+                  code, the manifest and the closing job.finished event (the URL of the
+                  fake server, for base_url = "fake", is handed in by the caller)
     plan.py       RunPlan, plan_run: the input checked, the output path filled in
-    endpoint.py   the job's endpoint, or the built-in fake server started for it
     rows.py       RowProcessor: one row -> its outcomes (build, reuse, send, parse, price)
     run.py        Runner: the task group, stopping, signals, the writer, the summary
 """
 
+from pipeline.runner.lifecycle import (
+    EXIT_ABORTED,
+    EXIT_BUDGET,
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_TOO_MANY_ERRORS,
+    EXIT_USER_ERROR,
+    EXIT_WRITE_FAILED,
+    EndpointOpener,
+    PreparedRun,
+    RunOptions,
+    RunResult,
+    api_key_for,
+    execute_run,
+    job_prices,
+    prepare_run,
+    run_job,
+)
 from pipeline.runner.plan import RunPlan, new_run_id, plan_run, resolve_output
 from pipeline.runner.run import DEFAULT_GRACE_S, Runner
 
-__all__ = ["DEFAULT_GRACE_S", "RunPlan", "Runner", "new_run_id", "plan_run", "resolve_output"]
+__all__ = [
+    "DEFAULT_GRACE_S",
+    "EXIT_ABORTED",
+    "EXIT_BUDGET",
+    "EXIT_BUG",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_TOO_MANY_ERRORS",
+    "EXIT_USER_ERROR",
+    "EXIT_WRITE_FAILED",
+    "EndpointOpener",
+    "PreparedRun",
+    "RunOptions",
+    "RunPlan",
+    "RunResult",
+    "Runner",
+    "api_key_for",
+    "execute_run",
+    "job_prices",
+    "new_run_id",
+    "plan_run",
+    "prepare_run",
+    "resolve_output",
+    "run_job",
+]

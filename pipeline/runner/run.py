@@ -16,12 +16,11 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
-from pipeline.errors import OutputError
+from pipeline.errors import JobError, OutputError
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
 from pipeline.records import Ended, Outcome, PromptRow, RunStats, RunSummary
 from pipeline.results import DoneIndex, PartWriter, recorded_cost
-from pipeline.runner.endpoint import endpoint_url
 from pipeline.runner.plan import RunPlan, models_of, optional_columns
 from pipeline.runner.rows import RowProcessor, Stopped
 
@@ -44,6 +43,7 @@ class Runner:
         plan: RunPlan,
         *,
         api_key: str | None,
+        base_url: str | None = None,
         progress: ProgressLine | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         fresh: bool = False,
@@ -53,8 +53,13 @@ class Runner:
         prices: PriceTable | None = None,
     ) -> None:
         job = plan.job
+        if job.endpoint.is_fake and base_url is None:
+            raise JobError(
+                "base_url = 'fake' is started by the `pipeline` command; pass base_url=..."
+            )
         self.plan = plan
         self.api_key = api_key
+        self.base_url = base_url
         self.stats = RunStats(total=plan.rows * len(models_of(job)))
         self._stopping = anyio.Event()
         self.rows = RowProcessor(
@@ -138,18 +143,15 @@ class Runner:
 
     async def _run_stages(self, workers: int) -> None:
         job = self.plan.job
-        async with (
-            endpoint_url(job) as base_url,
-            ChatClient(
-                job.endpoint,
-                api_key=self.api_key,
-                max_connections=job.limits.concurrency,
-                base_url=base_url,
-                transport=self._transport,
-                headers=self.rows.static_headers,
-                stream=job.request.stream,
-            ) as client,
-        ):
+        async with ChatClient(
+            job.endpoint,
+            api_key=self.api_key,
+            max_connections=job.limits.concurrency,
+            base_url=self.base_url,
+            transport=self._transport,
+            headers=self.rows.static_headers,
+            stream=job.request.stream,
+        ) as client:
             self.rows.client = client
             rows_send, rows_receive = anyio.create_memory_object_stream[PromptRow](
                 max(_ROW_BUFFER, 2 * workers)
@@ -198,28 +200,7 @@ class Runner:
 
     def _summary(self) -> RunSummary:
         ended = self._ended if self._stopping.is_set() else Ended.COMPLETE
-        summary = self.stats.summary(str(self.plan.output_path), ended, self._reason)
-        log.info(
-            "job.finished",
-            job=self.plan.job.name,
-            run_id=self.plan.run_id,
-            ended=summary.ended,
-            reason=summary.reason,
-            output=summary.output_path,
-            rows=summary.rows_total,
-            ok=summary.rows_ok,
-            error=summary.rows_error,
-            reused=summary.rows_reused,
-            errors_by_type=summary.errors_by_type,
-            prompt_tokens=summary.prompt_tokens,
-            completion_tokens=summary.completion_tokens,
-            requests=summary.requests_sent,
-            json_reasks=summary.json_reasks,
-            elapsed_s=round(summary.elapsed_s, 3),
-            cost_usd=round(summary.cost_usd, 6),
-            possibly_billed_attempts=summary.possibly_billed_attempts,
-        )
-        return summary
+        return self.stats.summary(str(self.plan.output_path), ended, self._reason)
 
     async def _read(self, send: MemoryObjectSendStream[PromptRow]) -> None:
         """Feed rows, a batch at a time from a thread, keeping the buffer ahead of the workers full.
