@@ -1,10 +1,14 @@
-"""Asynchronous batch pipeline for OpenAI-compatible chat completions."""
+"""Asynchronous batch pipeline for OpenAI-compatible chat completions.
+
+``run_job`` runs a job from Python as ``pipeline run`` does (lock, manifest, exit code).
+"""
 
 __version__ = "0.1.0"  # first: modules imported below read it
 
+from pipeline.cli import run_job
 from pipeline.errors import PipelineError, UserError
 from pipeline.records import Outcome, PromptRow, RunSummary
-from pipeline.runner import Runner, plan_run
+from pipeline.runner import Runner, RunOptions, RunResult, plan_run
 from pipeline.spec import JobSpec, load_job
 
 __all__ = [
@@ -12,10 +16,13 @@ __all__ = [
     "Outcome",
     "PipelineError",
     "PromptRow",
+    "RunOptions",
+    "RunResult",
     "RunSummary",
     "Runner",
     "UserError",
     "__version__",
     "load_job",
     "plan_run",
+    "run_job",
 ]
