@@ -1,21 +1,27 @@
-"""Asynchronous batch pipeline for OpenAI-compatible chat completions."""
+"""Asynchronous batch pipeline for OpenAI-compatible chat completions.
 
+``run_job`` runs a job from Python as ``pipeline run`` does (lock, manifest, exit code).
+"""
+
+from pipeline.cli import run_job
 from pipeline.errors import PipelineError, UserError
 from pipeline.records import Outcome, PromptRow, RunSummary
-from pipeline.runner import Runner, plan_run
+from pipeline.runner import Runner, RunOptions, RunResult, plan_run
 from pipeline.spec import JobSpec, load_job
+from pipeline.version import __version__
 
 __all__ = [
     "JobSpec",
     "Outcome",
     "PipelineError",
     "PromptRow",
+    "RunOptions",
+    "RunResult",
     "RunSummary",
     "Runner",
     "UserError",
     "__version__",
     "load_job",
     "plan_run",
+    "run_job",
 ]
-
-__version__ = "0.1.0"

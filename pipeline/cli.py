@@ -1,15 +1,8 @@
-"""argv -> load job -> configure logging -> run; maps errors to exit codes.
+"""argv -> command; prints, exits; starts the fake server for ``base_url = "fake"``.
 
-Exit codes (stable, documented in the README):
-    0   success: the output is complete (or already was)
-    1   an internal error (a bug): the traceback is printed
-    2   a user error (bad job, bad input, unwritable output) before anything was sent
-    3   the run finished, but more rows failed than ``limits.max_error_rate`` allows
-    4   aborted: the endpoint refused every request (bad key, unknown model or path)
-    5   results could not be written mid-run (disk full?); what was written is kept
-    6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
-    75  another run is writing the same output (locked)
-    130 interrupted by SIGINT (143: by SIGTERM); run the same command again to resume
+``run`` is ``pipeline.runner.lifecycle`` (lock, skip-if-complete, exit code, manifest) with
+the progress line, logging and the fake server added; the exit codes are documented
+there and in the README, and re-exported here. ``run_job`` is the same, as a function.
 """
 
 from __future__ import annotations
@@ -17,45 +10,90 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
-from datetime import UTC, date, datetime
+from collections.abc import AsyncIterator
+from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TextIO, cast
 
 import anyio
 import structlog
 
-from pipeline import __version__, estimate, fake
-from pipeline.budget import budget_price
+from pipeline import estimate, fake
 from pipeline.errors import JobError, OutputError, UserError
-from pipeline.lock import LockedError, OutputLock
+from pipeline.lock import LockedError
 from pipeline.log import configure_logging
-from pipeline.manifest import (
-    Manifest,
-    file_sha256,
-    input_fingerprint,
-    read_manifest,
-    write_manifest,
-)
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, usd
 from pipeline.records import Ended, RunSummary
 from pipeline.requests import RequestBuilder
-from pipeline.runner import DEFAULT_GRACE_S, Runner, RunPlan, plan_run
+from pipeline.runner import (
+    DEFAULT_GRACE_S,
+    EXIT_ABORTED,
+    EXIT_BUDGET,
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_TOO_MANY_ERRORS,
+    EXIT_USER_ERROR,
+    EXIT_WRITE_FAILED,
+    RunOptions,
+    RunPlan,
+    RunResult,
+    api_key_for,
+    execute_run,
+    job_prices,
+    lifecycle,
+    plan_run,
+    prepare_run,
+)
 from pipeline.spec import JobSpec, load_job
 
-EXIT_OK = 0
-EXIT_BUG = 1
-EXIT_USER_ERROR = 2
-EXIT_TOO_MANY_ERRORS = 3
-EXIT_ABORTED = 4
-EXIT_WRITE_FAILED = 5
-EXIT_BUDGET = 6
-EXIT_LOCKED = 75
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
+__all__ = [
+    "EXIT_ABORTED",
+    "EXIT_BUDGET",
+    "EXIT_BUG",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_TOO_MANY_ERRORS",
+    "EXIT_USER_ERROR",
+    "EXIT_WRITE_FAILED",
+    "build_parser",
+    "main",
+    "open_endpoint",
+    "run_job",
+]
+
+log = structlog.get_logger("pipeline")
+
+
+@contextlib.asynccontextmanager
+async def open_endpoint(job: JobSpec) -> AsyncIterator[str | None]:
+    """Start the built-in fake server when the job asks for it (on the running event loop);
+    yield its URL, or None: the job's own endpoint."""
+    if not job.endpoint.is_fake:
+        yield None
+        return
+    config = fake.FakeConfig.from_options(**job.fake.model_dump())
+    async with fake.serve(config) as server:
+        log.info("fake_server.started", base_url=server.base_url)
+        yield server.base_url
+
+
+def run_job(job: str | Path | JobSpec, options: RunOptions | None = None) -> RunResult:
+    """Run a job as ``pipeline run`` does, from Python (a notebook, a scheduler's task).
+
+    The same lock, skip-if-complete, manifest and exit code as the command; the built-in
+    fake server is started for ``base_url = "fake"``. Logging stays as the caller set it
+    up (``pipeline.log.configure_logging`` is the command's). Raises ``UserError`` (a bad
+    job, input or key: exit code 2) and ``LockedError`` (another run holds the output: 75).
+    """
+    return lifecycle.run_job(job, options, open_endpoint=open_endpoint)
 
 
 def _positive_int(text: str) -> int:
@@ -143,29 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def api_key_for(job: JobSpec) -> str | None:
-    """The API key from the variable the job names; a missing variable is a user error."""
-    name = job.endpoint.api_key_env
-    if name is None:
-        return None
-    value = os.environ.get(name)
-    if not value:
-        raise JobError(f"environment variable {name} (named by [endpoint] api_key_env) is not set")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise JobError(
-            f"environment variable {name} holds a control character (a line ending from an env file?)"
-        )
-    return value
-
-
-def job_prices(job: JobSpec, price_file: Path | None) -> PriceTable:
-    """The run's price table; a budget for a model without a price is a user error."""
-    prices = PriceTable.for_job(job.prices, price_file)
-    for model in [job.request.model] if job.request.model else job.request.models or []:
-        budget_price(job.limits.max_cost_usd, model, prices)
-    return prices
-
-
 def _cost_line(summary: RunSummary) -> str:
     text = f"cost {usd(summary.cost_usd)}"
     if summary.unpriced_rows:
@@ -190,69 +205,6 @@ def _print_summary(summary: RunSummary) -> None:
     )
     if summary.complete:
         print(f"output: {summary.output_path}")
-
-
-def _exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
-    """The exit code of a run that got to its end, and the reason in words."""
-    codes = {
-        Ended.INTERRUPTED: EXIT_INTERRUPTED,
-        Ended.TERMINATED: EXIT_TERMINATED,
-        Ended.ABORTED: EXIT_ABORTED,
-        Ended.BUDGET: EXIT_BUDGET,
-    }
-    if summary.ended in codes:
-        return codes[summary.ended], summary.reason or summary.ended.value
-    limit = job.limits.max_error_rate
-    if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
-        rate = summary.rows_error / summary.rows_total
-        return (
-            EXIT_TOO_MANY_ERRORS,
-            f"{rate:.1%} of rows failed, above limits.max_error_rate {limit:.1%}",
-        )
-    return EXIT_OK, "complete"
-
-
-def _manifest(
-    args: argparse.Namespace,
-    job: JobSpec,
-    plan: RunPlan,
-    summary: RunSummary,
-    code: int,
-    reason: str,
-    job_sha256: str,
-    fingerprint: dict[str, Any],
-    started: datetime,
-) -> Manifest:
-    """The record of a run that got to its end (complete or not)."""
-    return Manifest(
-        run_id=plan.run_id,
-        job_name=job.name,
-        job_file=str(args.job),
-        job_sha256=job_sha256,
-        input=fingerprint,
-        input_rows=plan.rows,
-        limit=args.limit,
-        output=str(plan.output_path),
-        complete=summary.complete,
-        exit_code=code,
-        exit_reason=reason,
-        rows_by_status={"ok": summary.rows_ok, "error": summary.rows_error},
-        rows_by_error_type=summary.errors_by_type,
-        rows_sent=summary.rows_sent,
-        rows_reused=summary.rows_reused,
-        requests_sent=summary.requests_sent,
-        prompt_tokens=summary.prompt_tokens,
-        completion_tokens=summary.completion_tokens,
-        duration_s=round(summary.elapsed_s, 3),
-        started_at=started.isoformat(),
-        finished_at=datetime.now(UTC).isoformat(),
-        pipeline_version=__version__,
-        cost_usd=round(summary.cost_usd, 6),
-        earlier_cost_usd=round(summary.earlier_cost_usd, 6),
-        unpriced_rows=summary.unpriced_rows,
-        possibly_billed_attempts=summary.possibly_billed_attempts,
-        max_cost_usd=job.limits.max_cost_usd,
-    )
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -283,13 +235,20 @@ def _estimate(args: argparse.Namespace) -> int:
     sample = None
     if args.sample:
         sample = anyio.run(
-            partial(estimate.run_sample, plan, args.sample, api_key=api_key, prices=prices),
+            partial(_sample, plan, args.sample, api_key=api_key, prices=prices),
             backend="asyncio",
         )
     price = prices.lookup(sample.model if sample else None, job.request.model)
     print(f"{args.job}: {plan.input_path}, model {job.request.model}")
     print(estimate.render(estimate.extrapolate(job, count, price, sample), job))
     return EXIT_OK
+
+
+async def _sample(
+    plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable
+) -> estimate.Sample:
+    async with open_endpoint(plan.job) as base_url:
+        return await estimate.run_sample(plan, n, api_key=api_key, prices=prices, base_url=base_url)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -308,14 +267,18 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    job = load_job(args.job)
-    api_key = api_key_for(job)
-    prices = job_prices(job, args.prices)
-    plan = plan_run(
-        job, input_path=args.input, output_path=args.output, limit=args.limit, day=args.date
+    options = RunOptions(
+        input=args.input,
+        output=args.output,
+        limit=args.limit,
+        date=args.date,
+        fresh=args.fresh,
+        retry_errors=args.retry_errors,
+        force=args.force,
+        grace_s=args.grace_s,
+        prices=args.prices,
     )
-    job_sha256 = file_sha256(args.job)
-    fingerprint = input_fingerprint(plan.input_path)
+    prepared = prepare_run(args.job, options)
     progress = ProgressLine(sys.stderr)
     with contextlib.ExitStack() as stack:
         stream = cast("TextIO", progress.lines_above()) if progress.enabled else sys.stderr
@@ -327,69 +290,40 @@ def _run(args: argparse.Namespace) -> int:
                 raise JobError(
                     f"--log-file {args.log_file}: cannot write: {exc.strerror}"
                 ) from None
-        configure_logging(secrets=[api_key] if api_key else [], stream=stream)
-        try:
-            lock = stack.enter_context(OutputLock(plan.output_path))
-        except OSError as exc:
-            raise OutputError(f"{plan.output_path}: cannot write output: {exc.strerror}") from None
-        if lock.previous is not None:
-            structlog.get_logger("pipeline").warning("lock.taken_over", previous=lock.previous)
-        earlier = read_manifest(plan.output_path)
-        if (
-            not (args.force or args.fresh or args.retry_errors)
-            and earlier is not None
-            and plan.output_path.exists()
-            and earlier.same_work(job_sha256, fingerprint, args.limit)
-        ):
-            # a finished run with too many errors stays a failure when run again
-            code = EXIT_TOO_MANY_ERRORS if earlier.exit_code == EXIT_TOO_MANY_ERRORS else EXIT_OK
-            structlog.get_logger("pipeline").info(
-                "job.already_complete",
-                run_id=earlier.run_id,
-                output=str(plan.output_path),
-                exit_code=code,
-            )
-            print(
-                f"already complete (run {earlier.run_id}): {plan.output_path}; --force to run again"
-            )
-            if code != EXIT_OK:
-                print(f"finished: {earlier.exit_reason}", file=sys.stderr)
-            return code
-        runner = Runner(
-            plan,
-            api_key=api_key,
-            progress=progress,
-            fresh=args.fresh,
-            retry_errors=args.retry_errors,
-            grace_s=args.grace_s,
-            handle_signals=True,
-            prices=prices,
+        configure_logging(secrets=prepared.secrets, stream=stream)
+        result = execute_run(
+            prepared, open_endpoint=open_endpoint, progress=progress, handle_signals=True
         )
-        started = datetime.now(UTC)
-        try:
-            summary = anyio.run(runner.run, backend="asyncio")
-        except OutputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            print(
-                "every row written before this is kept; run the same command again to resume",
-                file=sys.stderr,
-            )
-            return EXIT_WRITE_FAILED
-        code, reason = _exit_code(job, summary)
-        write_manifest(
-            plan.output_path,
-            _manifest(args, job, plan, summary, code, reason, job_sha256, fingerprint, started),
+    return _print_result(result)
+
+
+def _print_result(result: RunResult) -> int:
+    if result.already_complete:
+        print(f"already complete (run {result.run_id}): {result.output_path}; --force to run again")
+        if result.exit_code != EXIT_OK:
+            print(f"finished: {result.reason}", file=sys.stderr)
+        return result.exit_code
+    summary = result.summary
+    if summary is None:  # EXIT_WRITE_FAILED: results could not be written
+        print(f"error: {result.reason}", file=sys.stderr)
+        print(
+            "every row written before this is kept; run the same command again to resume",
+            file=sys.stderr,
         )
+        return result.exit_code
     _print_summary(summary)
-    if code != EXIT_OK:
-        print(f"{'stopped' if not summary.complete else 'finished'}: {reason}", file=sys.stderr)
+    if result.exit_code != EXIT_OK:
+        print(
+            f"{'stopped' if not summary.complete else 'finished'}: {result.reason}",
+            file=sys.stderr,
+        )
     if not summary.complete:
         again = "raise limits.max_cost_usd and run" if summary.ended is Ended.BUDGET else "run"
         print(
-            f"{summary.rows_total} of {runner.stats.total} rows done; {again} the same command again to resume",
+            f"{summary.rows_total} of {result.rows_planned} rows done; {again} the same command again to resume",
             file=sys.stderr,
         )
-    return code
+    return result.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,9 @@ def count_prompts(plan: RunPlan, builder: RequestBuilder, *, keep_ids: int = 0) 
     return PromptCount(rows, bad, tokens, by_id)
 
 
-async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable) -> Sample:
+async def run_sample(
+    plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable, base_url: str | None = None
+) -> Sample:
     """Send the job's first ``n`` rows for real, into a temporary output; measure them."""
     job = plan.job
     builder = RequestBuilder.for_job(job)
@@ -145,7 +147,9 @@ async def run_sample(plan: RunPlan, n: int, *, api_key: str | None, prices: Pric
             partial(count_prompts, sample_plan, builder, keep_ids=limit)
         )
         estimated = counted.by_id
-        summary = await Runner(sample_plan, api_key=api_key, prices=prices, fresh=True).run()
+        summary = await Runner(
+            sample_plan, api_key=api_key, base_url=base_url, prices=prices, fresh=True
+        ).run()
         df = await anyio.to_thread.run_sync(read_results, Path(summary.output_path))
     ok = df.filter(
         pl.col("prompt_tokens").is_not_null() & pl.col("completion_tokens").is_not_null()

@@ -337,8 +337,9 @@ def parse_job(data: dict[str, Any], source: str = "job") -> JobSpec:
         raise JobError(describe_validation_error(source, exc)) from None
 
 
-def load_job(path: Path) -> JobSpec:
+def load_job(path: str | Path) -> JobSpec:
     """Read and validate a job file."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

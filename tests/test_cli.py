@@ -188,10 +188,13 @@ def test_public_surface_is_pinned() -> None:
         "Outcome",
         "PipelineError",
         "PromptRow",
+        "RunOptions",
+        "RunResult",
         "RunSummary",
         "Runner",
         "UserError",
         "__version__",
         "load_job",
         "plan_run",
+        "run_job",
     ]

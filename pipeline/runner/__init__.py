@@ -10,6 +10,9 @@ Rows that fail are data: every input row produces exactly one outcome per model
 ``row.seq * len(models) + model index``, so the output is in input order, then in
 the order the models are listed.
 
+    lifecycle.py  run_job: the job loaded, the lock, skip-if-complete, the run, the exit
+                  code, the manifest and the closing job.finished event (the URL of the
+                  fake server, for base_url = "fake", is handed in by the caller)
     plan.py       RunPlan, plan_run: the input checked, the output path filled in
     run.py        Runner: the task group (reader -> workers -> writer), signals, the summary
     control.py    RunControl (the stop flag, how the run ended), RefusalWatch, Stopped
@@ -18,10 +21,56 @@ the order the models are listed.
     reuse.py      Reuse: results an earlier run of the same output already has
     send.py       Sender protocol; LiveSender: slot, budget, limiter, client, retries, settle
     outcome.py    the only place a reply, a ledger or an error becomes an output row
-    endpoint.py   the job's endpoint, or the built-in fake server started for it
 """
 
+from pipeline.runner.lifecycle import (
+    EXIT_ABORTED,
+    EXIT_BUDGET,
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_TOO_MANY_ERRORS,
+    EXIT_USER_ERROR,
+    EXIT_WRITE_FAILED,
+    EndpointOpener,
+    PreparedRun,
+    RunOptions,
+    RunResult,
+    api_key_for,
+    execute_run,
+    job_prices,
+    prepare_run,
+    run_job,
+)
 from pipeline.runner.plan import RunPlan, new_run_id, plan_run, resolve_output
 from pipeline.runner.run import DEFAULT_GRACE_S, Runner
 
-__all__ = ["DEFAULT_GRACE_S", "RunPlan", "Runner", "new_run_id", "plan_run", "resolve_output"]
+__all__ = [
+    "DEFAULT_GRACE_S",
+    "EXIT_ABORTED",
+    "EXIT_BUDGET",
+    "EXIT_BUG",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_TOO_MANY_ERRORS",
+    "EXIT_USER_ERROR",
+    "EXIT_WRITE_FAILED",
+    "EndpointOpener",
+    "PreparedRun",
+    "RunOptions",
+    "RunPlan",
+    "RunResult",
+    "Runner",
+    "api_key_for",
+    "execute_run",
+    "job_prices",
+    "new_run_id",
+    "plan_run",
+    "prepare_run",
+    "resolve_output",
+    "run_job",
+]

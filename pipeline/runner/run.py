@@ -16,7 +16,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
-from pipeline.errors import OutputError
+from pipeline.errors import JobError, OutputError
 from pipeline.limits import RateLimiter
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
@@ -24,7 +24,6 @@ from pipeline.records import Ended, Outcome, PromptRow, RunStats, RunSummary
 from pipeline.requests import RequestBuilder, split_headers
 from pipeline.results import DoneIndex, PartWriter, recorded_cost
 from pipeline.runner.control import RunControl, Stopped
-from pipeline.runner.endpoint import endpoint_url
 from pipeline.runner.journey import RowJourney
 from pipeline.runner.plan import RunPlan, models_of, optional_columns
 from pipeline.runner.prepare import RequestPreparer
@@ -50,6 +49,7 @@ class Runner:
         plan: RunPlan,
         *,
         api_key: str | None,
+        base_url: str | None = None,
         progress: ProgressLine | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         fresh: bool = False,
@@ -59,8 +59,13 @@ class Runner:
         prices: PriceTable | None = None,
     ) -> None:
         job = plan.job
+        if job.endpoint.is_fake and base_url is None:
+            raise JobError(
+                "base_url = 'fake' is started by the `pipeline` command; pass base_url=..."
+            )
         self.plan = plan
         self.api_key = api_key
+        self.base_url = base_url
         self.models = models_of(job)
         self.stats = RunStats(total=plan.rows * len(self.models))
         self.control = RunControl(grace_s)
@@ -168,12 +173,11 @@ class Runner:
         job = self.plan.job
         workers = 2 * job.limits.concurrency
         async with (
-            endpoint_url(job) as base_url,
             ChatClient(
                 job.endpoint,
                 api_key=self.api_key,
                 max_connections=job.limits.concurrency,
-                base_url=base_url,
+                base_url=self.base_url,
                 transport=self._transport,
                 headers=split_headers(job.endpoint.headers)[0],
                 stream=job.request.stream,
@@ -229,28 +233,7 @@ class Runner:
 
     def _summary(self) -> RunSummary:
         control = self.control
-        summary = self.stats.summary(str(self.plan.output_path), control.ended, control.reason)
-        log.info(
-            "job.finished",
-            job=self.plan.job.name,
-            run_id=self.plan.run_id,
-            ended=summary.ended,
-            reason=summary.reason,
-            output=summary.output_path,
-            rows=summary.rows_total,
-            ok=summary.rows_ok,
-            error=summary.rows_error,
-            reused=summary.rows_reused,
-            errors_by_type=summary.errors_by_type,
-            prompt_tokens=summary.prompt_tokens,
-            completion_tokens=summary.completion_tokens,
-            requests=summary.requests_sent,
-            json_reasks=summary.json_reasks,
-            elapsed_s=round(summary.elapsed_s, 3),
-            cost_usd=round(summary.cost_usd, 6),
-            possibly_billed_attempts=summary.possibly_billed_attempts,
-        )
-        return summary
+        return self.stats.summary(str(self.plan.output_path), control.ended, control.reason)
 
     async def _read(self, send: MemoryObjectSendStream[PromptRow]) -> None:
         """Feed rows, a batch at a time from a thread, keeping the buffer ahead of the workers full.

@@ -15,9 +15,8 @@ from pathlib import Path
 import anyio
 import httpx
 
-from pipeline.cli import api_key_for
 from pipeline.log import configure_logging
-from pipeline.runner import Runner, plan_run
+from pipeline.runner import Runner, api_key_for, plan_run
 from pipeline.spec import load_job
 
 

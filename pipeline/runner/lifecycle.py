@@ -1,0 +1,403 @@
+"""A run's lifecycle, owned here alone: job -> plan -> lock -> skip-if-complete -> run ->
+exit code -> manifest and the closing ``job.finished`` event.
+
+Exit codes (stable, documented in the README):
+    0   success: the output is complete (or already was)
+    1   an internal error (a bug): the traceback is printed
+    2   a user error (bad job, bad input, unwritable output) before anything was sent
+    3   the run finished, but more rows failed than ``limits.max_error_rate`` allows
+    4   aborted: the endpoint refused every request (bad key, unknown model or path)
+    5   results could not be written mid-run (disk full?); what was written is kept
+    6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
+    75  another run is writing the same output (locked)
+    130 interrupted by SIGINT (143: by SIGTERM); run the same command again to resume
+
+Two steps, so the caller can set up logging (with the key to redact) in between:
+``prepare_run`` checks everything and sends nothing; ``execute_run`` takes the lock and
+runs. ``run_job`` is both. Codes 1, 2, 75 and 130-by-KeyboardInterrupt are exceptions
+here (``UserError``, ``LockedError``, ...), mapped by the CLI; the others are returned.
+
+The built-in fake server is not started here (nothing under ``pipeline.runner`` imports
+the fake server's package): the caller passes ``open_endpoint``, an async context manager factory
+that yields the URL to use instead of the job's (the CLI's starts the fake for
+``base_url = "fake"`` on the run's own event loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from pipeline.budget import budget_price
+from pipeline.errors import JobError, OutputError
+from pipeline.lock import OutputLock
+from pipeline.manifest import (
+    Manifest,
+    file_sha256,
+    input_fingerprint,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
+from pipeline.prices import PriceTable
+from pipeline.progress import ProgressLine
+from pipeline.records import Ended, RunSummary
+from pipeline.runner.plan import RunPlan, models_of, plan_run
+from pipeline.runner.run import DEFAULT_GRACE_S, Runner
+from pipeline.spec import JobSpec, load_job
+from pipeline.version import __version__
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_USER_ERROR = 2
+EXIT_TOO_MANY_ERRORS = 3
+EXIT_ABORTED = 4
+EXIT_WRITE_FAILED = 5
+EXIT_BUDGET = 6
+EXIT_LOCKED = 75
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+_ENDED_CODES = {
+    Ended.INTERRUPTED: EXIT_INTERRUPTED,
+    Ended.TERMINATED: EXIT_TERMINATED,
+    Ended.ABORTED: EXIT_ABORTED,
+    Ended.BUDGET: EXIT_BUDGET,
+}
+
+EndpointOpener = Callable[[JobSpec], AbstractAsyncContextManager[str | None]]
+"""Given the job, an async context manager yielding the URL to send to instead of the
+job's ``base_url`` (None: the job's own); entered on the run's event loop."""
+
+log = structlog.get_logger("pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What ``pipeline run``'s flags change; the defaults are the flags left out."""
+
+    input: Path | None = None
+    """Read this input instead of ``[input] path``."""
+    output: Path | None = None
+    """Write here instead of ``[output] path``."""
+    limit: int | None = None
+    """Only the first N rows."""
+    date: dt.date | None = None
+    """Fill ``{date}`` in the output path with this day (backfill)."""
+    fresh: bool = False
+    """Ignore earlier results: send every row again."""
+    retry_errors: bool = False
+    """Send again the rows whose last result was an error."""
+    force: bool = False
+    """Run even when the output is already complete."""
+    grace_s: float = DEFAULT_GRACE_S
+    """On stopping, how long in-flight requests may finish."""
+    prices: Path | None = None
+    """A price file (JSON or TOML) over the job's and the packaged prices."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRun:
+    """A run checked and planned, nothing sent and no lock taken yet."""
+
+    job: JobSpec
+    job_file: str
+    job_sha256: str
+    plan: RunPlan
+    prices: PriceTable
+    fingerprint: dict[str, Any]
+    options: RunOptions
+    api_key: str | None = field(repr=False)
+
+    @property
+    def secrets(self) -> list[str]:
+        """The values a log must never show."""
+        return [self.api_key] if self.api_key else []
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended, for the CLI to print and a notebook to inspect.
+
+    ``summary`` is None when nothing ran (``already_complete``: ``run_id`` and ``reason``
+    are the earlier run's) or when the results could not be written (``EXIT_WRITE_FAILED``,
+    ``reason`` the error; no manifest is written then).
+    """
+
+    exit_code: int
+    reason: str
+    output_path: Path
+    manifest_path: Path
+    run_id: str
+    rows_planned: int
+    """Output rows this run had to produce: input rows x models."""
+    summary: RunSummary | None = None
+    already_complete: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Whether the exit code is 0."""
+        return self.exit_code == EXIT_OK
+
+
+def api_key_for(job: JobSpec) -> str | None:
+    """The API key from the variable the job names; a missing variable is a user error."""
+    name = job.endpoint.api_key_env
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise JobError(f"environment variable {name} (named by [endpoint] api_key_env) is not set")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise JobError(
+            f"environment variable {name} holds a control character (a line ending from an env file?)"
+        )
+    return value
+
+
+def job_prices(job: JobSpec, price_file: Path | None) -> PriceTable:
+    """The run's price table; a budget for a model without a price is a user error."""
+    prices = PriceTable.for_job(job.prices, price_file)
+    for model in [job.request.model] if job.request.model else job.request.models or []:
+        budget_price(job.limits.max_cost_usd, model, prices)
+    return prices
+
+
+def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) -> PreparedRun:
+    """Load (a path) and check the job, its key, prices and input; plan the output.
+
+    Sends nothing and takes no lock; raises ``UserError`` on any mistake. A ``JobSpec``
+    given as is has no file: the manifest names it ``<JobSpec NAME>`` and hashes its JSON.
+    """
+    options = options or RunOptions()
+    if isinstance(job, JobSpec):
+        spec, job_file = job, f"<JobSpec {job.name}>"
+        job_sha256 = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
+    else:
+        spec, job_file = load_job(job), str(Path(job))
+        job_sha256 = file_sha256(Path(job))
+    api_key = api_key_for(spec)
+    prices = job_prices(spec, options.prices)
+    plan = plan_run(
+        spec,
+        input_path=options.input,
+        output_path=options.output,
+        limit=options.limit,
+        day=options.date,
+    )
+    return PreparedRun(
+        job=spec,
+        job_file=job_file,
+        job_sha256=job_sha256,
+        plan=plan,
+        prices=prices,
+        fingerprint=input_fingerprint(plan.input_path),
+        options=options,
+        api_key=api_key,
+    )
+
+
+def execute_run(
+    prepared: PreparedRun,
+    *,
+    open_endpoint: EndpointOpener | None = None,
+    progress: ProgressLine | None = None,
+    handle_signals: bool = False,
+) -> RunResult:
+    """Take the output's lock, skip an already complete output, run, write the manifest.
+
+    Raises ``LockedError`` when another run holds the output, ``UserError`` when the
+    output cannot be locked or a fake job comes without ``open_endpoint``.
+    """
+    plan = prepared.plan
+    rows_planned = plan.rows * len(models_of(plan.job))
+    with contextlib.ExitStack() as stack:
+        try:
+            lock = stack.enter_context(OutputLock(plan.output_path))
+        except OSError as exc:
+            raise OutputError(f"{plan.output_path}: cannot write output: {exc.strerror}") from None
+        if lock.previous is not None:
+            log.warning("lock.taken_over", previous=lock.previous)
+        done = _already_complete(prepared, rows_planned)
+        if done is not None:
+            return done
+        started = dt.datetime.now(dt.UTC)
+        try:
+            summary = anyio.run(
+                _run, prepared, open_endpoint, progress, handle_signals, backend="asyncio"
+            )
+        except OutputError as exc:
+            return RunResult(
+                exit_code=EXIT_WRITE_FAILED,
+                reason=str(exc),
+                output_path=plan.output_path,
+                manifest_path=manifest_path(plan.output_path),
+                run_id=plan.run_id,
+                rows_planned=rows_planned,
+            )
+        log_finished(prepared, summary)
+        code, reason = exit_code(prepared.job, summary)
+        written = write_manifest(
+            plan.output_path, build_manifest(prepared, summary, code, reason, started)
+        )
+    return RunResult(
+        exit_code=code,
+        reason=reason,
+        output_path=plan.output_path,
+        manifest_path=written,
+        run_id=plan.run_id,
+        rows_planned=rows_planned,
+        summary=summary,
+    )
+
+
+def run_job(
+    job: str | Path | JobSpec,
+    options: RunOptions | None = None,
+    *,
+    open_endpoint: EndpointOpener | None = None,
+    progress: ProgressLine | None = None,
+    handle_signals: bool = False,
+) -> RunResult:
+    """``prepare_run`` then ``execute_run``: one run of a job, lock and manifest included."""
+    return execute_run(
+        prepare_run(job, options),
+        open_endpoint=open_endpoint,
+        progress=progress,
+        handle_signals=handle_signals,
+    )
+
+
+async def _run(
+    prepared: PreparedRun,
+    open_endpoint: EndpointOpener | None,
+    progress: ProgressLine | None,
+    handle_signals: bool,
+) -> RunSummary:
+    job, options = prepared.job, prepared.options
+    opened = open_endpoint(job) if open_endpoint is not None else contextlib.nullcontext(None)
+    async with opened as base_url:
+        runner = Runner(
+            prepared.plan,
+            api_key=prepared.api_key,
+            base_url=base_url,
+            progress=progress,
+            fresh=options.fresh,
+            retry_errors=options.retry_errors,
+            grace_s=options.grace_s,
+            handle_signals=handle_signals,
+            prices=prepared.prices,
+        )
+        return await runner.run()
+
+
+def _already_complete(prepared: PreparedRun, rows_planned: int) -> RunResult | None:
+    """The result of not running: the output is complete for this very job and input."""
+    plan, options = prepared.plan, prepared.options
+    if options.force or options.fresh or options.retry_errors:
+        return None
+    earlier = read_manifest(plan.output_path)
+    if (
+        earlier is None
+        or not plan.output_path.exists()
+        or not earlier.same_work(prepared.job_sha256, prepared.fingerprint, options.limit)
+    ):
+        return None
+    # a finished run with too many errors stays a failure when run again
+    code = EXIT_TOO_MANY_ERRORS if earlier.exit_code == EXIT_TOO_MANY_ERRORS else EXIT_OK
+    log.info(
+        "job.already_complete", run_id=earlier.run_id, output=str(plan.output_path), exit_code=code
+    )
+    return RunResult(
+        exit_code=code,
+        reason=earlier.exit_reason,
+        output_path=plan.output_path,
+        manifest_path=manifest_path(plan.output_path),
+        run_id=earlier.run_id,
+        rows_planned=rows_planned,
+        already_complete=True,
+    )
+
+
+def exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
+    """The exit code of a run that got to its end, and the reason in words."""
+    if summary.ended in _ENDED_CODES:
+        return _ENDED_CODES[summary.ended], summary.reason or summary.ended.value
+    limit = job.limits.max_error_rate
+    if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
+        rate = summary.rows_error / summary.rows_total
+        return (
+            EXIT_TOO_MANY_ERRORS,
+            f"{rate:.1%} of rows failed, above limits.max_error_rate {limit:.1%}",
+        )
+    return EXIT_OK, "complete"
+
+
+def build_manifest(
+    prepared: PreparedRun, summary: RunSummary, code: int, reason: str, started: dt.datetime
+) -> Manifest:
+    """The record of a run that got to its end (complete or not)."""
+    plan, job = prepared.plan, prepared.job
+    return Manifest(
+        run_id=plan.run_id,
+        job_name=job.name,
+        job_file=prepared.job_file,
+        job_sha256=prepared.job_sha256,
+        input=prepared.fingerprint,
+        input_rows=plan.rows,
+        limit=prepared.options.limit,
+        output=str(plan.output_path),
+        complete=summary.complete,
+        exit_code=code,
+        exit_reason=reason,
+        rows_by_status={"ok": summary.rows_ok, "error": summary.rows_error},
+        rows_by_error_type=summary.errors_by_type,
+        rows_sent=summary.rows_sent,
+        rows_reused=summary.rows_reused,
+        requests_sent=summary.requests_sent,
+        prompt_tokens=summary.prompt_tokens,
+        completion_tokens=summary.completion_tokens,
+        duration_s=round(summary.elapsed_s, 3),
+        started_at=started.isoformat(),
+        finished_at=dt.datetime.now(dt.UTC).isoformat(),
+        pipeline_version=__version__,
+        cost_usd=round(summary.cost_usd, 6),
+        earlier_cost_usd=round(summary.earlier_cost_usd, 6),
+        unpriced_rows=summary.unpriced_rows,
+        possibly_billed_attempts=summary.possibly_billed_attempts,
+        max_cost_usd=job.limits.max_cost_usd,
+    )
+
+
+def log_finished(prepared: PreparedRun, summary: RunSummary) -> None:
+    """The closing ``job.finished`` event of a run that got to its end."""
+    log.info(
+        "job.finished",
+        job=prepared.job.name,
+        run_id=prepared.plan.run_id,
+        ended=summary.ended,
+        reason=summary.reason,
+        output=summary.output_path,
+        rows=summary.rows_total,
+        ok=summary.rows_ok,
+        error=summary.rows_error,
+        reused=summary.rows_reused,
+        errors_by_type=summary.errors_by_type,
+        prompt_tokens=summary.prompt_tokens,
+        completion_tokens=summary.completion_tokens,
+        requests=summary.requests_sent,
+        json_reasks=summary.json_reasks,
+        elapsed_s=round(summary.elapsed_s, 3),
+        cost_usd=round(summary.cost_usd, 6),
+        possibly_billed_attempts=summary.possibly_billed_attempts,
+    )
