@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager, contextmanager
 import orjson
 from aiohttp import web
 
-from pipeline.fake.config import ContentFault, FakeConfig, FakeStats, Fault, RecordedRequest
+from pipeline.fake.config import ContentFault, FakeConfig, Fault
 from pipeline.fake.content import (
     IncomingChat,
     InvalidRequestError,
@@ -33,6 +33,7 @@ from pipeline.fake.content import (
 )
 from pipeline.fake.profiles import Refusal
 from pipeline.fake.ratelimit import ServerQuota, format_duration
+from pipeline.fake.stats import FakeStats, RecordedRequest
 from pipeline.fake.stream import events as stream_events
 from pipeline.fake.stream import write_events
 
