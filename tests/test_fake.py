@@ -11,8 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -33,12 +32,10 @@ from pipeline.fake.content import (
 )
 from pipeline.fake.ratelimit import ServerQuota, format_duration
 from pipeline.fake.structured import SchemaValues, break_schema
+from tests.helpers import REPO, Start
 from tests.schemas import Gen, root_schemas
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-fake-test-secret-0123"
-
-Start = Callable[..., tuple[FakeServer, httpx.Client]]
 
 
 @pytest.fixture
@@ -527,7 +524,7 @@ def test_main_serves_until_sigterm() -> None:
     command = [sys.executable, "-m", "pipeline.fake", "--port", "0", "--api-key-env", "FAKE_KEY"]
     env = {**os.environ, "FAKE_KEY": KEY}
     with subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         try:
             assert process.stdout is not None
