@@ -10,10 +10,7 @@ import polars as pl
 import pytest
 
 from pipeline.cli import main
-from pipeline.fake import FakeServer
-from tests.conftest import make_job, write_job
-
-FakeFactory = Callable[..., FakeServer]
+from tests.helpers import FakeFactory, make_job, write_job
 
 
 def test_validate_accepts_a_good_job(

@@ -10,11 +10,8 @@ import polars as pl
 import pytest
 
 from pipeline.cli import EXIT_BUDGET, main
-from pipeline.fake import FakeServer
 from pipeline.manifest import read_manifest
-from tests.conftest import make_job, write_job
-
-FakeFactory = Callable[..., FakeServer]
+from tests.helpers import FakeFactory, make_job, write_job
 
 
 def test_rows_carry_their_cost_with_cached_and_reasoning_tokens(

@@ -13,14 +13,11 @@ import pytest
 from pipeline.cli import main
 from pipeline.cost import Price
 from pipeline.estimate import PromptCount, Sample, count_prompts, extrapolate, render
-from pipeline.fake import FakeServer
 from pipeline.requests import RequestBuilder
 from pipeline.runner import plan_run
 from pipeline.spec import JobSpec, parse_job
-from tests.conftest import make_job, to_toml, write_job
+from tests.helpers import REPO, FakeFactory, make_job, to_toml, write_job
 
-FakeFactory = Callable[..., FakeServer]
-REPO = Path(__file__).resolve().parents[1]
 PRICE = Price(input=1.0, cached_input=0.5, output=2.0, model="m", as_of="2026-01")
 
 

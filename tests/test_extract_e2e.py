@@ -17,15 +17,12 @@ from jsonschema import Draft202012Validator
 
 from pipeline.cli import main
 from pipeline.errors import InputError, JobError
-from pipeline.fake import FakeServer
 from pipeline.requests import derive_seed, reask_seed
 from pipeline.results import OUTPUT_COLUMNS
 from pipeline.runner import plan_run
 from pipeline.spec import parse_job
-from tests.conftest import make_job, write_job
+from tests.helpers import REPO, FakeFactory, make_job, run_job, write_job
 
-FakeFactory = Callable[..., FakeServer]
-ROOT = Path(__file__).resolve().parents[1]
 ANSWER_ERRORS = {"invalid_json", "schema_mismatch", "truncated"}
 
 SCHEMA: dict[str, Any] = {
@@ -65,11 +62,6 @@ def schema_file(tmp_path: Path, schema: dict[str, Any] = SCHEMA, name: str = "re
     return path
 
 
-def run(tmp_path: Path, job: dict[str, Any]) -> pl.DataFrame:
-    assert main(["run", str(write_job(tmp_path, job))]) == 0
-    return pl.read_parquet(job["output"]["path"])
-
-
 def test_ten_percent_invalid_json_with_two_retries_ends_almost_all_ok(
     tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
 ) -> None:
@@ -80,7 +72,7 @@ def test_ten_percent_invalid_json_with_two_retries_ends_almost_all_ok(
         request={"json_schema": str(schema_file(tmp_path)), "json_retries": 2, "max_tokens": 400},
         limits={"concurrency": 64},
     )  # fmt: skip
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df.height == 1000
     ok = df.filter(pl.col("status") == "ok")
@@ -120,7 +112,7 @@ def test_nested_schema_reads_back_typed_in_polars(
         out,
         request={"json_schema": str(schema_file(tmp_path)), "max_tokens": 400},
     )
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df["status"].unique().to_list() == ["ok"]
     assert df["json_attempts"].unique().to_list() == [1]
@@ -175,7 +167,7 @@ def test_json_object_without_schema_keeps_normalised_json_text(
         out,
         request={"response_format": "json_object", "max_tokens": 200},
     )
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df.columns == [*OUTPUT_COLUMNS, "parsed_json", "json_attempts", "product_id"]
     assert df["status"].unique().to_list() == ["ok"]
@@ -280,7 +272,7 @@ def test_a_job_without_json_mode_keeps_todays_columns(
 ) -> None:
     server = fake_server(record_requests=True, invalid_json_rate=1.0)
     out = tmp_path / "out.parquet"
-    df = run(tmp_path, make_job(reviews(5), server.base_url, out))
+    df = run_job(tmp_path, make_job(reviews(5), server.base_url, out))
     assert df.columns == [*OUTPUT_COLUMNS, "product_id"]
     assert df["status"].unique().to_list() == ["ok"]
     assert all(b"response_format" not in r.body for r in server.stats.requests)
@@ -300,7 +292,7 @@ def test_extract_reviews_example_runs_as_a_subprocess(tmp_path: Path) -> None:
             "--limit",
             "60",
         ],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
@@ -328,7 +320,7 @@ def test_rerun_reuses_re_asked_rows_by_their_first_request(
         reviews(60), server.base_url, out,
         request={"json_schema": str(schema_file(tmp_path)), "json_retries": 3, "max_tokens": 400},
     )  # fmt: skip
-    first = run(tmp_path, job)
+    first = run_job(tmp_path, job)
     assert first.filter(pl.col("json_attempts") > 1).height > 0
     received = server.stats.received
 
@@ -353,7 +345,7 @@ def test_a_changed_local_schema_is_not_reused(
         source, server.base_url, out,
         request={"response_format": "json_object", "json_schema": str(schema_file(tmp_path, first, "a.json")), "max_tokens": 400},
     )  # fmt: skip
-    run(tmp_path, job)
+    run_job(tmp_path, job)
     received = server.stats.received
 
     second = {
@@ -361,7 +353,7 @@ def test_a_changed_local_schema_is_not_reused(
         "properties": {"keywords": {"type": "array", "items": {"type": "string"}}},
     }
     job["request"]["json_schema"] = str(schema_file(tmp_path, second, "b.json"))
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert server.stats.received - received == 8  # the schema is not in the body, yet it changed
     assert df["parsed"].struct.fields == ["keywords"]

@@ -11,8 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -31,14 +30,12 @@ from pipeline.fake.content import (
     generate_content,
     generate_json_content,
 )
-from pipeline.fake.ratelimit import RateLimiter, format_duration
+from pipeline.fake.ratelimit import ServerQuota, format_duration
 from pipeline.fake.structured import SchemaValues, break_schema
+from tests.helpers import REPO, Start
 from tests.schemas import Gen, root_schemas
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-fake-test-secret-0123"
-
-Start = Callable[..., tuple[FakeServer, httpx.Client]]
 
 
 @pytest.fixture
@@ -332,26 +329,26 @@ def test_tokens_limit_admits_an_oversized_request_when_full(start: Start) -> Non
 
 
 def test_rate_limiter_charges_only_admitted_requests() -> None:
-    limiter = RateLimiter(120, None, window_s=1.0, now=0.0)  # capacity 2, 2 per second
-    assert limiter.admit(1, now=0.0).refused is None
-    admitted = limiter.admit(1, now=0.0)
+    quota = ServerQuota(120, None, window_s=1.0, now=0.0)  # capacity 2, 2 per second
+    assert quota.admit(1, now=0.0).refused is None
+    admitted = quota.admit(1, now=0.0)
     assert admitted.headers == {
         "x-ratelimit-limit-requests": "120",
         "x-ratelimit-remaining-requests": "0",
         "x-ratelimit-reset-requests": "1s",
     }
-    refused = limiter.admit(1, now=0.25)
+    refused = quota.admit(1, now=0.25)
     assert (refused.refused, refused.limit, refused.requested, refused.wait_ms) == (
         "requests", 120, 1, 250
     )  # fmt: skip
-    assert limiter.admit(1, now=0.5).refused is None
-    assert limiter.admit(1, now=0.5).refused == "requests"
+    assert quota.admit(1, now=0.5).refused is None
+    assert quota.admit(1, now=0.5).refused == "requests"
 
 
 def test_rate_limiter_waits_for_both_buckets() -> None:
-    limiter = RateLimiter(60, 600, window_s=1.0, now=0.0)  # 1 request, 10 tokens
-    assert limiter.admit(30, now=0.0).refused is None  # tokens now at -20: 3 s of debt
-    refused = limiter.admit(1, now=0.0)
+    quota = ServerQuota(60, 600, window_s=1.0, now=0.0)  # 1 request, 10 tokens
+    assert quota.admit(30, now=0.0).refused is None  # tokens now at -20: 3 s of debt
+    refused = quota.admit(1, now=0.0)
     assert refused.refused == "requests"
     assert refused.wait_ms == 2100  # tokens need 2.1 s to reach a cost of 1
     assert refused.headers["x-ratelimit-reset-tokens"] == "3s"
@@ -527,7 +524,7 @@ def test_main_serves_until_sigterm() -> None:
     command = [sys.executable, "-m", "pipeline.fake", "--port", "0", "--api-key-env", "FAKE_KEY"]
     env = {**os.environ, "FAKE_KEY": KEY}
     with subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         try:
             assert process.stdout is not None

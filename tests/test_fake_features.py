@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,8 +13,7 @@ import pytest
 
 from pipeline.fake import FakeConfig, FakeServer, serve_in_thread
 from pipeline.fake.content import IMAGE_TOKENS
-
-Start = Callable[..., tuple[FakeServer, httpx.Client]]
+from tests.helpers import Start
 
 WEATHER = {
     "type": "function",

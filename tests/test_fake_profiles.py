@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,10 +20,9 @@ from pipeline.fake import (
     profile,
     serve_in_thread,
 )
+from tests.helpers import Start
 
 KEY = "sk-profile-test-0123"
-
-Start = Callable[..., tuple[FakeServer, httpx.Client]]
 
 
 @pytest.fixture

@@ -17,13 +17,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import OutputError
-from pipeline.fake import FakeServer
 from pipeline.manifest import manifest_path
 from pipeline.results import PartWriter
-from tests.conftest import make_job, write_job
-
-FakeFactory = Callable[..., FakeServer]
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, FakeFactory, make_job, write_job
 
 
 def start_run(job: Path, *extra: str) -> subprocess.Popen[str]:

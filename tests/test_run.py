@@ -12,10 +12,7 @@ import polars as pl
 import pytest
 
 from pipeline.cli import main
-from pipeline.fake import FakeServer
-from tests.conftest import make_job, write_job
-
-FakeFactory = Callable[..., FakeServer]
+from tests.helpers import FakeFactory, make_job, write_job, write_jsonl
 
 
 def run_cli(*argv: str) -> int:
@@ -242,7 +239,7 @@ def test_messages_column_from_jsonl(tmp_path: Path, fake_server: FakeFactory) ->
     server = fake_server(record_requests=True)
     source = tmp_path / "chats.jsonl"
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
-    source.write_text(json.dumps({"id": "c1", "messages": conversation}) + "\n")
+    write_jsonl(source, [{"id": "c1", "messages": conversation}])
     out = tmp_path / "out.parquet"
     job = make_job(source, server.base_url, out, input={"id_column": "id", "keep_columns": []})
     del job["input"]["prompt_column"]

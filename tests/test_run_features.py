@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import polars as pl
 
-from pipeline.cli import main
 from pipeline.fake import FakeServer
 from pipeline.results import OPTIONAL_COLUMNS, OUTPUT_COLUMNS
-from tests.conftest import make_job, write_job
-
-FakeFactory = Callable[..., FakeServer]
-Reviews = Callable[[int], Path]
+from tests.helpers import FakeFactory, Reviews, make_job, run_job, write_jsonl
 
 WEATHER = {
     "type": "function",
@@ -33,11 +28,6 @@ WEATHER = {
 }
 
 
-def run(tmp_path: Path, job: dict[str, Any], name: str = "job.toml") -> pl.DataFrame:
-    assert main(["run", str(write_job(tmp_path, job, name))]) == 0
-    return pl.read_parquet(job["output"]["path"])
-
-
 def bodies(server: FakeServer) -> list[dict[str, Any]]:
     return [orjson.loads(r.body) for r in server.stats.requests]
 
@@ -46,7 +36,7 @@ def test_plain_output_keeps_fingerprint_and_id_and_no_optional_columns(
     tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
     server = fake_server()
-    df = run(tmp_path, make_job(reviews(5), server.base_url, tmp_path / "out.parquet"))
+    df = run_job(tmp_path, make_job(reviews(5), server.base_url, tmp_path / "out.parquet"))
     assert df.columns == [*OUTPUT_COLUMNS, "product_id"]
     assert set(df["system_fingerprint"]) == {"fp_fake0001"}
     assert df["response_id"].str.starts_with("chatcmpl-").all()
@@ -58,13 +48,13 @@ def test_streaming_gives_the_same_answers_with_usage_and_ttft(
 ) -> None:
     server = fake_server(record_requests=True, latency_s=0.01)
     source = reviews(20)
-    plain = run(
-        tmp_path, make_job(source, server.base_url, tmp_path / "plain.parquet"), "plain.toml"
+    plain = run_job(
+        tmp_path, make_job(source, server.base_url, tmp_path / "plain.parquet"), name="plain.toml"
     )
-    streamed = run(
+    streamed = run_job(
         tmp_path,
         make_job(source, server.base_url, tmp_path / "stream.parquet", request={"stream": True}),
-        "s.toml",
+        name="s.toml",
     )
 
     assert streamed["status"].unique().to_list() == ["ok"]
@@ -91,7 +81,7 @@ def test_streams_cut_in_the_middle_are_retried(
     tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
     server = fake_server(stream_cut_rate=0.3, fault_seed=4)
-    df = run(
+    df = run_job(
         tmp_path,
         make_job(reviews(40), server.base_url, tmp_path / "out.parquet", request={"stream": True}),
     )
@@ -113,7 +103,7 @@ def test_a_stream_that_always_ends_early_is_a_connection_error(
         request={"stream": True},
         retry={"max_attempts": 2},
     )
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df["error_type"].unique().to_list() == ["connection"]
     assert df["attempts"].unique().to_list() == [2]
@@ -123,7 +113,7 @@ def test_a_stream_that_always_ends_early_is_a_connection_error(
 
 def test_n_keeps_every_choice(tmp_path: Path, fake_server: FakeFactory, reviews: Reviews) -> None:
     server = fake_server()
-    df = run(
+    df = run_job(
         tmp_path,
         make_job(
             reviews(6), server.base_url, tmp_path / "out.parquet", request={"params": {"n": 3}}
@@ -147,7 +137,7 @@ def test_tools_are_sent_and_tool_calls_kept(
         tmp_path / "out.parquet",
         request={"tools": [WEATHER], "tool_choice": "required"},
     )
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df.columns == [*OUTPUT_COLUMNS, "tool_calls", "product_id"]
     assert df["status"].unique().to_list() == ["ok"]
@@ -169,7 +159,7 @@ def test_streamed_tool_calls(tmp_path: Path, fake_server: FakeFactory, reviews: 
         tmp_path / "out.parquet",
         request={"tools": [WEATHER], "stream": True},
     )
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df.columns == [*OUTPUT_COLUMNS, "tool_calls", "ttft_ms", "product_id"]
     assert [calls[0]["name"] for calls in df["tool_calls"].to_list()] == ["get_weather"] * 3
@@ -186,7 +176,7 @@ def test_images_from_urls_and_files(tmp_path: Path, fake_server: FakeFactory) ->
         {"id": "file", "text": "And this?", "image": str(picture)},
         {"id": "gone", "text": "And this?", "image": str(tmp_path / "missing.png")},
     ]
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(source, rows)
     job = make_job(
         source,
         server.base_url,
@@ -194,7 +184,7 @@ def test_images_from_urls_and_files(tmp_path: Path, fake_server: FakeFactory) ->
         input={"id_column": "id", "keep_columns": []},
     )
     job["request"]["image_column"] = "image"
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df["status"].to_list() == ["ok", "ok", "error"]
     assert df["error_type"][2] == "bad_input"
@@ -222,7 +212,7 @@ def test_two_models_give_one_row_each_in_input_then_model_order(
     job = make_job(reviews(5), server.base_url, tmp_path / "out.parquet")
     del job["request"]["model"]
     job["request"]["models"] = ["openai/gpt-4o-mini", "anthropic/claude-3-opus"]
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df.height == 10
     assert df["id"].to_list() == [f"r{i:06d}" for i in range(5) for _ in range(2)]
@@ -244,7 +234,7 @@ def test_model_and_seed_from_columns(tmp_path: Path, fake_server: FakeFactory) -
         {"id": "b", "text": "two", "model": "m-large", "seed": 22},
         {"id": "c", "text": "three", "model": None, "seed": 33},
     ]
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(source, rows)
     job = make_job(
         source,
         server.base_url,
@@ -253,7 +243,7 @@ def test_model_and_seed_from_columns(tmp_path: Path, fake_server: FakeFactory) -
     )
     del job["request"]["model"]
     job["request"].update(model_column="model", seed_column="seed")
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df["model"].to_list() == ["m-small", "m-large", None]
     assert df["seed"].to_list()[:2] == [11, 22]
@@ -268,7 +258,7 @@ def test_header_values_from_the_row(tmp_path: Path, fake_server: FakeFactory) ->
     server = fake_server(record_requests=True)
     source = tmp_path / "rows.jsonl"
     rows = [{"id": "a", "text": "one", "team": "red"}, {"id": "b", "text": "two", "team": None}]
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(source, rows)
     job = make_job(
         source,
         server.base_url,
@@ -282,7 +272,7 @@ def test_header_values_from_the_row(tmp_path: Path, fake_server: FakeFactory) ->
             }
         },
     )
-    df = run(tmp_path, job)
+    df = run_job(tmp_path, job)
 
     assert df["status"].to_list() == ["ok", "error"]
     assert (

@@ -21,10 +21,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.fake import FakeServer, profile
-from tests.conftest import write_job
+from tests.helpers import REPO, FakeFactory, run_job, write_job
 
-FakeFactory = Callable[..., FakeServer]
-ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ["openai", "azure", "vectara", "ovms", "vllm", "ollama", "portkey", "router"]
 KEY = "sk-server-test-0123456789"
 ROWS = 4
@@ -32,7 +30,7 @@ ROWS = 4
 
 def example_job(server: str) -> dict[str, Any]:
     data: dict[str, Any] = tomllib.loads(
-        (ROOT / "jobs" / f"{server}.toml").read_text(encoding="utf-8")
+        (REPO / "jobs" / f"{server}.toml").read_text(encoding="utf-8")
     )
     return data
 
@@ -54,14 +52,13 @@ def pointed_at(job: dict[str, Any], fake: FakeServer, output: Path) -> dict[str,
 
 
 def run(tmp_path: Path, job: dict[str, Any], name: str) -> pl.DataFrame:
-    assert main(["run", str(write_job(tmp_path, job, f"{name}.toml")), "--limit", str(ROWS)]) == 0
-    return pl.read_parquet(job["output"]["path"])
+    return run_job(tmp_path, job, "--limit", str(ROWS), name=f"{name}.toml")
 
 
 @pytest.fixture
 def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run from the repository root, where the example jobs' relative input paths resolve."""
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(REPO)
 
 
 def start_like(

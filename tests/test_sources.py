@@ -5,29 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError, UserError
 from pipeline.records import PromptRow
 from pipeline.sources import JsonlSource, ParquetSource, Source, open_source
-
-
-def write_parquet(
-    path: Path, columns: dict[str, list[Any]], schema: pa.Schema | None = None
-) -> Path:
-    pq.write_table(pa.table(columns, schema=schema), path, row_group_size=4)
-    return path
-
-
-def write_jsonl(path: Path, lines: list[dict[str, Any] | str]) -> Path:
-    text = "\n".join(
-        line if isinstance(line, str) else orjson.dumps(line).decode() for line in lines
-    )
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+from tests.helpers import write_jsonl, write_parquet
 
 
 def reviews(n: int) -> dict[str, list[Any]]:

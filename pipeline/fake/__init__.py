@@ -21,9 +21,10 @@ with a tool call, and accepts image parts. What a client can get back:
 """
 
 from pipeline.fake.cli import main
-from pipeline.fake.config import FakeConfig, FakeStats, Fault, RecordedRequest
+from pipeline.fake.config import FakeConfig, Fault
 from pipeline.fake.profiles import PROFILES, HeaderRule, Profile, profile
 from pipeline.fake.server import FakeServer, serve, serve_in_thread
+from pipeline.fake.stats import FakeStats, RecordedRequest
 
 __all__ = [
     "PROFILES",

@@ -7,12 +7,13 @@ import asyncio
 import os
 import signal
 
-from pipeline.fake.config import FakeConfig
+from pipeline.fake.config import OPTIONS, FakeConfig
 from pipeline.fake.profiles import PROFILES, profile
 from pipeline.fake.server import serve
 
-_NOT_CONFIG = frozenset({"host", "port", "api_key_env", "profile"})
-"""Arguments that are not FakeConfig fields; every other flag's dest is one."""
+_FLAGGED = {option.flag: option for option in OPTIONS.values() if option.flag is not None}
+"""The settings that are flags of their own, by flag (``api_key`` and ``profile`` come from
+``--api-key-env`` and ``--profile``)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         if not api_key:
             parser.error(f"environment variable {args.api_key_env} is not set or empty")
     try:
-        options = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+        options = {option.name: getattr(args, option.name) for option in _FLAGGED.values()}
         config = FakeConfig.from_options(**options, api_key=api_key, profile=profile(args.profile))
     except ValueError as exc:
         parser.error(str(exc))
@@ -48,33 +49,24 @@ def _parser() -> argparse.ArgumentParser:
         prog="pipeline fake-server",
         description="Serve a fake OpenAI-compatible /chat/completions endpoint.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--jitter-ms", type=float, default=0.0, help="extra uniform(0, jitter)")
-    parser.add_argument("--rpm", type=int, dest="requests_per_minute", help="requests per minute")
-    parser.add_argument("--tpm", type=int, dest="tokens_per_minute", help="tokens per minute")
-    parser.add_argument("--limit-window-s", type=float, default=1.0, help="bucket window")
-    parser.add_argument("--max-concurrency", type=int, help="429 beyond this many in flight")
     parser.add_argument(
         "--api-key-env", metavar="NAME", help="require the key held in this environment variable"
     )
-    for fault in ("error-500", "error-502", "error-503", "rate-limit", "drop", "hang",
-                  "bad-request", "malformed", "invalid-json", "schema-mismatch", "stream-cut"):  # fmt: skip
-        parser.add_argument(f"--{fault}-rate", type=float, default=0.0, metavar="P")
     parser.add_argument(
         "--profile",
-        default="openai-compatible",
+        default=OPTIONS["profile"].default.name,
         choices=list(PROFILES),
-        help="behave like this server: its path, query, auth styles, headers and models",
+        help=OPTIONS["profile"].help,
     )
-    parser.add_argument("--retry-after-s", type=float, default=1.0)
-    parser.add_argument("--fault-seed", type=int, default=0)
-    parser.add_argument(
-        "--cached-share",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="report S of prompt tokens as cached",
-    )
+    for flag, option in _FLAGGED.items():
+        parser.add_argument(
+            flag,
+            dest=option.name,
+            type=option.kind,
+            default=option.default,
+            metavar=option.metavar,
+            help=option.help,
+        )
     return parser

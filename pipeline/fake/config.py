@@ -1,11 +1,18 @@
-"""The fake server's settings and the counters it keeps."""
+"""The fake server's settings, each declared once.
+
+A setting is a ``FakeConfig`` field; its metadata (built by ``_about``) holds its help text,
+its allowed range, and how a user gives it. ``OPTIONS`` is derived from the fields: the
+names a job's ``[fake]`` table and the ``pipeline fake-server`` flags use
+(``FakeConfig.from_options``), and each flag's type, default, metavar and help.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, get_args, get_type_hints
 
 from pipeline.fake.profiles import Profile
 
@@ -31,6 +38,62 @@ class ContentFault(StrEnum):
     SCHEMA_MISMATCH = "schema_mismatch"
 
 
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """The values a numeric setting takes (None, "no limit", always passes)."""
+
+    low: int
+    high: int | None = None
+    above: bool = False  # ``low`` itself is out
+
+    def check(self, name: str, value: float | None) -> None:
+        """Raise ``ValueError`` naming the setting when ``value`` is out of range."""
+        if value is None:
+            return
+        if self.high is not None:
+            if not self.low <= value <= self.high:
+                raise ValueError(f"{name} must be between {self.low} and {self.high}, got {value}")
+        elif value < self.low or (self.above and value == self.low):
+            raise ValueError(
+                f"{name} must be {'>' if self.above else '>='} {self.low}, got {value}"
+            )
+
+
+_AT_LEAST_0 = _Bounds(0)
+_AT_LEAST_1 = _Bounds(1)
+_ABOVE_0 = _Bounds(0, above=True)
+_SHARE = _Bounds(0, 1)
+
+
+def _about(
+    help: str,
+    *,
+    bounds: _Bounds | None = None,
+    option: str | None = None,
+    scale: float = 1,
+    flag: str | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> dict[str, Any]:
+    """A setting's metadata: its ``--help`` text and allowed ``bounds``; the ``option`` name a
+    user gives it by (default: the field's), in units ``scale`` times the field's; its
+    ``flag`` (default: ``--`` and the option name, dashed) unless ``cli`` is False."""
+    return {
+        "help": help,
+        "bounds": bounds,
+        "option": option,
+        "scale": scale,
+        "flag": flag,
+        "metavar": metavar,
+        "cli": cli,
+    }
+
+
+def _rate(what: str) -> dict[str, Any]:
+    """A fault's probability per request."""
+    return _about(f"probability of {what}", bounds=_SHARE, metavar="P")
+
+
 @dataclass(frozen=True)
 class FakeConfig:
     """How the fake server behaves: latency, OpenAI-style limits, auth, the server it
@@ -51,131 +114,156 @@ class FakeConfig:
     ``cached_share`` of every prompt's tokens is reported as cached.
     """
 
-    latency_s: float = 0.0
-    latency_jitter_s: float = 0.0
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    limit_window_s: float = 1.0
-    max_concurrency: int | None = None
-    api_key: str | None = field(default=None, repr=False)
-    error_500_rate: float = 0.0
-    error_502_rate: float = 0.0
-    error_503_rate: float = 0.0
-    rate_limit_rate: float = 0.0
-    retry_after_s: float = 1.0
-    drop_rate: float = 0.0
-    hang_rate: float = 0.0
-    hang_s: float = 3600.0
-    bad_request_rate: float = 0.0
-    malformed_rate: float = 0.0
-    invalid_json_rate: float = 0.0
-    schema_mismatch_rate: float = 0.0
-    stream_cut_rate: float = 0.0
-    fault_seed: int = 0
-    profile: Profile = field(default_factory=Profile)
-    record_requests: bool = False
-    cached_share: float = 0.0
+    latency_s: float = field(
+        default=0.0,
+        metadata=_about(
+            "delay before every answer, in ms", bounds=_AT_LEAST_0, option="latency_ms", scale=1000
+        ),
+    )
+    latency_jitter_s: float = field(
+        default=0.0,
+        metadata=_about(
+            "extra uniform(0, jitter) delay, in ms",
+            bounds=_AT_LEAST_0,
+            option="jitter_ms",
+            scale=1000,
+        ),
+    )
+    requests_per_minute: int | None = field(
+        default=None, metadata=_about("requests per minute", bounds=_AT_LEAST_1, flag="--rpm")
+    )
+    tokens_per_minute: int | None = field(
+        default=None,
+        metadata=_about(
+            "tokens per minute (prompt plus max_tokens)", bounds=_AT_LEAST_1, flag="--tpm"
+        ),
+    )
+    limit_window_s: float = field(
+        default=1.0,
+        metadata=_about("bucket window in s: a bucket holds limit * window / 60", bounds=_ABOVE_0),
+    )
+    max_concurrency: int | None = field(
+        default=None, metadata=_about("429 beyond this many in flight", bounds=_AT_LEAST_1)
+    )
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_about("require this key, in one of the profile's auth styles", cli=False),
+    )
+    error_500_rate: float = field(default=0.0, metadata=_rate("a 500 answer"))
+    error_502_rate: float = field(default=0.0, metadata=_rate("a 502 answer"))
+    error_503_rate: float = field(default=0.0, metadata=_rate("a 503 answer"))
+    rate_limit_rate: float = field(
+        default=0.0, metadata=_rate("a 429 answer, with retry-after retry_after_s")
+    )
+    retry_after_s: float = field(
+        default=1.0, metadata=_about("retry-after of an injected 429, in s", bounds=_AT_LEAST_0)
+    )
+    drop_rate: float = field(default=0.0, metadata=_rate("closing the connection unanswered"))
+    hang_rate: float = field(default=0.0, metadata=_rate("hanging unanswered for hang_s"))
+    hang_s: float = field(
+        default=3600.0,
+        metadata=_about("how long a hanging request hangs, in s", bounds=_AT_LEAST_0, cli=False),
+    )
+    bad_request_rate: float = field(default=0.0, metadata=_rate("a 400 answer"))
+    malformed_rate: float = field(default=0.0, metadata=_rate("a body or stream that is not JSON"))
+    invalid_json_rate: float = field(
+        default=0.0, metadata=_rate("JSON-mode content that is not JSON")
+    )
+    schema_mismatch_rate: float = field(
+        default=0.0, metadata=_rate("JSON-schema content that breaks the schema")
+    )
+    stream_cut_rate: float = field(default=0.0, metadata=_rate("a stream cut mid-event"))
+    fault_seed: int = field(default=0, metadata=_about("seed of the fault draws"))
+    profile: Profile = field(
+        default_factory=Profile,
+        metadata=_about(
+            "behave like this server: its path, query, auth styles, headers and models",
+            cli=False,
+        ),
+    )
+    record_requests: bool = field(
+        default=False,
+        metadata=_about("keep every request in the stats, keys redacted", cli=False),
+    )
+    cached_share: float = field(
+        default=0.0,
+        metadata=_about("report S of prompt tokens as cached", bounds=_SHARE, metavar="S"),
+    )
 
     def __post_init__(self) -> None:
         """Reject settings the server cannot honour."""
-        for name in ("latency_s", "latency_jitter_s", "retry_after_s", "hang_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not 0.0 <= self.cached_share <= 1.0:
-            raise ValueError(f"cached_share must be between 0 and 1, got {self.cached_share}")
-        if self.limit_window_s <= 0:
-            raise ValueError(f"limit_window_s must be > 0, got {self.limit_window_s}")
-        for fault, rate in (self.fault_rates() | self.content_fault_rates()).items():
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{fault}_rate must be between 0 and 1, got {rate}")
+        for setting in fields(self):
+            if setting.metadata["bounds"] is not None:
+                setting.metadata["bounds"].check(setting.name, getattr(self, setting.name))
 
     @classmethod
-    def from_options(
-        cls, *, latency_ms: float = 0.0, jitter_ms: float = 0.0, **fields: Any
-    ) -> FakeConfig:
-        """A config from user-facing options: latencies in milliseconds, the rest by field name
-        (what ``pipeline fake-server`` flags and a job's ``[fake]`` table hold)."""
-        return cls(latency_s=latency_ms / 1000.0, latency_jitter_s=jitter_ms / 1000.0, **fields)
+    def from_options(cls, **options: Any) -> FakeConfig:
+        """A config from user-facing options (``OPTIONS``: what ``pipeline fake-server`` flags
+        and a job's ``[fake]`` table hold): latencies in milliseconds, the rest by field name."""
+        settings = {}
+        for name, value in options.items():
+            if name not in OPTIONS:
+                raise TypeError(f"unknown fake server option {name!r}")
+            option = OPTIONS[name]
+            settings[option.setting] = option.to_setting(value)
+        return cls(**settings)
 
     def fault_rates(self) -> dict[Fault, float]:
-        """Each fault's probability, in the order faults are drawn.
+        """Each fault's probability, in the order faults are drawn (``Fault``'s order).
 
         ``stream_cut`` comes last and only when set, so adding it changed no existing draw.
         """
-        rates = {
-            Fault.DROP: self.drop_rate,
-            Fault.HANG: self.hang_rate,
-            Fault.RATE_LIMIT: self.rate_limit_rate,
-            Fault.ERROR_500: self.error_500_rate,
-            Fault.ERROR_502: self.error_502_rate,
-            Fault.ERROR_503: self.error_503_rate,
-            Fault.BAD_REQUEST: self.bad_request_rate,
-            Fault.MALFORMED: self.malformed_rate,
-        }
-        if self.stream_cut_rate:
-            rates[Fault.STREAM_CUT] = self.stream_cut_rate
+        rates = {fault: getattr(self, f"{fault}_rate") for fault in Fault}
+        if not self.stream_cut_rate:
+            del rates[Fault.STREAM_CUT]
         return rates
 
     def content_fault_rates(self) -> dict[ContentFault, float]:
         """Each content fault's probability, in the order they are drawn."""
-        return {
-            ContentFault.INVALID_JSON: self.invalid_json_rate,
-            ContentFault.SCHEMA_MISMATCH: self.schema_mismatch_rate,
-        }
+        return {fault: getattr(self, f"{fault}_rate") for fault in ContentFault}
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as received; credential headers are redacted."""
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A setting as a user gives it: in a job's ``[fake]`` table, and as ``flag`` unless that
+    is None. ``scale`` option units make one unit of the setting (1000 ms per s)."""
 
-    path: str
-    headers: dict[str, str]
-    body: bytes
+    name: str
+    setting: str
+    kind: type[Any]
+    default: Any
+    help: str
+    flag: str | None
+    metavar: str | None
+    scale: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (body decoded as UTF-8)."""
-        return {
-            "path": self.path,
-            "headers": self.headers,
-            "body": self.body.decode("utf-8", "replace"),
-        }
+    @classmethod
+    def of(cls, setting: Field[Any], hint: Any) -> Option:
+        """The option for one ``FakeConfig`` field, annotated ``hint``."""
+        about = setting.metadata
+        name = about["option"] or setting.name
+        default = (
+            setting.default if setting.default_factory is MISSING else setting.default_factory()
+        )
+        return cls(
+            name=name,
+            setting=setting.name,
+            kind=next((t for t in get_args(hint) if t is not type(None)), hint),
+            default=default if about["scale"] == 1 else default * about["scale"],
+            help=about["help"],
+            flag=(about["flag"] or f"--{name.replace('_', '-')}") if about["cli"] else None,
+            metavar=about["metavar"],
+            scale=about["scale"],
+        )
+
+    def to_setting(self, value: Any) -> Any:
+        """An option value in the setting's units."""
+        return value if self.scale == 1 or value is None else value / self.scale
 
 
-@dataclass
-class FakeStats:
-    """What the server has seen and answered (monitoring GETs excluded).
-
-    ``invalid_json`` and ``schema_mismatch`` count the 200 answers whose content was spoiled.
-    ``completions_by_request`` is keyed by the sha256 hex of the raw request body and
-    ``completions_by_seed`` by the body's ``seed``; both count well-formed 200 answers only.
-    """
-
-    received: int = 0
-    by_status: Counter[int] = field(default_factory=Counter)
-    dropped: int = 0
-    hung: int = 0
-    invalid_json: int = 0
-    schema_mismatch: int = 0
-    cut: int = 0
-    completions_by_request: Counter[str] = field(default_factory=Counter)
-    completions_by_seed: Counter[int] = field(default_factory=Counter)
-    requests: list[RecordedRequest] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (integer keys become strings)."""
-        return {
-            "received": self.received,
-            "by_status": {str(status): n for status, n in self.by_status.items()},
-            "dropped": self.dropped,
-            "hung": self.hung,
-            "invalid_json": self.invalid_json,
-            "schema_mismatch": self.schema_mismatch,
-            "cut": self.cut,
-            "completions_by_request": dict(self.completions_by_request),
-            "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
-            "requests": [request.to_dict() for request in self.requests],
-        }
+_HINTS = get_type_hints(FakeConfig)
+OPTIONS: Mapping[str, Option] = MappingProxyType(
+    {option.name: option for option in (Option.of(f, _HINTS[f.name]) for f in fields(FakeConfig))}
+)
+"""Every setting by its user-facing name (``latency_ms`` for ``latency_s``), in field order."""

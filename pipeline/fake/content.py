@@ -80,8 +80,9 @@ JSON_OBJECT = ResponseFormat("json_object")
 
 
 @dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """The parts of a request body that shape the answer."""
+class IncomingChat:
+    """A chat completion request as the server received it: the parts of the body that shape
+    the answer. (The client builds its own, ``pipeline.records.ChatRequest``.)"""
 
     model: str
     messages_key: bytes  # canonical JSON of the messages
@@ -108,7 +109,7 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-def parse_request(body: bytes) -> ChatRequest:
+def parse_request(body: bytes) -> IncomingChat:
     """Read a chat completion request body; raise ``InvalidRequestError`` if it is unusable."""
     try:
         payload = orjson.loads(body)
@@ -137,7 +138,7 @@ def parse_request(body: bytes) -> ChatRequest:
     for index, message in enumerate(messages):
         text, images = _message_parts(message, index)
         prompt_tokens += count_tokens(text) + 4 + IMAGE_TOKENS * images
-    return ChatRequest(
+    return IncomingChat(
         model=model,
         messages_key=orjson.dumps(messages, option=orjson.OPT_SORT_KEYS),
         prompt_tokens=prompt_tokens,
@@ -198,7 +199,7 @@ def _response_format(value: Any) -> ResponseFormat | None:
 
 
 def completion(
-    chat: ChatRequest,
+    chat: IncomingChat,
     completion_id: str,
     created: int,
     fault: ContentFault | None = None,

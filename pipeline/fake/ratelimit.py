@@ -70,8 +70,10 @@ class Admission:
     wait_ms: int = 0
 
 
-class RateLimiter:
-    """A requests bucket and a tokens bucket; a request must fit both and is charged to both."""
+class ServerQuota:
+    """The server's per-minute quota: a requests bucket and a tokens bucket; a request must fit
+    both and is charged to both. (The server side of a limit; the client paces itself with
+    ``pipeline.limits.RateLimiter``.)"""
 
     def __init__(
         self,

@@ -23,16 +23,17 @@ from contextlib import asynccontextmanager, contextmanager
 import orjson
 from aiohttp import web
 
-from pipeline.fake.config import ContentFault, FakeConfig, FakeStats, Fault, RecordedRequest
+from pipeline.fake.config import ContentFault, FakeConfig, Fault
 from pipeline.fake.content import (
-    ChatRequest,
+    IncomingChat,
     InvalidRequestError,
     completion,
     error_body,
     parse_request,
 )
 from pipeline.fake.profiles import Refusal
-from pipeline.fake.ratelimit import RateLimiter, format_duration
+from pipeline.fake.ratelimit import ServerQuota, format_duration
+from pipeline.fake.stats import FakeStats, RecordedRequest
 from pipeline.fake.stream import events as stream_events
 from pipeline.fake.stream import write_events
 
@@ -55,10 +56,10 @@ class FakeServer:
         self._bearer = None if config.api_key is None else f"Bearer {config.api_key}"
         self._profile = config.profile
         self._key_headers = tuple(s for s in config.profile.auth_styles if s != "bearer")
-        self._limiter = (
+        self._quota = (
             None
             if config.requests_per_minute is None and config.tokens_per_minute is None
-            else RateLimiter(
+            else ServerQuota(
                 config.requests_per_minute,
                 config.tokens_per_minute,
                 config.limit_window_s,
@@ -128,8 +129,8 @@ class FakeServer:
                 headers={"retry-after": "1"},
             )
         headers: dict[str, str] = {}
-        if self._limiter is not None:
-            admission = self._limiter.admit(chat.cost_tokens, time.monotonic())
+        if self._quota is not None:
+            admission = self._quota.admit(chat.cost_tokens, time.monotonic())
             headers = admission.headers
             if admission.refused is not None:
                 unit = "RPM" if admission.refused == "requests" else "TPM"
@@ -156,7 +157,7 @@ class FakeServer:
     async def _respond(
         self,
         request: web.BaseRequest,
-        chat: ChatRequest,
+        chat: IncomingChat,
         body: bytes,
         fault: Fault | None,
         headers: dict[str, str],
@@ -212,7 +213,7 @@ class FakeServer:
         return _json(200, encoded, headers)
 
     async def _stream(
-        self, request: web.BaseRequest, chat: ChatRequest, answer: dict[str, object], digest: str,
+        self, request: web.BaseRequest, chat: IncomingChat, answer: dict[str, object], digest: str,
         fault: Fault | None, headers: dict[str, str],
     ) -> web.StreamResponse | None:  # fmt: skip
         """Send the answer as server-sent events; a cut closes the connection mid-event."""
@@ -232,7 +233,7 @@ class FakeServer:
         elif fault is ContentFault.SCHEMA_MISMATCH:
             self.stats.schema_mismatch += 1
 
-    def _count_completion(self, chat: ChatRequest, digest: str) -> None:
+    def _count_completion(self, chat: IncomingChat, digest: str) -> None:
         self.stats.completions_by_request[digest] += 1
         if chat.seed is not None:
             self.stats.completions_by_seed[chat.seed] += 1

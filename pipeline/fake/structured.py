@@ -7,6 +7,9 @@ ten), ``items``/``prefixItems``, ``minItems``/``maxItems``, ``minimum``/``maximu
 (and exclusive ones), ``minLength``/``maxLength``, common ``format``s, ``anyOf``/``oneOf``
 (one branch), ``allOf`` (merged) and local ``$ref``. Not ``pattern``. Deeper than
 ``_DEEP`` levels (recursive schemas) optional parts are left out.
+
+The fake checks ``pipeline.structured``, so it shares no code with it: it resolves its own
+``$ref`` pointers (``_resolve``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from typing import Any
 
 import orjson
 
-from pipeline.structured.schema_arrow import resolve_pointer
-
 _DEEP = 6
 _GIVE_UP = 40
 _SENTIMENTS = ("positive", "neutral", "negative")
@@ -27,6 +28,25 @@ _NON_NULL = ("string", "integer", "number", "boolean", "array", "object")
 _SAMPLES = {"string": "unexpected", "integer": 12345, "number": 1.5, "boolean": True,
             "array": ["unexpected"], "object": {"unexpected": True}, "null": None}  # fmt: skip
 """A value of each JSON type: one whose type a schema does not allow breaks it."""
+
+
+def _resolve(root: Any, ref: str) -> Any:
+    """What a local reference (``#`` or a JSON pointer ``#/a/0/b``) names in ``root``, or None
+    (a remote reference, or a path that is not there); ``~1`` and ``~0`` unescape to / and ~."""
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        return None
+    node = root
+    for token in ref[2:].split("/"):
+        key = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return None
+    return node
 
 
 def json_object_answer(rng: random.Random, words: Sequence[str]) -> dict[str, Any]:
@@ -72,7 +92,7 @@ class SchemaValues:
         if not isinstance(schema, dict):
             return self.value({"type": list(_NON_NULL[:4])}, depth)
         if isinstance(schema.get("$ref"), str):
-            return self.value(resolve_pointer(self.root, schema["$ref"]), depth + 1)
+            return self.value(_resolve(self.root, schema["$ref"]), depth + 1)
         if "const" in schema:
             return schema["const"]
         if isinstance(schema.get("enum"), list) and schema["enum"]:
@@ -108,7 +128,7 @@ class SchemaValues:
     def _deref(self, schema: Any) -> Any:
         seen = 0
         while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and seen < _GIVE_UP:
-            schema, seen = resolve_pointer(self.root, schema["$ref"]), seen + 1
+            schema, seen = _resolve(self.root, schema["$ref"]), seen + 1
         return schema
 
     def _pick_branch(self, branches: list[Any], depth: int) -> Any:
@@ -231,7 +251,7 @@ def break_schema(root: Any, value: Any) -> Any:
     for _ in range(_GIVE_UP):
         if not (isinstance(schema, dict) and isinstance(schema.get("$ref"), str)):
             break
-        schema = resolve_pointer(root, schema["$ref"])
+        schema = _resolve(root, schema["$ref"])
     if not isinstance(schema, dict):
         return value
     if isinstance(value, dict):

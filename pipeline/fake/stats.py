@@ -1,0 +1,60 @@
+"""What the fake server counts, and the requests it records; ``GET /stats`` serves both."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as received; credential headers are redacted."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (body decoded as UTF-8)."""
+        return {
+            "path": self.path,
+            "headers": self.headers,
+            "body": self.body.decode("utf-8", "replace"),
+        }
+
+
+@dataclass
+class FakeStats:
+    """What the server has seen and answered (monitoring GETs excluded).
+
+    ``invalid_json`` and ``schema_mismatch`` count the 200 answers whose content was spoiled.
+    ``completions_by_request`` is keyed by the sha256 hex of the raw request body and
+    ``completions_by_seed`` by the body's ``seed``; both count well-formed 200 answers only.
+    """
+
+    received: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    dropped: int = 0
+    hung: int = 0
+    invalid_json: int = 0
+    schema_mismatch: int = 0
+    cut: int = 0
+    completions_by_request: Counter[str] = field(default_factory=Counter)
+    completions_by_seed: Counter[int] = field(default_factory=Counter)
+    requests: list[RecordedRequest] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (integer keys become strings)."""
+        return {
+            "received": self.received,
+            "by_status": {str(status): n for status, n in self.by_status.items()},
+            "dropped": self.dropped,
+            "hung": self.hung,
+            "invalid_json": self.invalid_json,
+            "schema_mismatch": self.schema_mismatch,
+            "cut": self.cut,
+            "completions_by_request": dict(self.completions_by_request),
+            "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
+            "requests": [request.to_dict() for request in self.requests],
+        }
