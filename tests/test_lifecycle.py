@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -13,7 +12,6 @@ from structlog.testing import capture_logs
 
 import pipeline
 from pipeline.errors import JobError
-from pipeline.fake import FakeServer
 from pipeline.lock import LockedError, OutputLock
 from pipeline.manifest import read_manifest
 from pipeline.records import Ended, RunSummary
@@ -29,14 +27,13 @@ from pipeline.runner.lifecycle import (
     exit_code,
 )
 from pipeline.spec import load_job, parse_job
-from tests.conftest import make_job, write_job
+from tests.helpers import FakeFactory, Reviews, make_job, write_job
 
-FakeFactory = Callable[..., FakeServer]
 RUNNER = Path(pipeline.__file__).parent / "runner"
 
 
 def test_run_job_writes_the_output_and_the_manifest(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
@@ -63,7 +60,7 @@ def test_run_job_writes_the_output_and_the_manifest(
 
 
 def test_a_complete_output_is_not_run_again(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
@@ -82,7 +79,7 @@ def test_a_complete_output_is_not_run_again(
 
 
 def test_a_loaded_job_spec_runs_and_is_recognised_again(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
@@ -99,7 +96,7 @@ def test_a_loaded_job_spec_runs_and_is_recognised_again(
 
 
 def test_a_held_lock_raises_locked_and_sends_nothing(
-    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
     server = fake_server()
     out = tmp_path / "out.parquet"
@@ -112,9 +109,7 @@ def test_a_held_lock_raises_locked_and_sends_nothing(
     assert not out.exists()
 
 
-def test_the_api_starts_the_fake_server_for_a_fake_job(
-    tmp_path: Path, reviews: Callable[[int], Path]
-) -> None:
+def test_the_api_starts_the_fake_server_for_a_fake_job(tmp_path: Path, reviews: Reviews) -> None:
     out = tmp_path / "out.parquet"
     job = write_job(tmp_path, make_job(reviews(4), "fake", out))
 
@@ -125,7 +120,7 @@ def test_the_api_starts_the_fake_server_for_a_fake_job(
 
 
 def test_the_lifecycle_alone_refuses_a_fake_job_without_a_url(
-    tmp_path: Path, reviews: Callable[[int], Path]
+    tmp_path: Path, reviews: Reviews
 ) -> None:
     out = tmp_path / "out.parquet"
     job = write_job(tmp_path, make_job(reviews(2), "fake", out))
