@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import TextIO, cast
+from typing import TextIO, TypeAlias, cast
 
 import anyio
 import structlog
@@ -113,21 +113,36 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``pipeline`` command line."""
+    """The ``pipeline`` command line: one function adds each command."""
     parser = argparse.ArgumentParser(
         prog="pipeline", description="Batch chat completions: Parquet/JSONL in, Parquet out."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_run(commands)
+    _add_validate(commands)
+    _add_estimate(commands)
+    _add_report(commands)
+    commands.add_parser(
+        "fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False
+    )
+    return parser
 
-    def job_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("job", type=Path, help="the job file (TOML)")
-        sub.add_argument("--input", type=Path, help="read this input instead of [input] path")
-        sub.add_argument("--limit", type=_positive_int, help="only the first N rows")
-        return sub
 
-    run = job_command("run", "run a job (or resume it: run the same command again)")
+def _job_command(commands: Commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A command that takes a job file, with the input and row-limit overrides."""
+    sub = commands.add_parser(name, help=help_text)
+    sub.add_argument("job", type=Path, help="the job file (TOML)")
+    sub.add_argument("--input", type=Path, help="read this input instead of [input] path")
+    sub.add_argument("--limit", type=_positive_int, help="only the first N rows")
+    return sub
+
+
+def _add_run(commands: Commands) -> None:
+    run = _job_command(commands, "run", "run a job (or resume it: run the same command again)")
     run.add_argument("--output", type=Path, help="write here instead of [output] path")
     run.add_argument("--log-file", type=Path, help="write JSON log events to this file")
     run.add_argument(
@@ -156,10 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="model prices (JSON or TOML) over the job's and the packaged ones",
     )
-    validate = job_command("validate", "check a job and its input without sending anything")
+
+
+def _add_validate(commands: Commands) -> None:
+    validate = _job_command(
+        commands, "validate", "check a job and its input without sending anything"
+    )
     validate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
-    estimate = job_command(
-        "estimate", "rows, tokens, cost and duration of a job; sends nothing unless --sample"
+
+
+def _add_estimate(commands: Commands) -> None:
+    estimate = _job_command(
+        commands,
+        "estimate",
+        "rows, tokens, cost and duration of a job; sends nothing unless --sample",
     )
     estimate.add_argument(
         "--sample",
@@ -168,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the first N rows for real and extrapolate",
     )
     estimate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+
+
+def _add_report(commands: Commands) -> None:
     report = commands.add_parser(
         "report", help="summarize an output file; --html writes a page with charts"
     )
@@ -175,10 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here"
     )
-    commands.add_parser(
-        "fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False
-    )
-    return parser
 
 
 def _cost_line(summary: RunSummary) -> str:
