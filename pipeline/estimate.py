@@ -230,16 +230,34 @@ def _latency(job: JobSpec, sample: Sample | None) -> tuple[float | None, str | N
 
 def render(estimate: Estimate, job: JobSpec) -> str:
     """The estimate as the lines ``pipeline estimate`` prints."""
-    sample = estimate.sample
     lines = [
-        f"rows            {estimate.rows:,}"
-        + (f" ({estimate.bad_rows:,} cannot become requests)" if estimate.bad_rows else "")
+        _rows_line(estimate),
+        _prompt_line(estimate),
+        _output_line(estimate, job),
+        _cost_line(estimate, job),
+        _duration_line(estimate, job),
     ]
+    if estimate.sample is not None:
+        lines += _sample_lines(estimate.sample)
+    return "\n".join(lines)
+
+
+def _rows_line(estimate: Estimate) -> str:
+    bad = f" ({estimate.bad_rows:,} cannot become requests)" if estimate.bad_rows else ""
+    return f"rows            {estimate.rows:,}{bad}"
+
+
+def _prompt_line(estimate: Estimate) -> str:
+    sample = estimate.sample
     if sample is not None and sample.ok_rows:
         how = f"offline {estimate.offline_prompt_tokens:,} x {sample.prompt_ratio:.3f} measured on {sample.ok_rows} sampled rows"
     else:
         how = "offline: about 4 characters a token; --sample N measures it"
-    lines.append(f"prompt tokens   ~{estimate.prompt_tokens:,} ({how})")
+    return f"prompt tokens   ~{estimate.prompt_tokens:,} ({how})"
+
+
+def _output_line(estimate: Estimate, job: JobSpec) -> str:
+    sample = estimate.sample
     if sample is not None and sample.ok_rows:
         typical_how = f"sample mean {sample.completion_mean:.1f} a row"
     elif job.request.max_tokens is not None:
@@ -251,23 +269,27 @@ def render(estimate: Estimate, job: JobSpec) -> str:
         if estimate.output_bound is not None
         else "no upper bound (set request.max_tokens)"
     )
-    lines.append(f"output tokens   {bound}; typical ~{estimate.output_typical:,} ({typical_how})")
+    return f"output tokens   {bound}; typical ~{estimate.output_typical:,} ({typical_how})"
+
+
+def _cost_line(estimate: Estimate, job: JobSpec) -> str:
     price = estimate.price
     if price is None or estimate.cost_typical is None:
-        lines.append(
-            f"cost            unknown: no price for model {job.request.model!r} (add it under [prices] or --prices FILE)"
-        )
-    else:
-        high = (
-            f" to {usd(estimate.cost_bound)}"
-            if estimate.cost_bound is not None
-            else " (no upper bound without max_tokens)"
-        )
-        caveat = " (uncertain figures)" if price.uncertain else ""
-        lines.append(
-            f"cost            ~{usd(estimate.cost_typical)}{high}  [{price.model}: ${price.input:g} in, ${price.cached_input:g} cached,"
-            f" ${price.output:g} out per million tokens, as of {price.as_of or 'unknown'}{caveat}]"
-        )
+        return f"cost            unknown: no price for model {job.request.model!r} (add it under [prices] or --prices FILE)"
+    high = (
+        f" to {usd(estimate.cost_bound)}"
+        if estimate.cost_bound is not None
+        else " (no upper bound without max_tokens)"
+    )
+    caveat = " (uncertain figures)" if price.uncertain else ""
+    return (
+        f"cost            ~{usd(estimate.cost_typical)}{high}  [{price.model}: ${price.input:g} in, ${price.cached_input:g} cached,"
+        f" ${price.output:g} out per million tokens, as of {price.as_of or 'unknown'}{caveat}]"
+    )
+
+
+def _limits_text(job: JobSpec) -> str:
+    """The job's concurrency and rate limits, as the duration line quotes them."""
     limits = job.limits
     rates = ", ".join(
         text
@@ -277,27 +299,28 @@ def render(estimate: Estimate, job: JobSpec) -> str:
         )
         if text
     )
-    where = f"concurrency {limits.concurrency}" + (f", {rates}" if rates else "")
+    return f"concurrency {limits.concurrency}" + (f", {rates}" if rates else "")
+
+
+def _duration_line(estimate: Estimate, job: JobSpec) -> str:
+    where = _limits_text(job)
     if estimate.duration_s is not None and estimate.latency_s is not None:
-        lines.append(
-            f"duration        ~{clock(estimate.duration_s)} ({where}; latency {estimate.latency_s:.2f} s, {estimate.latency_source})"
-        )
-    else:
-        floor = (
-            f"at least {clock(estimate.limit_floor_s)} under the rate limits; "
-            if estimate.limit_floor_s
-            else ""
-        )
-        lines.append(f"duration        {floor}latency unknown: --sample N measures it ({where})")
-    if sample is not None:
-        cost = f", cost {usd(sample.cost_usd)}" if sample.cost_usd is not None else ""
-        lines.append(
-            f"sample          {sample.rows} rows sent ({sample.requests} requests, {sample.ok_rows} answered{cost})"
-        )
-        if sample.stopped:
-            lines.append(f"                the sample stopped early: {sample.stopped}")
-        if not sample.ok_rows:
-            lines.append(
-                "                no row was answered: the figures above are offline guesses"
-            )
-    return "\n".join(lines)
+        return f"duration        ~{clock(estimate.duration_s)} ({where}; latency {estimate.latency_s:.2f} s, {estimate.latency_source})"
+    floor = (
+        f"at least {clock(estimate.limit_floor_s)} under the rate limits; "
+        if estimate.limit_floor_s
+        else ""
+    )
+    return f"duration        {floor}latency unknown: --sample N measures it ({where})"
+
+
+def _sample_lines(sample: Sample) -> list[str]:
+    cost = f", cost {usd(sample.cost_usd)}" if sample.cost_usd is not None else ""
+    lines = [
+        f"sample          {sample.rows} rows sent ({sample.requests} requests, {sample.ok_rows} answered{cost})"
+    ]
+    if sample.stopped:
+        lines.append(f"                the sample stopped early: {sample.stopped}")
+    if not sample.ok_rows:
+        lines.append("                no row was answered: the figures above are offline guesses")
+    return lines

@@ -36,6 +36,12 @@ th:first-child,td:first-child{text-align:left}th{color:#6c757d;font-weight:600}
 .legend span{display:inline-block;margin-right:14px;font-size:12px}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px}
 """
 
+_LEGEND = (
+    f'<div class="legend"><span><i style="background:{_OK}"></i>rows ok</span>'
+    f'<span><i style="background:{_ERROR}"></i>rows in error</span>'
+    f'<span><i style="background:{_REQUESTS}"></i>requests sent</span></div>'
+)
+
 
 def _nice(value: float) -> float:
     """The smallest 1, 2 or 5 x 10^k at least ``value`` (1 for nothing)."""
@@ -185,22 +191,44 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 def render_html(report: Report, generated: datetime | None = None) -> str:
     """The whole page."""
     when = (generated or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    latency_rows = [[k, f"{v:,.1f} ms"] for k, v in report.latency_ms.items()]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>Report: {escape(report.path)}</title><style>{_CSS}</style></head>
+<body><main>
+<h1>Batch run report</h1>
+<p class="sub">{escape(report.path)} &middot; {escape(_span(report))} &middot; generated {escape(when)}</p>
+<div class="kpis">{_kpis(report)}</div>
+<div class="grid">
+<section class="card"><h2>Cost by model</h2>{_cost_chart(report)}</section>
+<section class="card"><h2>Latency distribution</h2>{histogram("latency-histogram", report.latency_histogram)}</section>
+<section class="card wide"><h2>Rows and errors over time</h2>{_LEGEND}{timeline("timeline", report.timeline, report.bucket_s)}</section>
+<section class="card"><h2>Error types</h2>{_error_chart(report)}</section>
+<section class="card"><h2>Latency</h2>{_table(["statistic", "value"], latency_rows)}</section>
+<section class="card wide"><h2>Models</h2>{_models_table(report)}</section>
+</div>
+</main></body></html>
+"""
+
+
+def _span(report: Report) -> str:
+    """When the rows ran, first start to last finish (empty when unknown)."""
+    if report.started_at and report.finished_at:
+        return f"{report.started_at:%Y-%m-%d %H:%M:%S} to {report.finished_at:%H:%M:%S} UTC"
+    return ""
+
+
+def _kpis(report: Report) -> str:
+    """The row of headline figures at the top of the page."""
     ok = report.by_status.get("ok", 0)
     errors = report.rows - ok
     lat = report.latency_ms
     cost = usd(report.cost_usd) + ("+?" if report.unpriced_rows else "")
-    kpis = "".join(
+    unpriced = f" ({report.unpriced_rows:,} rows without a price)" if report.unpriced_rows else ""
+    return "".join(
         [
             _kpi(f"{report.rows:,}", f"rows: {ok:,} ok, {errors:,} error"),
-            _kpi(
-                cost,
-                "cost"
-                + (
-                    f" ({report.unpriced_rows:,} rows without a price)"
-                    if report.unpriced_rows
-                    else ""
-                ),
-            ),
+            _kpi(cost, "cost" + unpriced),
             _kpi(f"{report.total_tokens:,}", f"tokens ({report.cached_tokens:,} cached)"),
             _kpi(
                 f"{lat['p50']:,.0f} ms" if lat else "-",
@@ -213,22 +241,23 @@ def render_html(report: Report, generated: datetime | None = None) -> str:
             ),
         ]
     )
-    cost_chart = hbars(
-        "cost-by-model",
-        [
-            (m.model, m.cost_usd, usd(m.cost_usd) + ("+?" if m.unpriced_rows else ""))
-            for m in report.cost_by_model
-        ],
-        _COST,
-        "no rows",
-    )
-    error_chart = hbars(
-        "error-types",
-        [(name, float(n), f"{n:,}") for name, n in report.by_error_type.items()],
-        _ERROR,
-        "no errors",
-    )
-    models = _table(
+
+
+def _cost_chart(report: Report) -> str:
+    items = [
+        (m.model, m.cost_usd, usd(m.cost_usd) + ("+?" if m.unpriced_rows else ""))
+        for m in report.cost_by_model
+    ]
+    return hbars("cost-by-model", items, _COST, "no rows")
+
+
+def _error_chart(report: Report) -> str:
+    items = [(name, float(n), f"{n:,}") for name, n in report.by_error_type.items()]
+    return hbars("error-types", items, _ERROR, "no errors")
+
+
+def _models_table(report: Report) -> str:
+    return _table(
         ["model", "rows", "prompt tokens", "completion tokens", "cost", "rows without a price"],
         [
             [
@@ -242,31 +271,3 @@ def render_html(report: Report, generated: datetime | None = None) -> str:
             for m in report.cost_by_model
         ],
     )
-    latency_rows = [[k, f"{v:,.1f} ms"] for k, v in lat.items()]
-    legend = (
-        f'<div class="legend"><span><i style="background:{_OK}"></i>rows ok</span>'
-        f'<span><i style="background:{_ERROR}"></i>rows in error</span>'
-        f'<span><i style="background:{_REQUESTS}"></i>requests sent</span></div>'
-    )
-    span = (
-        f"{report.started_at:%Y-%m-%d %H:%M:%S} to {report.finished_at:%H:%M:%S} UTC"
-        if report.started_at and report.finished_at
-        else ""
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>Report: {escape(report.path)}</title><style>{_CSS}</style></head>
-<body><main>
-<h1>Batch run report</h1>
-<p class="sub">{escape(report.path)} &middot; {escape(span)} &middot; generated {escape(when)}</p>
-<div class="kpis">{kpis}</div>
-<div class="grid">
-<section class="card"><h2>Cost by model</h2>{cost_chart}</section>
-<section class="card"><h2>Latency distribution</h2>{histogram("latency-histogram", report.latency_histogram)}</section>
-<section class="card wide"><h2>Rows and errors over time</h2>{legend}{timeline("timeline", report.timeline, report.bucket_s)}</section>
-<section class="card"><h2>Error types</h2>{error_chart}</section>
-<section class="card"><h2>Latency</h2>{_table(["statistic", "value"], latency_rows)}</section>
-<section class="card wide"><h2>Models</h2>{models}</section>
-</div>
-</main></body></html>
-"""

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -167,37 +168,8 @@ def latency_histogram(latency: pl.Series, bins: int = HISTOGRAM_BINS) -> list[La
 def summarize(path: Path) -> Report:
     """Read an output file and aggregate it."""
     df = read_output(path)
-    totals = df.select(
-        pl.col("prompt_tokens").sum(),
-        pl.col("completion_tokens").sum(),
-        pl.col("cached_tokens").sum(),
-        pl.col("reasoning_tokens").sum(),
-        pl.col("cost_usd").sum(),
-        (pl.col("cost_usd").is_null() & (pl.col("status") == "ok")).sum().alias("unpriced"),
-        pl.col("attempts").sum(),
-        pl.col("possibly_billed_attempts").sum(),
-        pl.col("started_at").min(),
-        pl.col("finished_at").max(),
-    ).row(0, named=True)
-    by_model = (
-        df.with_columns(pl.col("model").fill_null(NO_MODEL))
-        .group_by("model")
-        .agg(
-            pl.len().alias("rows"),
-            pl.col("prompt_tokens").sum(),
-            pl.col("completion_tokens").sum(),
-            pl.col("cost_usd").sum(),
-            (pl.col("cost_usd").is_null() & (pl.col("status") == "ok")).sum().alias("unpriced"),
-        )
-        .sort(["cost_usd", "rows", "model"], descending=[True, True, False])
-    )
+    totals = _totals(df)
     latency = df["latency_ms"].drop_nulls()
-    percentiles: dict[str, float] = {}
-    if not latency.is_empty():
-        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-            percentiles[name] = float(latency.quantile(q, "linear") or 0.0)
-        percentiles["mean"] = float(latency.mean() or 0.0)  # type: ignore[arg-type]
-        percentiles["max"] = float(latency.max() or 0.0)  # type: ignore[arg-type]
     started, finished = totals["started_at"], totals["finished_at"]
     span = (
         (finished - started).total_seconds()
@@ -205,36 +177,11 @@ def summarize(path: Path) -> Report:
         else 0.0
     )
     width = bucket_seconds(span)
-    timeline: list[TimeBin] = []
-    if started is not None:
-        buckets = (
-            df.filter(pl.col("finished_at").is_not_null())
-            .with_columns(
-                (
-                    (pl.col("finished_at") - started).dt.total_microseconds() // (width * 1_000_000)
-                ).alias("b")
-            )
-            .group_by("b")
-            .agg(
-                (pl.col("status") == "ok").sum().alias("ok"),
-                (pl.col("status") != "ok").sum().alias("error"),
-                pl.col("attempts").sum().alias("requests"),
-            )
-        )
-        found = {int(b): (int(ok), int(err), int(req)) for b, ok, err, req in buckets.iter_rows()}
-        for b in range(max(found, default=-1) + 1):
-            ok, err, req = found.get(b, (0, 0, 0))
-            timeline.append(TimeBin(b * width, ok, err, req))
     return Report(
         path=str(path),
         rows=df.height,
         by_status=_counts(df, "status"),
-        by_error_type=_counts(
-            df.filter(pl.col("status") != "ok").with_columns(
-                pl.col("error_type").fill_null("unknown")
-            ),
-            "error_type",
-        ),
+        by_error_type=_error_types(df),
         prompt_tokens=_int(totals["prompt_tokens"]),
         completion_tokens=_int(totals["completion_tokens"]),
         cached_tokens=_int(totals["cached_tokens"]),
@@ -243,15 +190,97 @@ def summarize(path: Path) -> Report:
         unpriced_rows=_int(totals["unpriced"]),
         requests=_int(totals["attempts"]),
         possibly_billed_attempts=_int(totals["possibly_billed_attempts"]),
-        cost_by_model=[
-            ModelCost(str(m), int(r), _int(p), _int(c), float(cost or 0.0), int(u))
-            for m, r, p, c, cost, u in by_model.iter_rows()
-        ],
-        latency_ms=percentiles,
+        cost_by_model=_cost_by_model(df),
+        latency_ms=_latency_stats(latency),
         latency_histogram=latency_histogram(latency),
         started_at=started,
         finished_at=finished,
         duration_s=span,
-        timeline=timeline,
+        timeline=_timeline(df, started, width),
         bucket_s=width,
     )
+
+
+def _unpriced() -> pl.Expr:
+    """Rows answered without a cost (a model missing from the price table)."""
+    return (pl.col("cost_usd").is_null() & (pl.col("status") == "ok")).sum().alias("unpriced")
+
+
+def _totals(frame: pl.DataFrame) -> dict[str, Any]:
+    """Token, cost and request sums, and the first start and last finish."""
+    return frame.select(
+        pl.col("prompt_tokens").sum(),
+        pl.col("completion_tokens").sum(),
+        pl.col("cached_tokens").sum(),
+        pl.col("reasoning_tokens").sum(),
+        pl.col("cost_usd").sum(),
+        _unpriced(),
+        pl.col("attempts").sum(),
+        pl.col("possibly_billed_attempts").sum(),
+        pl.col("started_at").min(),
+        pl.col("finished_at").max(),
+    ).row(0, named=True)
+
+
+def _error_types(frame: pl.DataFrame) -> dict[str, int]:
+    """Rows not ok per error type (``unknown`` when none was recorded)."""
+    failed = frame.filter(pl.col("status") != "ok")
+    return _counts(failed.with_columns(pl.col("error_type").fill_null("unknown")), "error_type")
+
+
+def _cost_by_model(frame: pl.DataFrame) -> list[ModelCost]:
+    """Rows, tokens and cost per model, dearest first."""
+    by_model = (
+        frame.with_columns(pl.col("model").fill_null(NO_MODEL))
+        .group_by("model")
+        .agg(
+            pl.len().alias("rows"),
+            pl.col("prompt_tokens").sum(),
+            pl.col("completion_tokens").sum(),
+            pl.col("cost_usd").sum(),
+            _unpriced(),
+        )
+        .sort(["cost_usd", "rows", "model"], descending=[True, True, False])
+    )
+    return [
+        ModelCost(str(m), int(r), _int(p), _int(c), float(cost or 0.0), int(u))
+        for m, r, p, c, cost, u in by_model.iter_rows()
+    ]
+
+
+def _latency_stats(latency: pl.Series) -> dict[str, float]:
+    """p50, p90, p99, mean and max of the latencies (nothing when there are none)."""
+    stats: dict[str, float] = {}
+    if latency.is_empty():
+        return stats
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        stats[name] = float(latency.quantile(q, "linear") or 0.0)
+    stats["mean"] = float(latency.mean() or 0.0)  # type: ignore[arg-type]
+    stats["max"] = float(latency.max() or 0.0)  # type: ignore[arg-type]
+    return stats
+
+
+def _timeline(frame: pl.DataFrame, started: datetime | None, width: int) -> list[TimeBin]:
+    """Rows finished per ``width``-second bucket since ``started``, empty buckets included."""
+    if started is None:
+        return []
+    buckets = (
+        frame.filter(pl.col("finished_at").is_not_null())
+        .with_columns(
+            (
+                (pl.col("finished_at") - started).dt.total_microseconds() // (width * 1_000_000)
+            ).alias("b")
+        )
+        .group_by("b")
+        .agg(
+            (pl.col("status") == "ok").sum().alias("ok"),
+            (pl.col("status") != "ok").sum().alias("error"),
+            pl.col("attempts").sum().alias("requests"),
+        )
+    )
+    found = {int(b): (int(ok), int(err), int(req)) for b, ok, err, req in buckets.iter_rows()}
+    timeline: list[TimeBin] = []
+    for b in range(max(found, default=-1) + 1):
+        ok, err, req = found.get(b, (0, 0, 0))
+        timeline.append(TimeBin(b * width, ok, err, req))
+    return timeline
