@@ -14,6 +14,9 @@ peak RSS are its own; the fake server runs in another process on the other core.
     300 ms latency: steady-state throughput vs the binding limit, 429s, failed rows;
     (c2) the same with no limits in the job, following the server's x-ratelimit headers.
 (d) peak RSS for 200,000 input rows vs 20,000.
+(e) the response cache, 20,000 rows at zero latency: a cold cache on a live run (every
+    answer stored) vs no cache, client CPU per request, runs alternated; then a warm
+    cache into a new output (nothing sent): rows/s and CPU per row.
 """
 
 from __future__ import annotations
@@ -110,9 +113,17 @@ max_backoff_s = 10
     return path
 
 
-def run_client(job: Path, source: Path, folder: Path, transport: str = "aiohttp") -> dict[str, Any]:
+def run_client(
+    job: Path,
+    source: Path,
+    folder: Path,
+    transport: str = "aiohttp",
+    *,
+    cache: Path | None = None,
+    output: Path | None = None,
+) -> dict[str, Any]:
     """Run one job in a fresh process; returns its measurements."""
-    output = folder / f"{job.stem}-{transport}-{source.stem}.parquet"
+    output = output or folder / f"{job.stem}-{transport}-{source.stem}.parquet"
     done = subprocess.run(
         [
             sys.executable,
@@ -127,6 +138,7 @@ def run_client(job: Path, source: Path, folder: Path, transport: str = "aiohttp"
             transport,
             "--log",
             str(folder / f"{job.stem}.log"),
+            *(["--cache", str(cache)] if cache is not None else []),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -221,7 +233,41 @@ def bench_c2(folder: Path) -> None:
     bench_c(folder, configured=False)
 
 
-SCENARIOS = {"a": bench_a, "b": bench_b, "c": bench_c, "c2": bench_c2, "d": bench_d}
+def bench_e(folder: Path) -> None:
+    print("(e) response cache, 20,000 rows, zero latency")
+    rows = 20_000
+    source = make_input(folder, rows)
+    cpu: dict[str, list[float]] = {"none": [], "cold": []}
+    with fake_server() as url:
+        job = write_job(folder, "e", url, concurrency=256, max_tokens=16)
+        for attempt in range(2):
+            for kind in ("none", "cold"):
+                cache = folder / f"cold-{attempt}.sqlite" if kind == "cold" else None
+                r = run_client(job, source, folder, cache=cache)
+                assert r["requests"] == rows, r
+                cpu[kind].append(r["cpu_s"] / r["requests"] * 1000)
+        warm = [
+            run_client(
+                job, source, folder, cache=folder / "cold-1.sqlite", output=folder / f"w{i}.parquet"
+            )
+            for i in range(2)
+        ]
+    none, cold = sorted(cpu["none"]), sorted(cpu["cold"])
+    print(
+        f"    live, no cache:   {', '.join(f'{v:.3f}' for v in none)} CPU-ms/request\n"
+        f"    live, cold cache: {', '.join(f'{v:.3f}' for v in cold)} CPU-ms/request"
+        f" ({sum(cold) / sum(none) - 1:+.1%} on the means; target within 10%)"
+    )
+    for r in warm:
+        assert r["requests"] == 0, r
+        assert r["cache_hits"] == rows, r
+        print(
+            f"    warm cache: {r['rows'] / r['wall_s']:,.0f} rows/s, {r['cpu_s'] / r['rows'] * 1000:.3f}"
+            f" CPU-ms/row, {r['requests']} requests, {r['cache_hits']:,} hits, wall {r['wall_s']:.2f} s"
+        )
+
+
+SCENARIOS = {"a": bench_a, "b": bench_b, "c": bench_c, "c2": bench_c2, "d": bench_d, "e": bench_e}
 
 
 def main(argv: list[str]) -> int:
