@@ -1,42 +1,19 @@
-"""The response cache across runs: never pay twice for the same request.
-
-One SQLite file (WAL mode, safe for concurrent runs of different jobs), one row per
-answered request, values stored as JSON (never pickle)::
-
-    responses(key BLOB PRIMARY KEY, model TEXT, created_at REAL, cost_usd REAL, value TEXT)
-
-The key is SHA-256 of the endpoint's identity (scheme, host, port, path, query: never
-the API key or headers) and the request hash (the exact body bytes, seed included), so
-two rows sending the same request share one entry across rows, jobs, outputs and days.
-The identity is kept only inside the hash. ``cost_usd`` is what the answer cost when it
-was bought (None: it could not be priced).
-
-Any sender (live, batch) uses the same small API: ``lookup`` (synchronous: a hit costs
-about 16 us and a miss 10 us on the calling thread, against about 120 us through a worker
-thread, measured), ``store`` (into a bounded buffer: no I/O) and ``flush`` (blocking: one
-transaction for everything buffered; run it in a thread). A cache file that cannot be
-read or written is reported once (``cache.unusable``) and the run goes on without it.
-"""
+"""The cache file as a run uses it: ``ResponseCache`` (lookup, buffered store, flush)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 import structlog
 
-from pipeline.errors import InputError
+from pipeline.cache.key import cache_key
 from pipeline.records import ChatRequest, Reply, ToolCall, Usage
-from pipeline.spec import CacheSpec, EndpointSpec, RequestSpec
 
 log = structlog.get_logger("pipeline")
 
@@ -56,60 +33,6 @@ CREATE TABLE IF NOT EXISTS responses (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 """
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def default_path() -> Path:
-    """``$XDG_CACHE_HOME/llm-batch-pipeline/responses.sqlite`` (``~/.cache`` without the variable)."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "llm-batch-pipeline" / "responses.sqlite"
-
-
-def cache_path(spec: CacheSpec, *, path: Path | None = None, off: bool = False) -> Path | None:
-    """The cache file a run uses: ``--no-cache`` (``off``) > ``--cache PATH`` > ``[cache]``."""
-    if off:
-        return None
-    if path is not None:
-        return path.expanduser()
-    if not spec.active:
-        return None
-    return Path(spec.path).expanduser() if spec.path is not None else default_path()
-
-
-def uncached_reason(request: RequestSpec, spec: CacheSpec) -> str | None:
-    """Why a job's answers are not cached (None: they are).
-
-    Answers sampled at ``temperature`` > 0 (or unset: servers default to 1) with no seed
-    the job chose are meant to differ from run to run; caching them needs
-    ``[cache] nondeterministic = true``.
-    """
-    if spec.nondeterministic or request.temperature == 0:
-        return None
-    if "seed" in request.model_fields_set or request.seed_column is not None:
-        return None
-    return (
-        "temperature above 0 (or unset) and no seed in the job: answers are samples;"
-        " set [cache] nondeterministic = true to cache them"
-    )
-
-
-def endpoint_identity(endpoint: EndpointSpec) -> str:
-    """Scheme, host, port, path and sorted query of the chat-completions URL (no key, no headers)."""
-    if endpoint.is_fake:
-        return "fake"
-    url = urlsplit(endpoint.base_url)
-    scheme = url.scheme.lower()
-    port = url.port or _DEFAULT_PORTS.get(scheme)
-    path = url.path.rstrip("/") + "/chat/completions"
-    query = sorted([*parse_qsl(url.query, keep_blank_values=True), *endpoint.query.items()])
-    return f"{scheme}://{(url.hostname or '').lower()}:{port}{path}?{urlencode(query)}"
-
-
-def cache_key(identity: str, request_hash: str) -> bytes:
-    """The entry's key: SHA-256 of the endpoint identity and the request hash."""
-    return hashlib.sha256(f"{identity}\n{request_hash}".encode()).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +80,7 @@ def _decode(value: str | bytes) -> Reply:
     )
 
 
-def _connect(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+def connect(path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """A connection in WAL mode with the schema in place (raises ``sqlite3.Error``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(
@@ -188,8 +111,8 @@ class ResponseCache:
         """Open (or create) the file; raises ``sqlite3.Error`` or ``OSError`` when it cannot."""
         self.path = path
         self._identity = identity
-        self._reader = _connect(path, busy_timeout_s)
-        self._writer = _connect(path, busy_timeout_s)
+        self._reader = connect(path, busy_timeout_s)
+        self._writer = connect(path, busy_timeout_s)
         self._pending: list[tuple[bytes, str | None, float, Reply, float | None]] = []
         self._lock = threading.Lock()
         self._broken = False
@@ -287,83 +210,3 @@ class ResponseCache:
             log.warning(
                 "cache.unusable", path=str(self.path), error=str(exc), action="running without"
             )
-
-
-@dataclass(frozen=True, slots=True)
-class ModelEntries:
-    """A model's entries in a cache file and what their answers cost."""
-
-    model: str
-    entries: int
-    cost_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class CacheStats:
-    """What ``pipeline cache stats`` shows: entries, bytes on disk, per model, oldest/newest."""
-
-    path: str
-    entries: int
-    size_bytes: int
-    by_model: list[ModelEntries]
-    oldest: float | None
-    newest: float | None
-
-
-def _open_existing(path: Path) -> sqlite3.Connection:
-    """An existing cache file for the ``cache`` commands; ``InputError`` when it is not one."""
-    if not path.is_file():
-        raise InputError(f"{path}: no cache file there")
-    try:
-        return _connect(path)
-    except (sqlite3.Error, OSError) as exc:
-        raise InputError(f"{path}: not a usable cache file: {exc}") from None
-
-
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
-
-
-def cache_stats(path: Path) -> CacheStats:
-    """Entries, size, per-model counts and cost, oldest and newest entry of a cache file."""
-    db = _open_existing(path)
-    try:
-        rows = db.execute(
-            "SELECT coalesce(model, '(none)'), count(*), coalesce(sum(cost_usd), 0)"
-            " FROM responses GROUP BY 1 ORDER BY 2 DESC, 1"
-        ).fetchall()
-        oldest, newest = db.execute(
-            "SELECT min(created_at), max(created_at) FROM responses"
-        ).fetchone()
-    except sqlite3.Error as exc:
-        raise InputError(f"{path}: not a usable cache file: {exc}") from None
-    finally:
-        db.close()
-    by_model = [ModelEntries(str(m), int(n), float(c)) for m, n, c in rows]
-    return CacheStats(
-        str(path), sum(m.entries for m in by_model), _size(path), by_model, oldest, newest
-    )
-
-
-def parse_age(text: str) -> float:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> seconds; ``ValueError`` otherwise."""
-    match = _AGE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not an age like 30d, 12h, 90m: {text!r}")
-    return float(match[1]) * _AGE_UNITS[match[2]]
-
-
-def prune(path: Path, older_than_s: float, *, now: float | None = None) -> int:
-    """Delete the entries stored more than ``older_than_s`` ago; returns how many."""
-    cutoff = (time.time() if now is None else now) - older_than_s
-    db = _open_existing(path)
-    try:
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            removed = db.execute("DELETE FROM responses WHERE created_at < ?", (cutoff,)).rowcount
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.Error as exc:
-        raise InputError(f"{path}: cannot prune: {exc}") from None
-    finally:
-        db.close()
-    return int(removed)
