@@ -21,7 +21,14 @@ import anyio
 import structlog
 
 from pipeline import estimate, fake
-from pipeline.cache import CacheStats, cache_stats, parse_age, prune
+from pipeline.cache import (
+    CacheStats,
+    cache_path,
+    cache_stats,
+    parse_age,
+    prune,
+    uncached_reason,
+)
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError
 from pipeline.log import configure_logging
@@ -316,6 +323,10 @@ def _validate(args: argparse.Namespace) -> int:
     print(
         f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
     )
+    cache = cache_path(job.cache)
+    if cache is not None:
+        reason = uncached_reason(job.request, job.cache)
+        print(f"response cache: {cache}" + (f" (not used: {reason})" if reason else ""))
     return EXIT_OK
 
 

@@ -369,6 +369,17 @@ def test_only_changed_rows_and_an_added_model_are_sent(
     assert server.stats.received - received == 40
     assert both.filter(pl.col("cache_hit"))["model"].unique().to_list() == ["gpt-4o-mini"]
 
+    # a new template is a new request for every row; going back to the old one costs nothing
+    received = server.stats.received
+    templated = _cached_job(source, server.base_url, tmp_path / "d.parquet", cache)
+    templated["request"]["template"] = "Summarize: {text}"
+    assert not run_job(tmp_path, templated)["cache_hit"].any()
+    assert server.stats.received - received == 40
+    templated["request"].pop("template")
+    templated["output"]["path"] = str(tmp_path / "e.parquet")
+    assert run_job(tmp_path, templated)["cache_hit"].all()
+    assert server.stats.received - received == 40
+
 
 def test_errors_and_sampled_answers_are_not_cached(
     tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
@@ -535,3 +546,39 @@ def test_manifest_of_a_run_without_cache(
     run_job(tmp_path, make_job(reviews(3), server.base_url, out))
     data = json.loads(out.with_name("a.manifest.json").read_text())
     assert (data["cache_path"], data["cache_hits"], data["cache_saved_usd"]) == (None, 0, 0.0)
+
+
+def test_an_answer_json_cannot_hold_is_not_cached(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c.sqlite", "id")
+    cache.store(_request("a"), _reply("lone \ud800 surrogate"), 0.1)
+    cache.store(_request("b"), _reply(), 0.1)
+    assert cache.flush() == 1
+    assert cache.lookup(_request("a")) is None
+    assert cache.lookup(_request("b")) is not None
+    cache.close()
+
+
+def test_the_write_buffer_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.cache.store.MAX_PENDING", 2)
+    cache = ResponseCache(tmp_path / "c.sqlite", "id")
+    with capture_logs() as logs:
+        for name in "abcd":
+            cache.store(_request(name), _reply(), 0.1)
+    assert cache.pending == 2
+    assert [e["event"] for e in logs] == ["cache.behind"]
+    assert cache.flush() == 2
+    cache.store(_request("e"), _reply(), 0.1)
+    assert cache.pending == 1
+    cache.close()
+
+
+def test_validate_names_the_cache_and_why_it_is_not_used(
+    tmp_path: Path, reviews: Reviews, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = make_job(reviews(2), "fake", tmp_path / "a.parquet", cache={"path": "c.sqlite"})
+    job["request"].pop("seed")
+    assert main(["validate", str(write_job(tmp_path, job))]) == 0
+    assert "response cache: c.sqlite (not used: temperature above 0" in capsys.readouterr().out
+    job["request"]["temperature"] = 0.0
+    assert main(["validate", str(write_job(tmp_path, job))]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "response cache: c.sqlite"

@@ -176,10 +176,12 @@ class ResponseCache:
             self._full = False
         if not batch or self._broken:
             return 0
-        rows = [
-            (key, model, created, cost, _encode(reply))
-            for key, model, created, reply, cost in batch
-        ]
+        rows = []
+        for key, model, created, reply, cost in batch:
+            try:
+                rows.append((key, model, created, cost, _encode(reply)))
+            except TypeError:  # text JSON cannot hold (a lone surrogate): not cached
+                continue
         try:
             with self._writer:
                 self._writer.execute("BEGIN IMMEDIATE")
