@@ -582,3 +582,44 @@ def test_validate_names_the_cache_and_why_it_is_not_used(
     job["request"]["temperature"] = 0.0
     assert main(["validate", str(write_job(tmp_path, job))]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "response cache: c.sqlite"
+
+
+def test_a_row_that_needed_json_reasks_is_not_paid_for_again(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(invalid_json_rate=0.4, fault_seed=3)
+    cache = tmp_path / "cache.sqlite"
+    source = reviews(30)
+    request = {"response_format": "json_object", "max_tokens": 200, "json_retries": 4}
+    first = run_job(
+        tmp_path,
+        _cached_job(source, server.base_url, tmp_path / "a.parquet", cache, request=request),
+    )
+    reasked = first.filter((pl.col("status") == "ok") & (pl.col("json_attempts") > 1))
+    assert reasked.height >= 5
+    failed = first.filter(pl.col("status") != "ok").height
+    assert failed < 3
+    received = server.stats.received
+
+    second = run_job(
+        tmp_path,
+        _cached_job(source, server.base_url, tmp_path / "b.parquet", cache, request=request),
+    )
+
+    assert server.stats.received - received <= failed * 5
+    ok = first["status"] == "ok"
+    hits = second.filter(ok)
+    assert hits["cache_hit"].all()
+    assert hits["cost_usd"].to_list() == [0.0] * hits.height
+    assert hits["attempts"].to_list() == [0] * hits.height
+    before = first.filter(ok)
+    for column in (
+        "parsed_json",
+        "json_attempts",
+        "seed",
+        "prompt_tokens",
+        "completion_tokens",
+        "request_hash",
+    ):
+        assert hits[column].to_list() == before[column].to_list(), column
+    assert hits["cached_cost_usd"].to_list() == pytest.approx(before["cost_usd"].to_list())

@@ -37,16 +37,20 @@ CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """A cached answer: the reply as it came, what it cost then, when it was stored."""
+    """A cached answer: the reply as it came, what it cost then, when it was stored;
+    ``reask`` > 0 for the answer a row reached at that JSON re-ask (see ``store_reask``)."""
 
     reply: Reply
     cost_usd: float | None
     created_at: float
+    reask: int = 0
 
 
-def _encode(reply: Reply) -> bytes:
+def _encode(reply: Reply, reask: int, cost_usd: float | None) -> bytes:
+    chain = {"reask": reask, "cost_usd": cost_usd} if reask else {}
     return orjson.dumps(
         {
+            **chain,
             "content": reply.content,
             "finish_reason": reply.finish_reason,
             "model": reply.model,
@@ -63,8 +67,7 @@ def _encode(reply: Reply) -> bytes:
     )
 
 
-def _decode(value: str | bytes) -> Reply:
-    data: dict[str, Any] = orjson.loads(value)
+def _decode(data: dict[str, Any]) -> Reply:
     calls = data.get("tool_calls")
     return Reply(
         content=data.get("content"),
@@ -113,7 +116,7 @@ class ResponseCache:
         self._identity = identity
         self._reader = connect(path, busy_timeout_s)
         self._writer = connect(path, busy_timeout_s)
-        self._pending: list[tuple[bytes, str | None, float, Reply, float | None]] = []
+        self._pending: list[tuple[bytes, str | None, float, Reply, float | None, int]] = []
         self._lock = threading.Lock()
         self._broken = False
         self._full = False
@@ -131,24 +134,52 @@ class ResponseCache:
         """The entry key of ``request`` at this cache's endpoint."""
         return cache_key(self._identity, request.request_hash)
 
+    def _reask_key(self, first: ChatRequest) -> bytes:
+        return cache_key(self._identity, f"reask:{first.request_hash}")
+
     def lookup(self, request: ChatRequest) -> Hit | None:
         """The stored answer to exactly this request, if any (a broken file: never)."""
+        return self._find(self.key(request))
+
+    def lookup_reask(self, first: ChatRequest, max_reask: int) -> Hit | None:
+        """The answer a row whose first request is ``first`` reached at a JSON re-ask (at
+        most ``max_reask``), with the usage and cost of all its answers, if one is stored."""
+        hit = self._find(self._reask_key(first))
+        return hit if hit is not None and 0 < hit.reask <= max_reask else None
+
+    def _find(self, key: bytes) -> Hit | None:
         if self._broken:
             return None
         try:
             row = self._reader.execute(
-                "SELECT value, cost_usd, created_at FROM responses WHERE key = ?",
-                (self.key(request),),
+                "SELECT value, cost_usd, created_at FROM responses WHERE key = ?", (key,)
             ).fetchone()
             if row is None:
                 return None
-            return Hit(_decode(row[0]), row[1], row[2])
+            data: dict[str, Any] = orjson.loads(row[0])
+            reask = int(data.get("reask") or 0)
+            cost = data.get("cost_usd") if reask else row[1]
+            return Hit(_decode(data), cost, row[2], reask)
         except (sqlite3.Error, ValueError, TypeError) as exc:
             self._give_up(exc)
             return None
 
     def store(self, request: ChatRequest, reply: Reply, cost_usd: float | None) -> None:
         """Remember an answer (written by the next ``flush``; the first stored answer stays)."""
+        self._buffer(self.key(request), request.model, reply, cost_usd, 0)
+
+    def store_reask(
+        self, first: ChatRequest, reask: int, reply: Reply, cost_usd: float | None
+    ) -> None:
+        """Remember the valid answer a row reached at JSON re-ask ``reask`` > 0 after its
+        first request ``first`` got an unusable one (``reply.usage`` and ``cost_usd``: of
+        all the row's answers), so the next run pays for neither. Kept apart from the
+        answers to exact requests: its cost is left out of ``cache_stats``."""
+        self._buffer(self._reask_key(first), first.model, reply, cost_usd, reask)
+
+    def _buffer(
+        self, key: bytes, model: str | None, reply: Reply, cost_usd: float | None, reask: int
+    ) -> None:
         if self._broken:
             return
         with self._lock:
@@ -157,8 +188,7 @@ class ResponseCache:
                     self._full = True
                     log.warning("cache.behind", path=str(self.path), pending=len(self._pending))
                 return
-            entry = (self.key(request), request.model, time.time(), reply, cost_usd)
-            self._pending.append(entry)
+            self._pending.append((key, model, time.time(), reply, cost_usd, reask))
 
     @property
     def pending(self) -> int:
@@ -177,9 +207,10 @@ class ResponseCache:
         if not batch or self._broken:
             return 0
         rows = []
-        for key, model, created, reply, cost in batch:
+        for key, model, created, reply, cost, reask in batch:
             try:
-                rows.append((key, model, created, cost, _encode(reply)))
+                value = _encode(reply, reask, cost)
+                rows.append((key, model, created, None if reask else cost, value))
             except TypeError:  # text JSON cannot hold (a lone surrogate): not cached
                 continue
         try:

@@ -12,6 +12,8 @@ times, each re-ask a new request through the same sender.
 
 from __future__ import annotations
 
+import dataclasses
+
 import structlog
 
 from pipeline.cache import Hit, ResponseCache
@@ -135,8 +137,11 @@ class RowJourney:
         Usage and cost add up every answer of the row; ``seed`` and the reply columns are
         those of the last request, ``request_hash`` that of the first (what resume looks up).
         """
+        chained = await self._reasked_before(where, request, extraction)
+        if chained is not None:
+            return chained
         ledger = Ledger()
-        first_hash = request.request_hash
+        first, first_hash = request, request.request_hash
         reask = 0
         while True:
             try:
@@ -157,7 +162,37 @@ class RowJourney:
             else:
                 answer = Answer(self._json_columns(value, reask + 1))
                 self._remember(request, reply, hit, cost)
+                if reask and self._cache is not None:
+                    self._cache.store_reask(first, reask, *_row_total(reply, ledger, hit))
             return self._finish(where, request, reply, ledger, hit, first_hash, answer)
+
+    async def _reasked_before(
+        self, where: Where, first: ChatRequest, extraction: Extraction
+    ) -> Outcome | None:
+        """The row from the cache when an earlier run had to re-ask its first request and
+        stored the valid answer it reached (None when the first request's own answer is
+        cached: the loop takes it)."""
+        cache = self._cache
+        if cache is None or not self._json_retries or cache.lookup(first) is not None:
+            return None
+        hit = cache.lookup_reask(first, self._json_retries)
+        if hit is None:
+            return None
+        try:
+            value = extraction.parse(hit.reply.content, hit.reply.finish_reason)
+        except AnswerError:
+            return None
+        request = await self._prepare.build(where.row, first.model, hit.reask)
+        self._stats.count_cache_hit(hit.cost_usd)
+        return outcome.cached(
+            where,
+            request,
+            hit.reply,
+            Ledger(),
+            cached_cost_usd=hit.cost_usd,
+            request_hash=first.request_hash,
+            answer=Answer(self._json_columns(value, hit.reask + 1)),
+        )
 
     async def _reask(
         self, row: PromptRow, request: ChatRequest, reask: int, exc: AnswerError
@@ -179,3 +214,13 @@ class RowJourney:
         if self._extraction is None:
             return {}
         return {self._extraction.column.name: value, "json_attempts": json_attempts}
+
+
+def _row_total(reply: Reply, ledger: Ledger, hit: Hit | None) -> tuple[Reply, float | None]:
+    """``reply`` with the usage of all the row's answers, and what they all cost (the
+    ledger's, plus the cached last answer's when it came from the cache)."""
+    if hit is None:
+        return dataclasses.replace(reply, usage=ledger.usage), ledger.cost_usd
+    paid, cached = ledger.cost_usd, hit.cost_usd
+    total = None if paid is None or cached is None else paid + cached
+    return dataclasses.replace(reply, usage=ledger.usage + reply.usage), total
