@@ -28,9 +28,11 @@ from pipeline.cache import (
     uncached_reason,
 )
 from pipeline.cli import main
+from pipeline.errors import JobError
 from pipeline.manifest import read_manifest
-from pipeline.records import ChatRequest, Reply, ToolCall, Usage
-from pipeline.spec import CacheSpec, EndpointSpec, RequestSpec
+from pipeline.progress import render
+from pipeline.records import ChatRequest, Ended, Reply, RunStats, ToolCall, Usage
+from pipeline.spec import CacheSpec, EndpointSpec, RequestSpec, parse_job
 from tests.helpers import REPO, FakeFactory, make_job, run_job, write_job
 
 Reviews = Callable[[int], Path]
@@ -623,3 +625,29 @@ def test_a_row_that_needed_json_reasks_is_not_paid_for_again(
     ):
         assert hits[column].to_list() == before[column].to_list(), column
     assert hits["cached_cost_usd"].to_list() == pytest.approx(before["cost_usd"].to_list())
+
+
+@pytest.mark.parametrize(
+    ("cache", "message"),
+    [
+        ({"size": 3}, "[cache] size: unknown key"),
+        ({"path": ""}, "[cache] path: String should have at least 1 character"),
+        ({"enabled": "yes"}, "[cache] enabled: Input should be a valid boolean"),
+        ({"nondeterministic": 1}, "[cache] nondeterministic: Input should be a valid boolean"),
+    ],
+)
+def test_cache_keys_are_checked(cache: dict[str, Any], message: str) -> None:
+    data = make_job(Path("in.parquet"), "fake", Path("out.parquet"), cache=cache)
+    with pytest.raises(JobError) as info:
+        parse_job(data)
+    assert str(info.value) == f"job: {message}"
+
+
+def test_progress_line_shows_hits_and_the_saving() -> None:
+    stats = RunStats(total=10)
+    assert "cache" not in render(stats)
+    stats.count_cache_hit(0.25)
+    stats.count_cache_hit(None)
+    assert "| cache 2 saved $0.2500 |" in render(stats)
+    summary = stats.summary("out.parquet", Ended.COMPLETE, None)
+    assert (summary.cache_hits, summary.cache_saved_usd) == (2, 0.25)
