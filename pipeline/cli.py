@@ -180,14 +180,14 @@ def _add_run(commands: Commands) -> None:
         metavar="FILE",
         help="model prices (JSON or TOML) over the job's and the packaged ones",
     )
-    cache = run.add_mutually_exclusive_group()
-    cache.add_argument(
+    cache_flags = run.add_mutually_exclusive_group()
+    cache_flags.add_argument(
         "--cache",
         type=Path,
         metavar="PATH",
         help="take answers from / store answers in this response cache file (SQLite)",
     )
-    cache.add_argument(
+    cache_flags.add_argument(
         "--no-cache", action="store_true", help="use no response cache, whatever [cache] says"
     )
 
@@ -225,8 +225,8 @@ def _add_report(commands: Commands) -> None:
 
 
 def _add_cache(commands: Commands) -> None:
-    cache = commands.add_parser("cache", help="inspect or prune a response cache file")
-    actions = cache.add_subparsers(dest="cache_command", required=True)
+    command = commands.add_parser("cache", help="inspect or prune a response cache file")
+    actions = command.add_subparsers(dest="cache_command", required=True)
     stats = actions.add_parser(
         "stats", help="entries, size, per model, oldest and newest entry of a cache file"
     )
@@ -323,10 +323,10 @@ def _validate(args: argparse.Namespace) -> int:
     print(
         f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
     )
-    cache = cache_path(job.cache)
-    if cache is not None:
+    cache_file = cache_path(job.cache)
+    if cache_file is not None:
         reason = uncached_reason(job.request, job.cache)
-        print(f"response cache: {cache}" + (f" (not used: {reason})" if reason else ""))
+        print(f"response cache: {cache_file}" + (f" (not used: {reason})" if reason else ""))
     return EXIT_OK
 
 

@@ -115,7 +115,11 @@ class ResponseCache:
         self.path = path
         self._identity = identity
         self._reader = connect(path, busy_timeout_s)
-        self._writer = connect(path, busy_timeout_s)
+        try:
+            self._writer = connect(path, busy_timeout_s)
+        except BaseException:
+            self._reader.close()
+            raise
         self._pending: list[tuple[bytes, str | None, float, Reply, float | None, int]] = []
         self._lock = threading.Lock()
         self._broken = False
