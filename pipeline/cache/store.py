@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import orjson
 import structlog
 
 from pipeline.cache.key import cache_key
-from pipeline.records import ChatRequest, Reply, ToolCall, Usage
+from pipeline.records import USAGE_COLUMNS, ChatRequest, Reply, ToolCall, Usage
 
 log = structlog.get_logger("pipeline")
 
@@ -56,11 +56,14 @@ def _encode(reply: Reply, reask: int, cost_usd: float | None) -> bytes:
             "model": reply.model,
             "http_status": reply.http_status,
             "latency_ms": reply.latency_ms,
-            "usage": asdict(reply.usage),
+            "usage": {name: getattr(reply.usage, name) for name in USAGE_COLUMNS},
             "choices": list(reply.choices),
             "tool_calls": None
             if reply.tool_calls is None
-            else [asdict(call) for call in reply.tool_calls],
+            else [
+                {"id": call.id, "name": call.name, "arguments": call.arguments}
+                for call in reply.tool_calls
+            ],
             "system_fingerprint": reply.system_fingerprint,
             "response_id": reply.response_id,
         }
