@@ -23,6 +23,9 @@ BUSY_TIMEOUT_S = 10.0
 MAX_PENDING = 50_000
 """Answers buffered for writing at most; beyond, new ones are not cached (the output has them)."""
 
+# A rowid table, not WITHOUT ROWID: answers (about 700 bytes) append in rowid order and
+# only the key index takes random inserts, which writes a quarter of the pages (measured:
+# 7 against 25 CPU-us a stored answer, 55,800 against 231,500 blocks written for 20,000).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key BLOB PRIMARY KEY,
@@ -30,7 +33,7 @@ CREATE TABLE IF NOT EXISTS responses (
     created_at REAL NOT NULL,
     cost_usd REAL,
     value TEXT NOT NULL
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 """
 

@@ -51,6 +51,8 @@ def main() -> None:
             plan, api_key=api_key_for(job), transport=transport, fresh=True, cache_path=args.cache
         )
         cpu_before, wall_before = _cpu_s(), time.perf_counter()
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
+        user_before, sys_before = usage_before.ru_utime, usage_before.ru_stime
         summary = anyio.run(runner.run, backend="asyncio")
         cpu, wall = _cpu_s() - cpu_before, time.perf_counter() - wall_before
     print(
@@ -62,6 +64,8 @@ def main() -> None:
                 "requests": summary.requests_sent,
                 "cache_hits": summary.cache_hits,
                 "cpu_s": cpu,
+                "user_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime - user_before,
+                "sys_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_before,
                 "wall_s": wall,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
