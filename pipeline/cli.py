@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 from typing import TextIO, TypeAlias, cast
@@ -21,6 +21,14 @@ import anyio
 import structlog
 
 from pipeline import estimate, fake
+from pipeline.cache import (
+    CacheStats,
+    cache_path,
+    cache_stats,
+    parse_age,
+    prune,
+    uncached_reason,
+)
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError
 from pipeline.log import configure_logging
@@ -126,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(commands)
     _add_estimate(commands)
     _add_report(commands)
+    _add_cache(commands)
     commands.add_parser(
         "fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False
     )
@@ -171,6 +180,16 @@ def _add_run(commands: Commands) -> None:
         metavar="FILE",
         help="model prices (JSON or TOML) over the job's and the packaged ones",
     )
+    cache_flags = run.add_mutually_exclusive_group()
+    cache_flags.add_argument(
+        "--cache",
+        type=Path,
+        metavar="PATH",
+        help="take answers from / store answers in this response cache file (SQLite)",
+    )
+    cache_flags.add_argument(
+        "--no-cache", action="store_true", help="use no response cache, whatever [cache] says"
+    )
 
 
 def _add_validate(commands: Commands) -> None:
@@ -205,6 +224,42 @@ def _add_report(commands: Commands) -> None:
     )
 
 
+def _add_cache(commands: Commands) -> None:
+    command = commands.add_parser("cache", help="inspect or prune a response cache file")
+    actions = command.add_subparsers(dest="cache_command", required=True)
+    stats = actions.add_parser(
+        "stats", help="entries, size, per model, oldest and newest entry of a cache file"
+    )
+    stats.add_argument("path", type=Path, help="the cache file (SQLite)")
+    prune = actions.add_parser("prune", help="delete the entries older than an age")
+    prune.add_argument("path", type=Path, help="the cache file (SQLite)")
+    prune.add_argument(
+        "--older-than",
+        type=_age,
+        required=True,
+        metavar="AGE",
+        help="an age such as 30d, 12h, 90m, 2w: entries stored before then are deleted",
+    )
+
+
+def _age(text: str) -> float:
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cache(args: argparse.Namespace) -> int:
+    if args.cache_command == "prune":
+        removed = prune(args.path, args.older_than)
+        print(
+            f"{args.path}: {removed:,} entries older than {args.older_than / 86400:g} days removed"
+        )
+    stats = cache_stats(args.path)
+    print(render_cache_stats(stats))
+    return EXIT_OK
+
+
 def _cost_line(summary: RunSummary) -> str:
     text = f"cost {usd(summary.cost_usd)}"
     if summary.unpriced_rows:
@@ -213,7 +268,29 @@ def _cost_line(summary: RunSummary) -> str:
         text += f" ({usd(summary.cost_usd + summary.earlier_cost_usd)} with earlier runs)"
     if summary.possibly_billed_attempts:
         text += f"; {summary.possibly_billed_attempts} possibly billed attempts (sent, never answered in full)"
+    if summary.cache_hits:
+        text += (
+            f"; {summary.cache_hits:,} answers from the cache saved {usd(summary.cache_saved_usd)}"
+        )
     return text
+
+
+def render_cache_stats(stats: CacheStats) -> str:
+    """What ``pipeline cache stats`` prints."""
+    lines = [f"{stats.path}: {stats.entries:,} entries, {stats.size_bytes / 1e6:,.1f} MB"]
+    if stats.oldest is not None and stats.newest is not None:
+        lines.append(f"oldest {_when(stats.oldest)}, newest {_when(stats.newest)}")
+    if stats.by_model:
+        width = max(len("model"), *(len(m.model) for m in stats.by_model))
+        lines.append(f"  {'model':<{width}}  {'entries':>9}  {'cost then':>10}")
+        lines.extend(
+            f"  {m.model:<{width}}  {m.entries:>9,}  {usd(m.cost_usd):>10}" for m in stats.by_model
+        )
+    return "\n".join(lines)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -246,6 +323,10 @@ def _validate(args: argparse.Namespace) -> int:
     print(
         f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
     )
+    cache_file = cache_path(job.cache)
+    if cache_file is not None:
+        reason = uncached_reason(job.request, job.cache)
+        print(f"response cache: {cache_file}" + (f" (not used: {reason})" if reason else ""))
     return EXIT_OK
 
 
@@ -301,6 +382,8 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         grace_s=args.grace_s,
         prices=args.prices,
+        cache=args.cache,
+        no_cache=args.no_cache,
     )
     prepared = prepare_run(args.job, options)
     progress = ProgressLine(sys.stderr)
@@ -363,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             return _estimate(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "cache":
+            return _cache(args)
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -66,6 +66,9 @@ class Manifest:
     unpriced_rows: int = 0
     possibly_billed_attempts: int = 0
     max_cost_usd: float | None = None
+    cache_path: str | None = None
+    cache_hits: int = 0
+    cache_saved_usd: float = 0.0
 
     def same_work(self, job_sha256: str, fingerprint: dict[str, Any], limit: int | None) -> bool:
         """Whether this manifest describes a complete run of exactly this job on this input."""

@@ -28,9 +28,14 @@ def render(stats: RunStats, width: int = 24) -> str:
     tokens_per_min = (stats.prompt_tokens + stats.completion_tokens) / elapsed * 60
     row_rate = stats.done / elapsed
     eta = clock((stats.total - stats.done) / row_rate) if row_rate > 0 else "--:--"
+    cache = (
+        f" | cache {stats.cache_hits:,} saved {usd(stats.cache_saved_usd)}"
+        if stats.cache_hits
+        else ""
+    )
     return (
         f"[{bar}] {stats.done:,}/{stats.total:,} ok {stats.ok:,} err {stats.error:,}"
-        f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | {_cost(stats)} | ETA {eta}"
+        f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | {_cost(stats)}{cache} | ETA {eta}"
     )
 
 

@@ -143,6 +143,8 @@ class Outcome:
 
     ``extra`` holds the values of columns a capability adds (JSON mode: ``parsed`` or
     ``parsed_json`` and ``json_attempts``); ``keep`` the kept input columns.
+    ``cache_hit``: the answer came from the response cache (``cost_usd`` is what this run
+    paid, ``cached_cost_usd`` what the cached answer cost when it was bought).
     """
 
     seq: int
@@ -170,6 +172,8 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
     cost_usd: float | None = 0.0
     possibly_billed_attempts: int = 0
+    cache_hit: bool = False
+    cached_cost_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -222,7 +226,8 @@ class RunSummary:
 
     ``ended`` says how the run ended and ``reason`` why. ``cost_usd`` is what this run's answers cost (rows that could
     not be priced left out: ``unpriced_rows``); ``earlier_cost_usd`` what the results of
-    earlier runs of the same output cost.
+    earlier runs of the same output cost. ``cache_hits`` rows were answered from the
+    response cache, which saved ``cache_saved_usd`` (their original cost).
     """
 
     output_path: str
@@ -243,6 +248,8 @@ class RunSummary:
     unpriced_rows: int = 0
     earlier_cost_usd: float = 0.0
     possibly_billed_attempts: int = 0
+    cache_hits: int = 0
+    cache_saved_usd: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -271,6 +278,8 @@ class RunStats:
     unpriced: int = 0
     earlier_cost_usd: float = 0.0
     possibly_billed: int = 0
+    cache_hits: int = 0
+    cache_saved_usd: float = 0.0
 
     def count_request(self) -> None:
         """One HTTP request is about to be sent."""
@@ -283,6 +292,12 @@ class RunStats:
     def count_earlier_cost(self, usd: float) -> None:
         """What the earlier results of this output cost (read before the run starts)."""
         self.earlier_cost_usd += usd
+
+    def count_cache_hit(self, saved_usd: float | None) -> None:
+        """One answer taken from the response cache instead of being bought again
+        (``saved_usd``: what it cost originally; None when it could not be priced)."""
+        self.cache_hits += 1
+        self.cache_saved_usd += saved_usd or 0.0
 
     def count_reused(self, *, ok: bool, error_type: str | None) -> None:
         """One row taken from an earlier run's results, sent nothing."""
@@ -330,6 +345,8 @@ class RunStats:
             unpriced_rows=self.unpriced,
             earlier_cost_usd=self.earlier_cost_usd,
             possibly_billed_attempts=self.possibly_billed,
+            cache_hits=self.cache_hits,
+            cache_saved_usd=self.cache_saved_usd,
         )
 
     @property

@@ -281,6 +281,24 @@ class PriceSpec(_Section):
     aliases: list[str] = Field(default_factory=list)
 
 
+class CacheSpec(_Section):
+    """The response cache across runs (``pipeline.cache``): off unless ``enabled = true``
+    or a ``path`` is set; ``enabled = false`` turns it off whatever the path.
+
+    ``nondeterministic = true`` also caches requests whose answers are samples
+    (``temperature`` above 0 or unset, with no ``seed`` or ``seed_column`` in the job).
+    """
+
+    enabled: bool | None = None
+    path: str | None = Field(default=None, min_length=1)
+    nondeterministic: bool = False
+
+    @property
+    def active(self) -> bool:
+        """Whether the job asks for the cache."""
+        return self.enabled if self.enabled is not None else self.path is not None
+
+
 class JobSpec(_Section):
     """One job file."""
 
@@ -293,6 +311,7 @@ class JobSpec(_Section):
     output: OutputSpec = OutputSpec()
     fake: FakeSpec = FakeSpec()
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
+    cache: CacheSpec = CacheSpec()
 
     @model_validator(mode="after")
     def _images_need_a_prompt(self) -> JobSpec:

@@ -98,6 +98,8 @@ def test_output_columns_are_documented() -> None:
         "request_hash": pa.string(),
         "system_fingerprint": pa.string(),
         "response_id": pa.string(),
+        "cache_hit": pa.bool_(),
+        "cached_cost_usd": pa.float64(),
     }
     assert {
         "choices": pa.list_(pa.string()),

@@ -239,6 +239,12 @@ def _kpis(report: Report) -> str:
                 f"{report.possibly_billed_attempts:,}",
                 f"possibly billed of {report.requests:,} requests",
             ),
+            _kpi(
+                f"{report.cache_hits:,}",
+                f"answered from the cache, saved {usd(report.cache_saved_usd)}",
+            )
+            if report.cache_hits
+            else "",
         ]
     )
 

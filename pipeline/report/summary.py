@@ -35,6 +35,8 @@ _COLUMNS: dict[str, pl.DataType] = {
     "error_type": pl.String(),
     "started_at": pl.Datetime("us", "UTC"),
     "finished_at": pl.Datetime("us", "UTC"),
+    "cache_hit": pl.Boolean(),
+    "cached_cost_usd": pl.Float64(),
 }
 _NICE_SECONDS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 MAX_BUCKETS = 48
@@ -97,6 +99,9 @@ class Report:
     duration_s: float
     timeline: list[TimeBin]
     bucket_s: int
+    cache_hits: int = 0
+    cache_saved_usd: float = 0.0
+    """Rows answered from the response cache, and what their answers cost when bought."""
 
     @property
     def total_tokens(self) -> int:
@@ -198,6 +203,8 @@ def summarize(path: Path) -> Report:
         duration_s=span,
         timeline=_timeline(df, started, width),
         bucket_s=width,
+        cache_hits=_int(totals["cache_hits"]),
+        cache_saved_usd=float(totals["cached_cost_usd"] or 0.0),
     )
 
 
@@ -219,6 +226,8 @@ def _totals(frame: pl.DataFrame) -> dict[str, Any]:
         pl.col("possibly_billed_attempts").sum(),
         pl.col("started_at").min(),
         pl.col("finished_at").max(),
+        pl.col("cache_hit").sum().alias("cache_hits"),
+        pl.col("cached_cost_usd").sum(),
     ).row(0, named=True)
 
 

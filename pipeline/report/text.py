@@ -25,6 +25,11 @@ def render_text(report: Report) -> str:
         cost += f" + {report.unpriced_rows:,} answered rows without a price"
     cost += f"; {report.requests:,} requests, {report.possibly_billed_attempts:,} possibly billed (sent, never answered in full)"
     lines.append(cost)
+    if report.cache_hits:
+        lines.append(
+            f"cache       {report.cache_hits:,} rows answered from the cache,"
+            f" saved {usd(report.cache_saved_usd)} (what they cost when bought)"
+        )
     if report.cost_by_model:
         width = max(len("model"), *(len(m.model) for m in report.cost_by_model))
         lines.append(

@@ -37,6 +37,8 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("request_hash", pa.string()),
         pa.field("system_fingerprint", pa.string()),
         pa.field("response_id", pa.string()),
+        pa.field("cache_hit", pa.bool_()),
+        pa.field("cached_cost_usd", pa.float64()),
     ]
 )
 """The documented columns every output has, before the optional and kept input columns."""

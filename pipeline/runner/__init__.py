@@ -1,7 +1,7 @@
 """The only composer: a run's lifecycle, the task group, a row's journey, the senders.
 
     source ──rows──▶ workers (2 x concurrency)
-                         │ per model: build ▸ reuse? ▸ send ▸ [parse ▸ re-ask] ▸ outcome
+                         │ per model: build ▸ reuse? ▸ cached? ▸ send ▸ [parse ▸ re-ask] ▸ outcome
                          ▼
                       outcomes ──▶ writer (part files every second / 500 rows) ──▶ finalize
 

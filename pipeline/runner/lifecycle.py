@@ -39,6 +39,7 @@ import anyio
 import structlog
 
 from pipeline.budget import budget_price
+from pipeline.cache import cache_path
 from pipeline.errors import JobError, OutputError
 from pipeline.lock import OutputLock
 from pipeline.manifest import (
@@ -104,6 +105,10 @@ class RunOptions:
     """On stopping, how long in-flight requests may finish."""
     prices: Path | None = None
     """A price file (JSON or TOML) over the job's and the packaged prices."""
+    cache: Path | None = None
+    """Use this response cache file (``--cache``), whatever ``[cache]`` says."""
+    no_cache: bool = False
+    """Use no response cache (``--no-cache``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,8 +302,15 @@ async def _run(
             grace_s=options.grace_s,
             handle_signals=handle_signals,
             prices=prepared.prices,
+            cache_path=run_cache_path(prepared),
         )
         return await runner.run()
+
+
+def run_cache_path(prepared: PreparedRun) -> Path | None:
+    """The response cache file of the run: ``--no-cache`` > ``--cache`` > ``[cache]``."""
+    options = prepared.options
+    return cache_path(prepared.job.cache, path=options.cache, off=options.no_cache)
 
 
 def _already_complete(prepared: PreparedRun, rows_planned: int) -> RunResult | None:
@@ -376,6 +388,9 @@ def build_manifest(
         unpriced_rows=summary.unpriced_rows,
         possibly_billed_attempts=summary.possibly_billed_attempts,
         max_cost_usd=job.limits.max_cost_usd,
+        cache_path=str(path) if (path := run_cache_path(prepared)) is not None else None,
+        cache_hits=summary.cache_hits,
+        cache_saved_usd=round(summary.cache_saved_usd, 6),
     )
 
 
@@ -400,4 +415,6 @@ def log_finished(prepared: PreparedRun, summary: RunSummary) -> None:
         elapsed_s=round(summary.elapsed_s, 3),
         cost_usd=round(summary.cost_usd, 6),
         possibly_billed_attempts=summary.possibly_billed_attempts,
+        cache_hits=summary.cache_hits,
+        cache_saved_usd=round(summary.cache_saved_usd, 6),
     )

@@ -129,3 +129,47 @@ def failed(
         cost_usd=ledger.cost_usd,
         possibly_billed_attempts=ledger.possibly_billed,
     )
+
+
+def cached(
+    where: Where,
+    request: ChatRequest,
+    reply: Reply,
+    ledger: Ledger,
+    *,
+    cached_cost_usd: float | None,
+    request_hash: str,
+    answer: Answer,
+) -> Outcome:
+    """The row of a request answered from the response cache: ``cache_hit``, the cached
+    reply's columns and usage (added to what the ledger paid for earlier answers of the
+    row, in JSON mode), ``cost_usd`` what this run paid (the ledger: 0 when nothing was
+    sent), ``cached_cost_usd`` what the cached answer cost when it was bought. No latency
+    or HTTP status: nothing was sent for it."""
+    error = answer.error
+    return Outcome(
+        seq=where.seq,
+        id=where.row.id,
+        status="ok" if error is None else "error",
+        started_at=where.started,
+        finished_at=now(),
+        attempts=ledger.attempts,
+        seed=request.seed,
+        request_hash=request_hash,
+        content=reply.content,
+        finish_reason=reply.finish_reason,
+        model=reply.model,
+        usage=ledger.usage + reply.usage,
+        error_type=error.error_type if error else None,
+        error_message=error.message if error else None,
+        system_fingerprint=reply.system_fingerprint,
+        response_id=reply.response_id,
+        choices=reply.choices,
+        tool_calls=reply.tool_calls,
+        keep=where.row.keep,
+        extra=answer.columns,
+        cost_usd=ledger.cost_usd,
+        possibly_billed_attempts=ledger.possibly_billed,
+        cache_hit=True,
+        cached_cost_usd=cached_cost_usd,
+    )

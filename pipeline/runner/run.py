@@ -6,6 +6,7 @@ import signal
 import time
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -15,6 +16,7 @@ from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline.budget import Budget
+from pipeline.cache import ResponseCache, endpoint_identity, uncached_reason
 from pipeline.client import ChatClient
 from pipeline.errors import JobError, OutputError
 from pipeline.limits import RateLimiter
@@ -36,6 +38,7 @@ FLUSH_ROWS = 500
 FLUSH_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 30.0
+CACHE_FLUSH_INTERVAL_S = 1.0
 _ROW_BUFFER = 4096
 
 T = TypeVar("T")
@@ -57,6 +60,7 @@ class Runner:
         grace_s: float = DEFAULT_GRACE_S,
         handle_signals: bool = False,
         prices: PriceTable | None = None,
+        cache_path: Path | None = None,
     ) -> None:
         job = plan.job
         if job.endpoint.is_fake and base_url is None:
@@ -83,6 +87,7 @@ class Runner:
         self.handle_signals = handle_signals
         self._transport = transport
         self._work_scope: anyio.CancelScope | None = None
+        self.cache_path = cache_path
 
     def stop(self, ended: Ended, reason: str) -> None:
         """Stop taking rows; in-flight requests get the grace period to finish."""
@@ -110,13 +115,18 @@ class Runner:
             concurrency=job.limits.concurrency,
             earlier_results=len(earlier) if earlier is not None else 0,
         )
+        cache = await self._open_cache()
         try:
-            await self._run_stages(earlier)
+            await self._run_stages(earlier, cache)
         except BaseExceptionGroup as group:
             output_errors = group.subgroup(OutputError)
             if output_errors is not None and output_errors.exceptions:
                 raise _first_leaf(output_errors) from None
             raise
+        finally:
+            if cache is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_close_cache, cache)
         if not self.control.is_stopping:
             carried = earlier.carried.per_source() if earlier is not None else None
             kept = self._kept_values() if carried and self.plan.job.input.keep_columns else None
@@ -133,7 +143,31 @@ class Runner:
                 for _ in range(copies):
                     yield row.keep
 
-    def _journey(self, client: ChatClient, earlier: DoneIndex | None) -> RowJourney:
+    async def _open_cache(self) -> ResponseCache | None:
+        """The response cache, when the run has one and the job's answers may be cached."""
+        if self.cache_path is None:
+            return None
+        job = self.plan.job
+        reason = uncached_reason(job.request, job.cache)
+        if reason is not None:
+            log.info("cache.off", path=str(self.cache_path), reason=reason)
+            return None
+        identity = endpoint_identity(job.endpoint)
+        cache = await anyio.to_thread.run_sync(ResponseCache.open, self.cache_path, identity)
+        if cache is not None:
+            log.info("cache.opened", path=str(self.cache_path))
+        return cache
+
+    async def _flush_cache(self, cache: ResponseCache) -> None:
+        """Write the cache's buffered answers every ``CACHE_FLUSH_INTERVAL_S``, in a thread."""
+        while True:
+            await anyio.sleep(CACHE_FLUSH_INTERVAL_S)
+            if cache.pending:
+                await anyio.to_thread.run_sync(cache.flush)
+
+    def _journey(
+        self, client: ChatClient, earlier: DoneIndex | None, cache: ResponseCache | None
+    ) -> RowJourney:
         """The per-row script of this run, built whole once the client is open."""
         job = self.plan.job
         limits = job.limits
@@ -167,9 +201,10 @@ class Runner:
             default_model=job.request.model,
             source_name=self.source_name,
             stats=self.stats,
+            cache=cache,
         )
 
-    async def _run_stages(self, earlier: DoneIndex | None) -> None:
+    async def _run_stages(self, earlier: DoneIndex | None, cache: ResponseCache | None) -> None:
         job = self.plan.job
         workers = 2 * job.limits.concurrency
         async with (
@@ -183,7 +218,7 @@ class Runner:
                 stream=job.request.stream,
             ) as client,
         ):
-            journey = self._journey(client, earlier)
+            journey = self._journey(client, earlier, cache)
             rows_send, rows_receive = anyio.create_memory_object_stream[PromptRow](
                 max(_ROW_BUFFER, 2 * workers)
             )
@@ -198,6 +233,8 @@ class Runner:
                 if self.handle_signals:
                     tg.start_soon(self._watch_signals)
                 tg.start_soon(self._enforce_grace)
+                if cache is not None:
+                    tg.start_soon(self._flush_cache, cache)
                 async with anyio.create_task_group() as work:
                     self._work_scope = work.cancel_scope
                     work.start_soon(self._read, rows_send)
@@ -312,6 +349,12 @@ async def _put(send: MemoryObjectSendStream[T], item: T) -> None:
         send.send_nowait(item)
     except anyio.WouldBlock:
         await send.send(item)
+
+
+def _close_cache(cache: ResponseCache) -> None:
+    """Write what the cache still buffers, then close it (blocking: run in a thread)."""
+    cache.flush()
+    cache.close()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

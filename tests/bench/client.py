@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--transport", choices=["aiohttp", "httpcore"], default="aiohttp")
     parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, help="a response cache file")
     args = parser.parse_args()
 
     job = load_job(args.job)
@@ -46,8 +47,12 @@ def main() -> None:
                     max_connections=concurrency, max_keepalive_connections=concurrency
                 )
             )
-        runner = Runner(plan, api_key=api_key_for(job), transport=transport, fresh=True)
+        runner = Runner(
+            plan, api_key=api_key_for(job), transport=transport, fresh=True, cache_path=args.cache
+        )
         cpu_before, wall_before = _cpu_s(), time.perf_counter()
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
+        user_before, sys_before = usage_before.ru_utime, usage_before.ru_stime
         summary = anyio.run(runner.run, backend="asyncio")
         cpu, wall = _cpu_s() - cpu_before, time.perf_counter() - wall_before
     print(
@@ -57,7 +62,10 @@ def main() -> None:
                 "ok": summary.rows_ok,
                 "errors": summary.errors_by_type,
                 "requests": summary.requests_sent,
+                "cache_hits": summary.cache_hits,
                 "cpu_s": cpu,
+                "user_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime - user_before,
+                "sys_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_before,
                 "wall_s": wall,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }

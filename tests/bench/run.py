@@ -14,6 +14,11 @@ peak RSS are its own; the fake server runs in another process on the other core.
     300 ms latency: steady-state throughput vs the binding limit, 429s, failed rows;
     (c2) the same with no limits in the job, following the server's x-ratelimit headers.
 (d) peak RSS for 200,000 input rows vs 20,000.
+(e) the response cache, 20,000 rows at zero latency: a cold cache on a live run (every
+    answer stored) vs no cache, client CPU per request, runs alternated; then a warm
+    cache into a new output (nothing sent): rows/s and CPU per row; and the cache's own
+    CPU per request measured in process (steadier than the difference of two runs on a
+    busy machine).
 """
 
 from __future__ import annotations
@@ -110,9 +115,17 @@ max_backoff_s = 10
     return path
 
 
-def run_client(job: Path, source: Path, folder: Path, transport: str = "aiohttp") -> dict[str, Any]:
+def run_client(
+    job: Path,
+    source: Path,
+    folder: Path,
+    transport: str = "aiohttp",
+    *,
+    cache: Path | None = None,
+    output: Path | None = None,
+) -> dict[str, Any]:
     """Run one job in a fresh process; returns its measurements."""
-    output = folder / f"{job.stem}-{transport}-{source.stem}.parquet"
+    output = output or folder / f"{job.stem}-{transport}-{source.stem}.parquet"
     done = subprocess.run(
         [
             sys.executable,
@@ -127,6 +140,7 @@ def run_client(job: Path, source: Path, folder: Path, transport: str = "aiohttp"
             transport,
             "--log",
             str(folder / f"{job.stem}.log"),
+            *(["--cache", str(cache)] if cache is not None else []),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -221,7 +235,93 @@ def bench_c2(folder: Path) -> None:
     bench_c(folder, configured=False)
 
 
-SCENARIOS = {"a": bench_a, "b": bench_b, "c": bench_c, "c2": bench_c2, "d": bench_d}
+def cache_work(folder: Path, rows: int = 20_000) -> tuple[float, float]:
+    """CPU-us per request of the cache's own work in this process, without a server: a cold
+    request (miss, store, flush in transactions of 2,000) and a warm one (hit, decoded)."""
+    import hashlib
+    import time
+
+    from pipeline.cache import ResponseCache
+    from pipeline.records import ChatRequest, Reply, Usage
+
+    requests = [
+        ChatRequest(
+            body=b"{}",
+            seed=i,
+            request_hash=hashlib.sha256(str(i).encode()).hexdigest(),
+            estimated_prompt_tokens=30,
+            max_tokens=16,
+            model="bench-model",
+        )
+        for i in range(rows)
+    ]
+    reply = Reply(
+        content="A sturdy, quiet product. " * 4,
+        finish_reason="stop",
+        model="bench-model",
+        http_status=200,
+        latency_ms=3.2,
+        usage=Usage(30, 16, 46),
+        choices=("x",),
+        response_id="chatcmpl-1",
+    )
+    cache = ResponseCache(folder / "work.sqlite", "http://127.0.0.1:1/v1/chat/completions?")
+    start = time.process_time()
+    for i, request in enumerate(requests):
+        assert cache.lookup(request) is None
+        cache.store(request, reply, 0.00001)
+        if i % 2000 == 1999:
+            cache.flush()
+    cache.flush()
+    cold = (time.process_time() - start) / rows * 1e6
+    start = time.process_time()
+    for request in requests:
+        assert cache.lookup(request) is not None
+    warm = (time.process_time() - start) / rows * 1e6
+    cache.close()
+    return cold, warm
+
+
+def bench_e(folder: Path) -> None:
+    print("(e) response cache, 20,000 rows, zero latency")
+    rows = 20_000
+    source = make_input(folder, rows)
+    cpu: dict[str, list[float]] = {"none": [], "cold": []}
+    with fake_server() as url:
+        job = write_job(folder, "e", url, concurrency=256, max_tokens=16)
+        for attempt in range(2):
+            for kind in ("none", "cold"):
+                cache = folder / f"cold-{attempt}.sqlite" if kind == "cold" else None
+                r = run_client(job, source, folder, cache=cache)
+                assert r["requests"] == rows, r
+                cpu[kind].append(r["cpu_s"] / r["requests"] * 1000)
+        warm = [
+            run_client(
+                job, source, folder, cache=folder / "cold-1.sqlite", output=folder / f"w{i}.parquet"
+            )
+            for i in range(2)
+        ]
+    none, cold = sorted(cpu["none"]), sorted(cpu["cold"])
+    print(
+        f"    live, no cache:   {', '.join(f'{v:.3f}' for v in none)} CPU-ms/request\n"
+        f"    live, cold cache: {', '.join(f'{v:.3f}' for v in cold)} CPU-ms/request"
+        f" ({sum(cold) / sum(none) - 1:+.1%} on the means; target within 10%)"
+    )
+    cold_us, warm_us = cache_work(folder)
+    print(
+        f"    the cache's own work, in process: {cold_us:.1f} CPU-us per cold request"
+        f" (miss, store, flush), {warm_us:.1f} CPU-us per hit"
+    )
+    for r in warm:
+        assert r["requests"] == 0, r
+        assert r["cache_hits"] == rows, r
+        print(
+            f"    warm cache: {r['rows'] / r['wall_s']:,.0f} rows/s, {r['cpu_s'] / r['rows'] * 1000:.3f}"
+            f" CPU-ms/row, {r['requests']} requests, {r['cache_hits']:,} hits, wall {r['wall_s']:.2f} s"
+        )
+
+
+SCENARIOS = {"a": bench_a, "b": bench_b, "c": bench_c, "c2": bench_c2, "d": bench_d, "e": bench_e}
 
 
 def main(argv: list[str]) -> int:
