@@ -28,6 +28,7 @@ from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, usd
 from pipeline.records import Ended, RunSummary
 from pipeline.requests import RequestBuilder
+from pipeline.results import resend_hint
 from pipeline.runner import (
     DEFAULT_GRACE_S,
     EXIT_ABORTED,
@@ -229,6 +230,9 @@ def _print_summary(summary: RunSummary) -> None:
     )
     if summary.complete:
         print(f"output: {summary.output_path}")
+    hint = resend_hint(summary.errors_by_type, summary.rows_total)
+    if hint is not None:
+        print(hint, file=sys.stderr)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -45,6 +45,8 @@ _RESERVED_BODY_KEYS = {
     "stream_options": "[request] stream sets it",
 }
 _TOOL_CHOICES = ("none", "auto", "required")
+MAX_CONCURRENCY = 4096
+"""The largest ``limits.concurrency``: each in-flight request holds a connection."""
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -230,6 +232,16 @@ class LimitsSpec(_Section):
     tokens_per_minute: PositiveInt | None = None
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     max_cost_usd: PositiveFloat | None = None
+
+    @field_validator("concurrency")
+    @classmethod
+    def _bounded_concurrency(cls, value: object) -> object:
+        if isinstance(value, int) and value > MAX_CONCURRENCY:
+            raise ValueError(
+                f"at most {MAX_CONCURRENCY:,} requests in flight (each holds a connection "
+                "and two workers); run shards for more"
+            )
+        return value
 
 
 class RetrySpec(_Section):

@@ -7,7 +7,14 @@ reading earlier results back (for resume, the budget and the estimate's sample).
     earlier.py   DoneIndex (what earlier runs finished, by (id, request hash)), their cost
 """
 
-from pipeline.results.earlier import Carried, DoneIndex, completion_key, recorded_cost
+from pipeline.results.earlier import (
+    NOT_DONE_ERRORS,
+    Carried,
+    DoneIndex,
+    completion_key,
+    recorded_cost,
+    resend_hint,
+)
 from pipeline.results.merge import Piece, conform, merge_pieces
 from pipeline.results.parts import PartWriter, parts_dir, read_results
 from pipeline.results.schema import (
@@ -21,6 +28,7 @@ from pipeline.results.schema import (
 )
 
 __all__ = [
+    "NOT_DONE_ERRORS",
     "OPTIONAL_COLUMNS",
     "OUTPUT_COLUMNS",
     "OUTPUT_SCHEMA",
@@ -38,4 +46,5 @@ __all__ = [
     "parts_dir",
     "read_results",
     "recorded_cost",
+    "resend_hint",
 ]

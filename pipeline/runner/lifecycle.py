@@ -52,6 +52,7 @@ from pipeline.manifest import (
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
 from pipeline.records import Ended, RunSummary
+from pipeline.results import NOT_DONE_ERRORS
 from pipeline.runner.plan import RunPlan, models_of, plan_run
 from pipeline.runner.run import DEFAULT_GRACE_S, Runner
 from pipeline.spec import JobSpec, load_job
@@ -313,14 +314,19 @@ def _already_complete(prepared: PreparedRun, rows_planned: int) -> RunResult | N
         or not earlier.same_work(prepared.job_sha256, prepared.fingerprint, options.limit)
     ):
         return None
+    if NOT_DONE_ERRORS & {kind for kind, n in earlier.rows_by_error_type.items() if n}:
+        return None  # rows that failed transiently (or on auth) are sent again
     # a finished run with too many errors stays a failure when run again
-    code = EXIT_TOO_MANY_ERRORS if earlier.exit_code == EXIT_TOO_MANY_ERRORS else EXIT_OK
+    rows = sum(earlier.rows_by_status.values())
+    code, reason = _error_rate_code(prepared.job, earlier.rows_by_status.get("error", 0), rows)
+    if code == EXIT_OK and earlier.exit_code == EXIT_TOO_MANY_ERRORS:
+        code, reason = EXIT_TOO_MANY_ERRORS, earlier.exit_reason
     log.info(
         "job.already_complete", run_id=earlier.run_id, output=str(plan.output_path), exit_code=code
     )
     return RunResult(
         exit_code=code,
-        reason=earlier.exit_reason,
+        reason=reason if code != EXIT_OK else earlier.exit_reason,
         output_path=plan.output_path,
         manifest_path=manifest_path(plan.output_path),
         run_id=earlier.run_id,
@@ -333,12 +339,16 @@ def exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
     """The exit code of a run that got to its end, and the reason in words."""
     if summary.ended in _ENDED_CODES:
         return _ENDED_CODES[summary.ended], summary.reason or summary.ended.value
+    return _error_rate_code(job, summary.rows_error, summary.rows_total)
+
+
+def _error_rate_code(job: JobSpec, errors: int, rows: int) -> tuple[int, str]:
+    """Exit 3 when more than ``limits.max_error_rate`` of ``rows`` failed, else 0."""
     limit = job.limits.max_error_rate
-    if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
-        rate = summary.rows_error / summary.rows_total
+    if limit is not None and rows and errors / rows > limit:
         return (
             EXIT_TOO_MANY_ERRORS,
-            f"{rate:.1%} of rows failed, above limits.max_error_rate {limit:.1%}",
+            f"{errors / rows:.1%} of rows failed, above limits.max_error_rate {limit:.1%}",
         )
     return EXIT_OK, "complete"
 

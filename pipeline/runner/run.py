@@ -171,7 +171,7 @@ class Runner:
 
     async def _run_stages(self, earlier: DoneIndex | None) -> None:
         job = self.plan.job
-        workers = 2 * job.limits.concurrency
+        workers = worker_count(job.limits.concurrency, self.stats.total)
         async with (
             ChatClient(
                 job.endpoint,
@@ -304,6 +304,11 @@ class Runner:
         while True:
             self.progress.draw(self.stats)
             await anyio.sleep(PROGRESS_INTERVAL_S)
+
+
+def worker_count(concurrency: int, rows: int) -> int:
+    """Twice ``concurrency`` workers (one waits while one sends), never more than rows."""
+    return max(1, min(2 * concurrency, rows))
 
 
 async def _put(send: MemoryObjectSendStream[T], item: T) -> None:

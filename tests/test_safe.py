@@ -1,0 +1,108 @@
+"""Paid-for rows are never lost, and runs never go wrong quietly (issue 15)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import JobError
+from pipeline.fake import FakeConfig, serve_in_thread
+from pipeline.manifest import manifest_path
+from pipeline.results import resend_hint
+from pipeline.runner.run import worker_count
+from pipeline.spec import MAX_CONCURRENCY, load_job
+from tests.helpers import FakeFactory, make_job, write_job
+
+Reviews = Callable[[int], Path]
+
+
+# item 7: concurrency is bounded, and the pool never outnumbers the rows
+
+
+def test_concurrency_above_the_bound_is_a_one_line_error(tmp_path: Path) -> None:
+    job = make_job(tmp_path / "in.parquet", "fake", tmp_path / "out.parquet")
+    job["limits"]["concurrency"] = 100_000_000
+    with pytest.raises(JobError, match=r"\[limits\] concurrency: .*at most 4,096") as info:
+        load_job(write_job(tmp_path, job))
+    assert "\n" not in str(info.value)
+    job["limits"]["concurrency"] = MAX_CONCURRENCY
+    assert load_job(write_job(tmp_path, job)).limits.concurrency == MAX_CONCURRENCY
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "rows", "workers"), [(16, 1000, 32), (4096, 20, 20), (8, 0, 1), (1, 1, 1)]
+)
+def test_worker_count_never_exceeds_the_rows(concurrency: int, rows: int, workers: int) -> None:
+    assert worker_count(concurrency, rows) == workers
+
+
+def test_the_largest_concurrency_on_a_few_rows_runs(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    job = make_job(reviews(20), server.base_url, out, limits={"concurrency": MAX_CONCURRENCY})
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+    assert pl.read_parquet(out).height == 20
+
+
+# item 12: transient failures are sent again; many failures say how to resend
+
+
+def test_transient_error_rows_are_sent_again_by_a_plain_rerun(
+    tmp_path: Path, reviews: Reviews, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.parquet"
+    source = reviews(12)
+    with serve_in_thread(FakeConfig(error_500_rate=1.0)) as broken:
+        port = int(broken.base_url.split(":")[2].split("/")[0])
+        job = make_job(
+            source,
+            broken.base_url,
+            out,
+            retry={"max_attempts": 1},
+            limits={"max_error_rate": 1.0},
+        )
+        path = write_job(tmp_path, job)
+        assert main(["run", str(path)]) == 0
+    assert pl.read_parquet(out)["error_type"].unique().to_list() == ["server_error"]
+    assert "12 rows failed with server_error: run the same command again" in capsys.readouterr().err
+    # the gateway is fixed: the same command sends the 12 rows again
+    with serve_in_thread(FakeConfig(), port=port) as healthy:
+        assert main(["run", str(path)]) == 0
+        assert healthy.stats.received == 12
+    assert pl.read_parquet(out)["status"].unique().to_list() == ["ok"]
+
+
+def test_resend_hint_names_the_class_and_the_way_to_resend() -> None:
+    assert resend_hint({}, 100) is None
+    assert resend_hint({"bad_request": 2}, 100) is None
+    assert "--retry-errors" in (resend_hint({"bad_request": 500, "timeout": 3}, 503) or "")
+    assert "run the same command again" in (resend_hint({"timeout": 40}, 100) or "")
+    assert "3 rows failed with bad_request" in (resend_hint({"bad_request": 3}, 3) or "")
+
+
+def test_a_complete_output_above_max_error_rate_never_exits_0_again(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(bad_request_rate=0.5, fault_seed=3)
+    out = tmp_path / "out.parquet"
+    job = make_job(reviews(40), server.base_url, out, limits={"max_error_rate": 0.9})
+    path = write_job(tmp_path, job)
+    assert main(["run", str(path)]) == 0
+    errors = pl.read_parquet(out)["status"].eq("error").sum()
+    assert 0 < errors < 40
+    # a manifest written before the limit was lowered: the rerun checks the rows again
+    manifest = json.loads(manifest_path(out).read_text())
+    job["limits"]["max_error_rate"] = 0.01
+    path = write_job(tmp_path, job)
+    manifest["job_sha256"] = __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    manifest_path(out).write_text(json.dumps(manifest))
+    received = server.stats.received
+    assert main(["run", str(path)]) == 3
+    assert server.stats.received == received
