@@ -45,6 +45,8 @@ _RESERVED_BODY_KEYS = {
     "stream_options": "[request] stream sets it",
 }
 _TOOL_CHOICES = ("none", "auto", "required")
+DEFAULT_MAX_ERROR_RATE = 0.1
+"""A run where more rows than this failed exits 3 (set 1.0 to accept any share)."""
 MAX_CONCURRENCY = 4096
 """The largest ``limits.concurrency``: each in-flight request holds a connection."""
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -230,7 +232,7 @@ class LimitsSpec(_Section):
     concurrency: PositiveInt = 16
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
-    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    max_error_rate: float | None = Field(default=DEFAULT_MAX_ERROR_RATE, ge=0, le=1)
     max_cost_usd: PositiveFloat | None = None
 
     @field_validator("concurrency")

@@ -10,10 +10,11 @@ import polars as pl
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import JobError
+from pipeline.errors import BadRequest, JobError, ServerError
 from pipeline.fake import FakeConfig, serve_in_thread
 from pipeline.manifest import manifest_path
 from pipeline.results import resend_hint
+from pipeline.runner.control import RefusalWatch, RunControl
 from pipeline.runner.run import worker_count
 from pipeline.spec import MAX_CONCURRENCY, load_job
 from tests.helpers import FakeFactory, make_job, write_job
@@ -106,3 +107,66 @@ def test_a_complete_output_above_max_error_rate_never_exits_0_again(
     received = server.stats.received
     assert main(["run", str(path)]) == 3
     assert server.stats.received == received
+
+
+# item 5: a run where (almost) every row fails does not exit 0, nor pay for every row
+
+
+def test_a_job_the_server_rejects_stops_after_the_first_rows(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server(bad_request_rate=1.0)
+    out = tmp_path / "out.parquet"
+    job = make_job(reviews(400), server.base_url, out, limits={"concurrency": 4})
+    assert main(["run", str(write_job(tmp_path, job))]) == 4
+    err = capsys.readouterr().err
+    assert "the first 20 rows all failed with HTTP 400 bad_request" in err
+    assert 20 <= server.stats.received < 40
+    assert json.loads(manifest_path(out).read_text())["exit_code"] == 4
+
+
+def test_the_default_max_error_rate_fails_a_run_with_many_errors(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(bad_request_rate=0.3, fault_seed=1)
+    out = tmp_path / "out.parquet"
+    job = make_job(reviews(60), server.base_url, out)
+    del job["limits"]["max_error_rate"]
+    assert main(["run", str(write_job(tmp_path, job))]) == 3
+    assert pl.read_parquet(out).height == 60
+
+
+def _bad_request(message: str = "unknown parameter: top_k") -> BadRequest:
+    return BadRequest(message, http_status=400)
+
+
+def test_refusal_watch_stops_only_when_the_first_rows_fail_alike() -> None:
+    control = RunControl(0.0)
+    watch = RefusalWatch(control, first_rows=3)
+    watch.failed(_bad_request())
+    watch.failed(_bad_request("another message, same status"))
+    assert not control.is_stopping
+    watch.failed(_bad_request())
+    assert control.is_stopping
+    assert control.reason is not None
+    assert control.reason.startswith("the first 3 rows all failed with HTTP 400 bad_request")
+
+
+@pytest.mark.parametrize(
+    "between",
+    [
+        lambda watch: watch.answered(),
+        lambda watch: watch.failed(ServerError("bad gateway", http_status=502)),
+        lambda watch: watch.failed(BadRequest("too long", http_status=413)),
+    ],
+)
+def test_refusal_watch_forgets_the_first_rows_after_an_answer_or_another_error(
+    between: Callable[[RefusalWatch], None],
+) -> None:
+    control = RunControl(0.0)
+    watch = RefusalWatch(control, first_rows=3)
+    watch.failed(_bad_request())
+    between(watch)
+    for _ in range(5):
+        watch.failed(_bad_request())
+    assert not control.is_stopping

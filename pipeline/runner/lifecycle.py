@@ -6,7 +6,8 @@ Exit codes (stable, documented in the README):
     1   an internal error (a bug): the traceback is printed
     2   a user error (bad job, bad input, unwritable output) before anything was sent
     3   the run finished, but more rows failed than ``limits.max_error_rate`` allows
-    4   aborted: the endpoint refused every request (bad key, unknown model or path)
+    4   aborted: the endpoint refused every request (bad key, unknown model or path), or
+        the first rows all failed with the same fatal error (a parameter it rejects)
     5   results could not be written mid-run (disk full?); what was written is kept
     6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
     75  another run is writing the same output (locked)
