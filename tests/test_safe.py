@@ -13,7 +13,7 @@ from pipeline.cli import main
 from pipeline.errors import BadRequest, JobError, ServerError
 from pipeline.fake import FakeConfig, serve_in_thread
 from pipeline.manifest import manifest_path
-from pipeline.results import resend_hint
+from pipeline.results import archive_dir, resend_hint
 from pipeline.runner.control import RefusalWatch, RunControl
 from pipeline.runner.run import worker_count
 from pipeline.spec import MAX_CONCURRENCY, load_job
@@ -170,3 +170,81 @@ def test_refusal_watch_forgets_the_first_rows_after_an_answer_or_another_error(
     for _ in range(5):
         watch.failed(_bad_request())
     assert not control.is_stopping
+
+
+# item 1: results already paid for survive any later run on the same output
+
+
+def _cost(path: Path) -> float:
+    return float(pl.read_parquet(path)["cost_usd"].sum())
+
+
+def test_a_smaller_run_keeps_the_other_paid_rows_for_reuse(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    source = reviews(30)
+    path = write_job(tmp_path, make_job(source, server.base_url, out))
+    assert main(["run", str(path)]) == 0
+    paid = _cost(out)
+    assert main(["run", str(path), "--limit", "10"]) == 0
+    assert server.stats.received == 30
+    assert pl.read_parquet(out)["id"].to_list() == [f"r{i:06d}" for i in range(10)]
+    archive = archive_dir(out)
+    kept = pl.read_parquet(archive)
+    assert sorted(kept["id"]) == [f"r{i:06d}" for i in range(10, 30)]
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["earlier_cost_usd"] == pytest.approx(paid, abs=1e-6)
+    # another input naming 5 of the rows: reused from the output and the archive
+    other = tmp_path / "other.parquet"
+    pl.read_parquet(source).slice(8, 5).write_parquet(other)
+    assert main(["run", str(path), "--input", str(other)]) == 0
+    assert server.stats.received == 30
+    assert pl.read_parquet(out)["id"].to_list() == [f"r{i:06d}" for i in range(8, 13)]
+    # the full run again sends nothing, and the archive is empty once all is carried back
+    assert main(["run", str(path)]) == 0
+    assert server.stats.received == 30
+    assert pl.read_parquet(out).height == 30
+    assert _cost(out) == pytest.approx(paid)
+    assert not list(archive.glob("*.parquet"))
+
+
+def test_interrupted_parts_survive_a_smaller_run(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    source = reviews(40)
+    path = write_job(tmp_path, make_job(source, server.base_url, out))
+    # an interrupted run: parts of 25 rows, no output yet
+    assert main(["run", str(path), "--limit", "25"]) == 0
+    table = pl.read_parquet(out)
+    out.unlink()
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir()
+    table.with_columns(pl.int_range(0, 25, dtype=pl.Int64).alias("_seq")).write_parquet(
+        parts / "part-0001-000001.parquet"
+    )
+    assert main(["run", str(path), "--limit", "5"]) == 0
+    assert server.stats.received == 25
+    assert pl.read_parquet(archive_dir(out)).height == 20
+    assert main(["run", str(path)]) == 0
+    assert server.stats.received == 40  # only the 15 rows never sent
+    assert pl.read_parquet(out).height == 40
+
+
+def test_fresh_sends_again_but_archives_what_was_paid(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    path = write_job(tmp_path, make_job(reviews(6), server.base_url, out))
+    assert main(["run", str(path)]) == 0
+    paid = _cost(out)
+    assert main(["run", str(path), "--fresh"]) == 0
+    assert server.stats.received == 12
+    assert pl.read_parquet(archive_dir(out)).height == 6
+    assert json.loads(manifest_path(out).read_text())["earlier_cost_usd"] == pytest.approx(
+        paid, abs=1e-6
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -91,8 +90,10 @@ class Runner:
     async def run(self) -> RunSummary:
         """Send every row not already done, write every outcome, merge the output."""
         job = self.plan.job
-        await anyio.to_thread.run_sync(partial(self.writer.prepare, fresh=self.fresh))
-        earlier_files = [] if self.fresh else self.writer.earlier_results()
+        await anyio.to_thread.run_sync(self.writer.prepare)
+        # with --fresh nothing is reused, but earlier results are still read: what the
+        # output no longer holds moves to the archive, paid for and kept
+        earlier_files = self.writer.earlier_results()
         earlier: DoneIndex | None = None
         if earlier_files:
             earlier = await anyio.to_thread.run_sync(DoneIndex.load, earlier_files)
@@ -153,7 +154,7 @@ class Runner:
         extraction = self.plan.extraction
         response_format = extraction.response_format() if extraction else None
         reuse = None
-        if earlier is not None:
+        if earlier is not None and not self.fresh:
             reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
         return RowJourney(
             prepare=RequestPreparer(
