@@ -347,6 +347,8 @@ def _print_result(result: RunResult) -> int:
         )
     if not summary.complete:
         again = "raise limits.max_cost_usd and run" if summary.ended is Ended.BUDGET else "run"
+        if summary.ended is Ended.INPUT_FAILED:
+            again = "repair or replace that part of the input and run"
         print(
             f"{summary.rows_total} of {result.rows_planned} rows done; {again} the same command again to resume",
             file=sys.stderr,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
 from pipeline.errors import BadRequest, JobError, ServerError
 from pipeline.fake import FakeConfig, serve_in_thread
+from pipeline.log import configure_logging
 from pipeline.manifest import manifest_path
 from pipeline.results import archive_dir, resend_hint
 from pipeline.runner.control import RefusalWatch, RunControl
@@ -20,6 +24,14 @@ from pipeline.spec import MAX_CONCURRENCY, load_job
 from tests.helpers import FakeFactory, make_job, write_job
 
 Reviews = Callable[[int], Path]
+
+
+@pytest.fixture(autouse=True)
+def _log_to_the_real_stderr() -> Iterator[None]:
+    """``pipeline run`` points the logs at the stderr of its test (capsys's, closed after):
+    point them back, so later test modules do not log into a closed file."""
+    yield
+    configure_logging(stream=sys.__stderr__)
 
 
 # item 7: concurrency is bounded, and the pool never outnumbers the rows
@@ -248,3 +260,65 @@ def test_fresh_sends_again_but_archives_what_was_paid(
     assert json.loads(manifest_path(out).read_text())["earlier_cost_usd"] == pytest.approx(
         paid, abs=1e-6
     )
+
+
+# item 3: an unreadable part of the input ends the run cleanly, everything answered kept
+
+
+def _corrupt_row_group(path: Path, group: int, column: int) -> None:
+    """Overwrite one column chunk's pages with garbage; the footer stays valid."""
+    chunk = pq.ParquetFile(path).metadata.row_group(group).column(column)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + 8 : start + chunk.total_compressed_size] = b"\xab" * (
+        chunk.total_compressed_size - 8
+    )
+    path.write_bytes(bytes(data))
+
+
+def _reviews_in_groups(path: Path, rows: int, group_rows: int) -> Path:
+    table = pa.table(
+        {
+            "review_id": [f"r{i:06d}" for i in range(rows)],
+            "text": [f"Review {i}: it works, mostly, and came on time." for i in range(rows)],
+            "product_id": [f"P-{i % 7}" for i in range(rows)],
+        }
+    )
+    pq.write_table(table, path, row_group_size=group_rows)
+    return path
+
+
+def test_a_corrupt_row_group_mid_run_checkpoints_and_exits_8(
+    tmp_path: Path, fake_server: FakeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _reviews_in_groups(tmp_path / "in.parquet", 3000, 1000)
+    _corrupt_row_group(source, 2, 1)
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    job = make_job(source, server.base_url, out, limits={"concurrency": 8})
+    code = main(["run", str(write_job(tmp_path, job))])
+    captured = capsys.readouterr()
+    assert code == 8
+    assert "Traceback" not in captured.err
+    assert f"{source}: row group 2 (rows 2000-2999) cannot be read" in captured.err
+    parts = pl.read_parquet(out.with_name(out.name + ".parts"))
+    assert parts.height == server.stats.received == 2000
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["exit_code"] == 8
+    assert "row group 2" in manifest["exit_reason"]
+    # run again: what was answered is reused, and the same clean stop, now with nothing sent
+    assert main(["run", str(write_job(tmp_path, job))]) == 2
+    assert server.stats.received == 2000
+
+
+def test_a_corrupt_first_row_group_exits_2_with_nothing_sent(
+    tmp_path: Path, fake_server: FakeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _reviews_in_groups(tmp_path / "in.parquet", 20, 10)
+    _corrupt_row_group(source, 0, 1)
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    assert main(["run", str(write_job(tmp_path, make_job(source, server.base_url, out)))]) == 2
+    assert "row group 0 (rows 0-9) cannot be read" in capsys.readouterr().err
+    assert server.stats.received == 0
+    assert json.loads(manifest_path(out).read_text())["exit_code"] == 2

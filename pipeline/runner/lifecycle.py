@@ -10,6 +10,8 @@ Exit codes (stable, documented in the README):
         the first rows all failed with the same fatal error (a parameter it rejects)
     5   results could not be written mid-run (disk full?); what was written is kept
     6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
+    8   a part of the input could not be read once sending had started (a corrupt row group);
+        everything answered is checkpointed (2 when nothing had been sent yet)
     75  another run is writing the same output (locked)
     130 interrupted by SIGINT (143: by SIGTERM); run the same command again to resume
 
@@ -66,6 +68,7 @@ EXIT_TOO_MANY_ERRORS = 3
 EXIT_ABORTED = 4
 EXIT_WRITE_FAILED = 5
 EXIT_BUDGET = 6
+EXIT_INPUT_FAILED = 8
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -75,6 +78,7 @@ _ENDED_CODES = {
     Ended.TERMINATED: EXIT_TERMINATED,
     Ended.ABORTED: EXIT_ABORTED,
     Ended.BUDGET: EXIT_BUDGET,
+    Ended.INPUT_FAILED: EXIT_INPUT_FAILED,
 }
 
 EndpointOpener = Callable[[JobSpec], AbstractAsyncContextManager[str | None]]
@@ -338,6 +342,8 @@ def _already_complete(prepared: PreparedRun, rows_planned: int) -> RunResult | N
 
 def exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
     """The exit code of a run that got to its end, and the reason in words."""
+    if summary.ended is Ended.INPUT_FAILED and summary.requests_sent == 0:
+        return EXIT_USER_ERROR, summary.reason or summary.ended.value
     if summary.ended in _ENDED_CODES:
         return _ENDED_CODES[summary.ended], summary.reason or summary.ended.value
     return _error_rate_code(job, summary.rows_error, summary.rows_total)

@@ -15,7 +15,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
-from pipeline.errors import JobError, OutputError
+from pipeline.errors import InputError, JobError, OutputError
 from pipeline.limits import RateLimiter
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
@@ -82,6 +82,7 @@ class Runner:
         self.handle_signals = handle_signals
         self._transport = transport
         self._work_scope: anyio.CancelScope | None = None
+        self._input_error: str | None = None
 
     def stop(self, ended: Ended, reason: str) -> None:
         """Stop taking rows; in-flight requests get the grace period to finish."""
@@ -118,6 +119,8 @@ class Runner:
             if output_errors is not None and output_errors.exceptions:
                 raise _first_leaf(output_errors) from None
             raise
+        if self._input_error is not None:
+            self.stop(Ended.INPUT_FAILED, self._input_error)
         if not self.control.is_stopping:
             carried = earlier.carried.per_source() if earlier is not None else None
             kept = self._kept_values() if carried and self.plan.job.input.keep_columns else None
@@ -245,7 +248,14 @@ class Runner:
         batches = self.plan.source.batches(self.plan.limit)
         async with send:
             while not self.control.is_stopping:
-                batch = await anyio.to_thread.run_sync(next, batches, None)
+                try:
+                    batch = await anyio.to_thread.run_sync(next, batches, None)
+                except InputError as exc:
+                    # a corrupt part of the input: the rows read so far are still sent,
+                    # then the run stops (checkpointed, not merged)
+                    self._input_error = str(exc)
+                    log.error("input.unreadable", error=self._input_error)
+                    return
                 if batch is None:
                     return
                 for row in batch:
