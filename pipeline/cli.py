@@ -250,7 +250,15 @@ def _validate(args: argparse.Namespace) -> int:
     print(
         f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
     )
+    _warn_oversize(plan)
     return EXIT_OK
+
+
+def _warn_oversize(plan: RunPlan) -> None:
+    """Warn (stderr) about rows too large for ``limits.tokens_per_minute``."""
+    warning = estimate.oversize_warning(plan, RequestBuilder.for_job(plan.job))
+    if warning is not None:
+        print(warning, file=sys.stderr)
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -260,6 +268,7 @@ def _estimate(args: argparse.Namespace) -> int:
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     configure_logging(secrets=[api_key] if api_key else [], level=logging.WARNING)
     count = estimate.count_prompts(plan, RequestBuilder.for_job(job))
+    _warn_oversize(plan)
     sample = None
     if args.sample:
         sample = anyio.run(

@@ -7,23 +7,34 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.client import ChatClient
 from pipeline.errors import BadRequest, JobError, ServerError
 from pipeline.fake import FakeConfig, serve_in_thread
+from pipeline.limits import RateLimiter
 from pipeline.log import configure_logging
 from pipeline.manifest import manifest_path
+from pipeline.prices import PriceTable
+from pipeline.records import ChatRequest, Ledger, RunStats
 from pipeline.results import archive_dir, resend_hint
 from pipeline.runner.control import RefusalWatch, RunControl
 from pipeline.runner.run import worker_count
-from pipeline.spec import MAX_CONCURRENCY, load_job
-from tests.helpers import FakeFactory, make_job, write_job
+from pipeline.runner.send import LiveSender
+from pipeline.spec import MAX_CONCURRENCY, EndpointSpec, RetrySpec, load_job
+from tests.helpers import FakeFactory, make_job, write_job, write_parquet
 
 Reviews = Callable[[int], Path]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.fixture(autouse=True)
@@ -322,3 +333,85 @@ def test_a_corrupt_first_row_group_exits_2_with_nothing_sent(
     assert "row group 0 (rows 0-9) cannot be read" in capsys.readouterr().err
     assert server.stats.received == 0
     assert json.loads(manifest_path(out).read_text())["exit_code"] == 2
+
+
+# item 6: a failed request gives its tokens back; a request too large for the limit is
+# an error row at once
+
+
+def _big_input(tmp_path: Path, big_chars: int, rows: int = 10) -> Path:
+    texts = ["x " * (big_chars // 2)] + [f"Review {i}: fine." for i in range(1, rows)]
+    return write_parquet(
+        tmp_path / "big.parquet",
+        {
+            "review_id": [f"r{i}" for i in range(rows)],
+            "text": texts,
+            "product_id": ["P"] * rows,
+        },
+    )
+
+
+@pytest.mark.timeout(30)
+def test_a_rejected_large_request_gives_its_tokens_back(
+    tmp_path: Path, fake_server: FakeFactory
+) -> None:
+    server = fake_server(max_body_bytes=20_000)
+    out = tmp_path / "out.parquet"
+    # about 16,000 tokens: under the limit, but held for 48 s were it not given back
+    # one at a time: the rows after the rejected one reserve after its failure is settled
+    job = make_job(
+        _big_input(tmp_path, 64_000),
+        server.base_url,
+        out,
+        limits={"tokens_per_minute": 20_000, "concurrency": 1},
+    )
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+    df = pl.read_parquet(out)
+    assert df["http_status"].to_list() == [413] + [200] * 9
+    assert df["error_type"][0] == "bad_request"
+
+
+@pytest.mark.anyio
+async def test_the_limiter_is_settled_after_a_failure_without_usage() -> None:
+    limiter = RateLimiter(None, 6000, clock=lambda: 100.0)
+    spec = EndpointSpec(base_url="https://llm.example.test/v1")
+    transport = httpx.MockTransport(lambda _: httpx.Response(413, json={"error": {}}))
+    body = b'{"model": "m", "messages": []}'
+    request = ChatRequest(body, 1, "h", estimated_prompt_tokens=900, max_tokens=10, model="m")
+    async with ChatClient(spec, api_key="k", max_connections=1, transport=transport) as client:
+        sender = LiveSender(
+            client,
+            concurrency=1,
+            limiter=limiter,
+            budget=None,
+            prices=PriceTable.for_job({}),
+            retry=RetrySpec(max_attempts=1),
+            stats=RunStats(total=1),
+            control=RunControl(1.0),
+        )
+        with pytest.raises(BadRequest):
+            await sender.send("r1", request, Ledger())
+    assert limiter.tokens is not None
+    assert limiter.tokens.level == limiter.tokens.capacity
+
+
+def test_a_request_too_large_for_the_token_limit_is_an_error_row_unsent(
+    tmp_path: Path, fake_server: FakeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    source = _big_input(tmp_path, 100_000)
+    job = make_job(source, server.base_url, out, limits={"tokens_per_minute": 20_000})
+    path = write_job(tmp_path, job)
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 rows too large to send" in err
+    assert f"{source}: row 0: the request needs about" in err
+    assert main(["estimate", str(path)]) == 0
+    assert "warning: 1 rows too large to send" in capsys.readouterr().err
+    assert main(["run", str(path)]) == 0
+    df = pl.read_parquet(out)
+    assert df["error_type"][0] == "bad_input"
+    assert "limits.tokens_per_minute 20,000" in df["error_message"][0]
+    assert df["attempts"][0] == 0
+    assert server.stats.received == 9

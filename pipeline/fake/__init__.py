@@ -12,6 +12,7 @@ with a tool call, and accepts image parts. What a client can get back:
     400  unusable body, a missing required header or body field, or an injected bad request
     401  missing or wrong API key (in none of the profile's auth styles)
     404  any other path or query; a model the profile does not serve (``model_not_found``)
+    413  a body larger than ``max_body_bytes``
     429  a requests/tokens bucket has no room (``retry-after``, ``retry-after-ms``),
          too many in flight (``retry-after: 1``), or an injected limit
     500, 502, 503  injected server errors

@@ -145,6 +145,10 @@ class FakeConfig:
     max_concurrency: int | None = field(
         default=None, metadata=_about("429 beyond this many in flight", bounds=_AT_LEAST_1)
     )
+    max_body_bytes: int | None = field(
+        default=None,
+        metadata=_about("413 for a request body larger than this, in bytes", bounds=_AT_LEAST_1),
+    )
     api_key: str | None = field(
         default=None,
         repr=False,

@@ -112,6 +112,13 @@ class FakeServer:
         )
         if refusal is not None:
             return _refuse(refusal)
+        too_large = self.config.max_body_bytes
+        if too_large is not None and len(body) > too_large:
+            return _error(
+                413,
+                f"Request too large: {len(body)} bytes, at most {too_large}",
+                "invalid_request_error",
+            )
         try:
             chat = parse_request(body)
         except InvalidRequestError as exc:

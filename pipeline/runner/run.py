@@ -161,7 +161,9 @@ class Runner:
             reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
         return RowJourney(
             prepare=RequestPreparer(
-                RequestBuilder.for_job(job, response_format=response_format), extraction
+                RequestBuilder.for_job(job, response_format=response_format),
+                extraction,
+                limits.tokens_per_minute,
             ),
             reuse=reuse,
             sender=sender,

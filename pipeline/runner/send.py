@@ -135,13 +135,15 @@ class LiveSender:
     def _settle_failure(
         self, exc: AttemptError, tokens: int, reserved: float, ledger: Ledger
     ) -> None:
-        """A failed attempt: give the budget back, note what the server said of its limits."""
+        """A failed attempt: give the budget and the reserved tokens back (no usage was
+        reported: a rejected request must not hold the tokens-per-minute bucket), note
+        what the server said of its limits."""
         self._release(reserved)
         if possibly_billed(exc):
             ledger.lost()
         self._limiter.answered(exc.rate_limits)
+        self._limiter.settle(tokens, 0)
         if isinstance(exc, RateLimited):
-            self._limiter.settle(tokens, 0)
             pause = min(
                 exc.retry_after_s or self._retry.initial_backoff_s, self._retry.max_backoff_s
             )
