@@ -225,6 +225,18 @@ class EndpointSpec(_Section):
         """True when the built-in offline server should be started."""
         return self.base_url == "fake"
 
+    gateway: bool | None = None
+    """A gateway in front of the provider (Portkey, a LiteLLM proxy): its 5xx answers may
+    come after the provider billed the completion. Default: on for Portkey endpoints."""
+
+    @property
+    def is_gateway(self) -> bool:
+        """Whether 5xx answers count as possibly billed (``gateway``, else Portkey's marks)."""
+        if self.gateway is not None:
+            return self.gateway
+        portkey = "portkey" in self.base_url.lower() or self.auth == "x-portkey-api-key"
+        return portkey or any(name.lower().startswith("x-portkey-") for name in self.headers)
+
 
 class LimitsSpec(_Section):
     """Concurrency and rate limits the run stays inside."""
@@ -280,6 +292,8 @@ class FakeSpec(_Section):
     retry_after_s: PositiveFloat = 1.0
     fault_seed: int = 0
     cached_share: float = Field(default=0.0, ge=0, le=1)
+    max_body_bytes: PositiveInt | None = None
+    upstream_error_rate: float = Field(default=0.0, ge=0, le=1)
 
 
 class PriceSpec(_Section):

@@ -27,7 +27,7 @@ from pipeline.runner.control import RefusalWatch, RunControl
 from pipeline.runner.run import worker_count
 from pipeline.runner.send import LiveSender
 from pipeline.spec import MAX_CONCURRENCY, EndpointSpec, RetrySpec, load_job
-from tests.helpers import FakeFactory, make_job, write_job, write_parquet
+from tests.helpers import REPO, FakeFactory, make_job, write_job, write_parquet
 
 Reviews = Callable[[int], Path]
 
@@ -415,3 +415,32 @@ def test_a_request_too_large_for_the_token_limit_is_an_error_row_unsent(
     assert "limits.tokens_per_minute 20,000" in df["error_message"][0]
     assert df["attempts"][0] == 0
     assert server.stats.received == 9
+
+
+# item 14: behind a gateway, a 5xx may hide upstream spend
+
+
+@pytest.mark.parametrize(("gateway", "billed"), [(True, 10), (False, 0)])
+def test_gateway_5xx_answers_count_as_possibly_billed(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews, gateway: bool, billed: int
+) -> None:
+    server = fake_server(upstream_error_rate=1.0)
+    out = tmp_path / "out.parquet"
+    job = make_job(
+        reviews(5), server.base_url, out, endpoint={"gateway": gateway}, retry={"max_attempts": 2}
+    )
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+    df = pl.read_parquet(out)
+    assert server.stats.lost_upstream == 10
+    assert df["possibly_billed_attempts"].sum() == billed
+    assert json.loads(manifest_path(out).read_text())["possibly_billed_attempts"] == billed
+
+
+def test_portkey_endpoints_are_gateways_by_default() -> None:
+    portkey = load_job(REPO / "jobs" / "portkey.toml")
+    assert portkey.endpoint.is_gateway
+    assert not load_job(REPO / "jobs" / "openai.toml").endpoint.is_gateway
+    job = portkey.model_copy(
+        update={"endpoint": portkey.endpoint.model_copy(update={"gateway": False})}
+    )
+    assert not job.endpoint.is_gateway

@@ -178,6 +178,10 @@ class FakeConfig:
         default=0.0, metadata=_rate("JSON-schema content that breaks the schema")
     )
     stream_cut_rate: float = field(default=0.0, metadata=_rate("a stream cut mid-event"))
+    upstream_error_rate: float = field(
+        default=0.0,
+        metadata=_rate("a gateway's 502 after the completion was generated (and billed) upstream"),
+    )
     fault_seed: int = field(default=0, metadata=_about("seed of the fault draws"))
     profile: Profile = field(
         default_factory=Profile,

@@ -73,6 +73,7 @@ class FakeServer:
         self._content_faults_on = any(rate > 0 for _, rate in self._content_rates)
         self._content_rng = random.Random(f"{config.fault_seed}:content")
         self._jitter_rng = random.Random(f"{config.fault_seed}:jitter")
+        self._upstream_rng = random.Random(f"{config.fault_seed}:upstream")
         self._in_flight = 0
         self._closing = asyncio.Event()
 
@@ -209,6 +210,10 @@ class FakeServer:
             content_fault,
             self.config.cached_share,
         )
+        rate = self.config.upstream_error_rate
+        if rate and self._upstream_rng.random() < rate:
+            self.stats.lost_upstream += 1  # generated upstream, then lost by the gateway
+            return _error(502, "Upstream error: the provider's response was lost.", "server_error")
         if chat.stream:
             self._count_content_fault(content_fault)
             return await self._stream(request, chat, answer, digest, fault, headers)

@@ -153,6 +153,7 @@ class Runner:
             retry=job.retry,
             stats=self.stats,
             control=self.control,
+            gateway=job.endpoint.is_gateway,
         )
         extraction = self.plan.extraction
         response_format = extraction.response_format() if extraction else None

@@ -56,8 +56,10 @@ class LiveSender:
         retry: RetrySpec,
         stats: RunStats,
         control: RunControl,
+        gateway: bool = False,
     ) -> None:
         self._client = client
+        self._gateway = gateway
         self._in_flight = anyio.Semaphore(concurrency)
         self._limiter = limiter
         self._estimator = TokenEstimator()
@@ -139,7 +141,7 @@ class LiveSender:
         reported: a rejected request must not hold the tokens-per-minute bucket), note
         what the server said of its limits."""
         self._release(reserved)
-        if possibly_billed(exc):
+        if possibly_billed(exc, gateway=self._gateway):
             ledger.lost()
         self._limiter.answered(exc.rate_limits)
         self._limiter.settle(tokens, 0)
