@@ -27,7 +27,7 @@ from pipeline.runner.control import RefusalWatch, RunControl
 from pipeline.runner.run import worker_count
 from pipeline.runner.send import LiveSender
 from pipeline.spec import MAX_CONCURRENCY, EndpointSpec, RetrySpec, load_job
-from tests.helpers import REPO, FakeFactory, make_job, write_job, write_parquet
+from tests.helpers import REPO, FakeFactory, make_job, write_job, write_jsonl, write_parquet
 
 Reviews = Callable[[int], Path]
 
@@ -444,3 +444,69 @@ def test_portkey_endpoints_are_gateways_by_default() -> None:
         update={"endpoint": portkey.endpoint.model_copy(update={"gateway": False})}
     )
     assert not job.endpoint.is_gateway
+
+
+# item 2: JSONL kept columns are typed from every line, and no value is changed
+
+
+def _jsonl_rows(n: int) -> list[dict[str, object]]:
+    return [{"review_id": f"r{i}", "text": f"Review {i}", "product_id": i} for i in range(n)]
+
+
+def test_jsonl_kept_columns_widen_and_keep_late_columns(
+    tmp_path: Path, fake_server: FakeFactory
+) -> None:
+    rows = _jsonl_rows(1500)
+    rows[1200]["product_id"] = 12.5
+    rows[1300]["stars"] = 4  # a column first seen after line 1,000
+    source = write_jsonl(tmp_path / "in.jsonl", rows)  # type: ignore[arg-type]
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    job = make_job(source, server.base_url, out, input={"keep_columns": ["product_id", "stars"]})
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+    df = pl.read_parquet(out)
+    assert df.schema["product_id"] == pl.Float64
+    assert df["product_id"][1200] == 12.5
+    assert df["product_id"][1199] == 1199.0
+    assert df["stars"][1300] == 4
+    assert df["stars"].null_count() == 1499
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (
+            "twelve",
+            "line 1101: column 'product_id' holds a string where earlier lines hold integers",
+        ),
+        ([1, 2], "line 1101: column 'product_id' holds a list or object"),
+        (True, "line 1101: column 'product_id' holds a boolean"),
+    ],
+)
+def test_a_jsonl_value_no_type_can_hold_is_a_one_line_error_before_sending(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    capsys: pytest.CaptureFixture[str],
+    value: object,
+    says: str,
+) -> None:
+    rows = _jsonl_rows(1500)
+    rows[1100]["product_id"] = value
+    source = write_jsonl(tmp_path / "in.jsonl", rows)  # type: ignore[arg-type]
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    job = make_job(source, server.base_url, out)
+    assert main(["run", str(write_job(tmp_path, job))]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}: {says}" in err
+    assert "Traceback" not in err
+    assert server.stats.received == 0
+
+
+def test_a_jsonl_int_too_large_for_a_double_among_floats_is_an_error(tmp_path: Path) -> None:
+    rows = _jsonl_rows(10)
+    rows[3]["product_id"] = 2**60
+    rows[6]["product_id"] = 0.5
+    source = write_jsonl(tmp_path / "in.jsonl", rows)  # type: ignore[arg-type]
+    job = make_job(source, "http://127.0.0.1:9/v1", tmp_path / "out.parquet")
+    assert main(["validate", str(write_job(tmp_path, job))]) == 2
