@@ -18,6 +18,7 @@ from pipeline.client import ChatClient
 from pipeline.errors import BadRequest, JobError, ServerError
 from pipeline.fake import FakeConfig, serve_in_thread
 from pipeline.limits import RateLimiter
+from pipeline.lock import OutputLock
 from pipeline.log import configure_logging
 from pipeline.manifest import manifest_path
 from pipeline.prices import PriceTable
@@ -510,3 +511,38 @@ def test_a_jsonl_int_too_large_for_a_double_among_floats_is_an_error(tmp_path: P
     source = write_jsonl(tmp_path / "in.jsonl", rows)  # type: ignore[arg-type]
     job = make_job(source, "http://127.0.0.1:9/v1", tmp_path / "out.parquet")
     assert main(["validate", str(write_job(tmp_path, job))]) == 2
+
+
+# item 4: the answers of `estimate --sample N` are kept, and the real run reuses them
+
+
+def test_the_estimate_sample_is_reused_by_the_real_run(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    path = write_job(tmp_path, make_job(reviews(30), server.base_url, out))
+    assert main(["estimate", str(path), "--sample", "8"]) == 0
+    assert "sample" in capsys.readouterr().out
+    assert server.stats.received == 8
+    assert not out.exists()  # parts only: the output appears with the real run
+    # a second estimate measures the same rows again without paying for them
+    assert main(["estimate", str(path), "--sample", "8"]) == 0
+    assert server.stats.received == 8
+    assert "8 sampled rows" in capsys.readouterr().out
+    assert main(["run", str(path)]) == 0
+    assert server.stats.received == 30
+    df = pl.read_parquet(out)
+    assert df.height == 30
+    assert df["status"].unique().to_list() == ["ok"]
+
+
+def test_the_estimate_sample_takes_the_outputs_lock(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    path = write_job(tmp_path, make_job(reviews(5), server.base_url, out))
+    with OutputLock(out):
+        assert main(["estimate", str(path), "--sample", "2"]) == 75
+    assert server.stats.received == 0

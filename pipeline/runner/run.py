@@ -56,6 +56,7 @@ class Runner:
         grace_s: float = DEFAULT_GRACE_S,
         handle_signals: bool = False,
         prices: PriceTable | None = None,
+        merge: bool = True,
     ) -> None:
         job = plan.job
         if job.endpoint.is_fake and base_url is None:
@@ -83,6 +84,7 @@ class Runner:
         self._transport = transport
         self._work_scope: anyio.CancelScope | None = None
         self._input_error: str | None = None
+        self._merge = merge  # False: results stay in part files (an estimate's sample)
 
     def stop(self, ended: Ended, reason: str) -> None:
         """Stop taking rows; in-flight requests get the grace period to finish."""
@@ -121,7 +123,7 @@ class Runner:
             raise
         if self._input_error is not None:
             self.stop(Ended.INPUT_FAILED, self._input_error)
-        if not self.control.is_stopping:
+        if not self.control.is_stopping and self._merge:
             carried = earlier.carried.per_source() if earlier is not None else None
             kept = self._kept_values() if carried and self.plan.job.input.keep_columns else None
             await anyio.to_thread.run_sync(self.writer.finalize, carried, kept)
