@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import AttemptError, BadResponse, ConnectionFailed, RequestTimeout
+from pipeline.errors import AttemptError, BadResponse, ConnectionFailed, NotSent, RequestTimeout
 from pipeline.records import Usage
 
 PER_MILLION = 1_000_000.0
@@ -105,6 +105,8 @@ def possibly_billed(exc: AttemptError, *, gateway: bool = False) -> bool:
     """
     if isinstance(exc, BadResponse):
         return True
+    if isinstance(exc, NotSent):
+        return False
     if gateway and exc.http_status is not None and 500 <= exc.http_status < 600:
         return True  # a gateway may fail after the provider generated (and billed) the answer
     return isinstance(exc, RequestTimeout | ConnectionFailed) and exc.http_status is None

@@ -294,6 +294,7 @@ class FakeSpec(_Section):
     cached_share: float = Field(default=0.0, ge=0, le=1)
     max_body_bytes: PositiveInt | None = None
     upstream_error_rate: float = Field(default=0.0, ge=0, le=1)
+    close_after_stream: bool = False
 
 
 class PriceSpec(_Section):

@@ -178,6 +178,13 @@ class FakeConfig:
         default=0.0, metadata=_rate("JSON-schema content that breaks the schema")
     )
     stream_cut_rate: float = field(default=0.0, metadata=_rate("a stream cut mid-event"))
+    close_after_stream: bool = field(
+        default=False,
+        metadata=_about(
+            "close the connection after each streamed answer while announcing keep-alive "
+            "(as llama.cpp's llama-server does)"
+        ),
+    )
     upstream_error_rate: float = field(
         default=0.0,
         metadata=_rate("a gateway's 502 after the completion was generated (and billed) upstream"),

@@ -233,6 +233,10 @@ class FakeServer:
         if fault is Fault.MALFORMED:
             events[len(events) // 2] = b"data: {not json\n\n"
         response = await write_events(request, events, headers, cut=fault is Fault.STREAM_CUT)
+        if response is not None and self.config.close_after_stream:
+            await response.write_eof()  # the answer is complete; then the connection goes
+            if request.transport is not None:
+                request.transport.close()
         if response is None:
             self.stats.cut += 1
         elif fault is None:
