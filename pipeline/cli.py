@@ -36,6 +36,7 @@ from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine, usd
 from pipeline.records import Ended, RunSummary
 from pipeline.requests import RequestBuilder
+from pipeline.results import resend_hint
 from pipeline.runner import (
     DEFAULT_GRACE_S,
     EXIT_ABORTED,
@@ -306,6 +307,9 @@ def _print_summary(summary: RunSummary) -> None:
     )
     if summary.complete:
         print(f"output: {summary.output_path}")
+    hint = resend_hint(summary.errors_by_type, summary.rows_total)
+    if hint is not None:
+        print(hint, file=sys.stderr)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -327,7 +331,15 @@ def _validate(args: argparse.Namespace) -> int:
     if cache_file is not None:
         reason = uncached_reason(job.request, job.cache)
         print(f"response cache: {cache_file}" + (f" (not used: {reason})" if reason else ""))
+    _warn_oversize(plan)
     return EXIT_OK
+
+
+def _warn_oversize(plan: RunPlan) -> None:
+    """Warn (stderr) about rows too large for ``limits.tokens_per_minute``."""
+    warning = estimate.oversize_warning(plan, RequestBuilder.for_job(plan.job))
+    if warning is not None:
+        print(warning, file=sys.stderr)
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -337,6 +349,7 @@ def _estimate(args: argparse.Namespace) -> int:
     plan = plan_run(job, input_path=args.input, limit=args.limit)
     configure_logging(secrets=[api_key] if api_key else [], level=logging.WARNING)
     count = estimate.count_prompts(plan, RequestBuilder.for_job(job))
+    _warn_oversize(plan)
     sample = None
     if args.sample:
         sample = anyio.run(
@@ -426,6 +439,8 @@ def _print_result(result: RunResult) -> int:
         )
     if not summary.complete:
         again = "raise limits.max_cost_usd and run" if summary.ended is Ended.BUDGET else "run"
+        if summary.ended is Ended.INPUT_FAILED:
+            again = "repair or replace that part of the input and run"
         print(
             f"{summary.rows_total} of {result.rows_planned} rows done; {again} the same command again to resume",
             file=sys.stderr,

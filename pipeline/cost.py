@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import AttemptError, BadResponse, ConnectionFailed, RequestTimeout
+from pipeline.errors import AttemptError, BadResponse, ConnectionFailed, NotSent, RequestTimeout
 from pipeline.records import Usage
 
 PER_MILLION = 1_000_000.0
@@ -95,13 +95,18 @@ def attempt_ceiling(price: Price, prompt_tokens: float, completion_tokens: float
     return tokens_cost(price, prompt_tokens, completion_tokens)
 
 
-def possibly_billed(exc: AttemptError) -> bool:
+def possibly_billed(exc: AttemptError, *, gateway: bool = False) -> bool:
     """Whether a failed attempt may have been billed: sent, but its answer never arrived in full.
 
     Client-side timeouts, dropped connections and broken 200 bodies count; an HTTP error
     status (a 408 included) is a complete answer and does not. A connection refused
-    before the request was sent cannot be told apart cheaply and counts too.
+    before the request was sent cannot be told apart cheaply and counts too. Behind a
+    ``gateway``, a 5xx may come after the upstream provider finished: it counts too.
     """
     if isinstance(exc, BadResponse):
         return True
+    if isinstance(exc, NotSent):
+        return False
+    if gateway and exc.http_status is not None and 500 <= exc.http_status < 600:
+        return True  # a gateway may fail after the provider generated (and billed) the answer
     return isinstance(exc, RequestTimeout | ConnectionFailed) and exc.http_status is None

@@ -23,6 +23,10 @@ unwritable output), which stop a run before anything is sent, and errors of
         │   ├── ServerError       5xx, 409                    server_error
         │   ├── RequestTimeout    408, client-side timeout    timeout
         │   ├── ConnectionFailed  refused, reset, dropped     connection
+        │   │   ├── NotSent       never left the client (refused, reset by a socket
+        │   │   │                 the server had closed): resent at once, not billed
+        │   │   └── StaleConnection  a reused connection closed at once, before any
+        │   │                     answer: resent at once, possibly billed all the same
         │   └── BadResponse       200 with an unusable body   bad_response
         └── FatalError            the server said no; sending again cannot help
             ├── BadRequest        400, 422, other 4xx         bad_request
@@ -124,6 +128,16 @@ class RequestTimeout(RetryableError):
 
 class ConnectionFailed(RetryableError):
     error_type = "connection"
+
+
+class NotSent(ConnectionFailed):
+    """The request never left the client: the connection was refused, or the server had
+    already closed the kept-alive connection it was written to."""
+
+
+class StaleConnection(ConnectionFailed):
+    """A reused kept-alive connection closed at once, before any answer: most likely one
+    the server had already closed, but it may have read the request (possibly billed)."""
 
 
 class BadResponse(RetryableError):

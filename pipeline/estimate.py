@@ -7,7 +7,8 @@ limiter starts from). No BPE tokenizer is used: ``tiktoken`` downloads its
 vocabulary at run time, and no offline one ships inside a wheel we depend on.
 
 ``--sample N`` runs the job for real on its first N rows (same client, limiter and
-retries, into a temporary output), then scales the offline count by the ratio of
+retries, into the job's own output location as part files that the real run reuses),
+then scales the offline count by the ratio of
 measured to estimated prompt tokens on those rows, and takes the typical output
 length, the share of cached prompt tokens and the latency from them.
 
@@ -22,7 +23,6 @@ settings; else unknown).
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,9 +33,10 @@ import polars as pl
 from pipeline.cost import Price, attempt_ceiling, tokens_cost
 from pipeline.errors import BadRowError
 from pipeline.humanize import clock, usd
+from pipeline.limits import too_large
+from pipeline.lock import OutputLock
 from pipeline.prices import PriceTable
 from pipeline.requests import RequestBuilder, estimate_prompt_tokens
-from pipeline.results import read_results
 from pipeline.runner import Runner, RunPlan, plan_run
 from pipeline.spec import JobSpec
 
@@ -129,28 +130,58 @@ def count_prompts(plan: RunPlan, builder: RequestBuilder, *, keep_ids: int = 0) 
     return PromptCount(rows, bad, tokens, by_id)
 
 
+def oversize_warning(plan: RunPlan, builder: RequestBuilder) -> str | None:
+    """A warning when some rows need more tokens than ``limits.tokens_per_minute`` allows
+    (the run makes each an error row at once); None when all fit or there is no limit."""
+    job = plan.job
+    per_minute = job.limits.tokens_per_minute
+    if per_minute is None:
+        return None
+    count, first = 0, None
+    for batch in plan.source.batches(plan.limit):
+        for row in batch:
+            if row.problem is not None:
+                continue
+            try:
+                tokens = estimate_prompt_tokens(builder.messages(row)) + (
+                    job.request.max_tokens or 0
+                )
+            except BadRowError:
+                continue
+            reason = too_large(tokens, per_minute)
+            if reason is not None:
+                count += 1
+                first = first or f"{row.where(str(plan.input_path))}: {reason}"
+    if not count:
+        return None
+    return f"warning: {count:,} rows too large to send, each will be an error row; first: {first}"
+
+
 async def run_sample(
     plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable, base_url: str | None = None
 ) -> Sample:
-    """Send the job's first ``n`` rows for real, into a temporary output; measure them."""
+    """Send the job's first ``n`` rows for real and measure them.
+
+    The answers are paid for, so they are kept: the sample runs into the job's own
+    output location, under its lock, as part files (not merged), which the real run
+    reuses like those of an interrupted run; results already there are reused, not sent.
+    """
     job = plan.job
     builder = RequestBuilder.for_job(job)
     limit = min(n, plan.limit) if plan.limit is not None else n
-    with tempfile.TemporaryDirectory(prefix="pipeline-sample-") as folder:
-        sample_plan = plan_run(
-            job,
-            input_path=plan.input_path,
-            output_path=Path(folder) / "sample.parquet",
-            limit=limit,
+    sample_plan = plan_run(
+        job, input_path=plan.input_path, output_path=plan.output_path, limit=limit
+    )
+    counted = await anyio.to_thread.run_sync(
+        partial(count_prompts, sample_plan, builder, keep_ids=limit)
+    )
+    estimated = counted.by_id
+    with OutputLock(plan.output_path):
+        runner = Runner(sample_plan, api_key=api_key, base_url=base_url, prices=prices, merge=False)
+        summary = await runner.run()
+        df = await anyio.to_thread.run_sync(
+            _sampled_results, runner.writer.earlier_results(), list(estimated)
         )
-        counted = await anyio.to_thread.run_sync(
-            partial(count_prompts, sample_plan, builder, keep_ids=limit)
-        )
-        estimated = counted.by_id
-        summary = await Runner(
-            sample_plan, api_key=api_key, base_url=base_url, prices=prices, fresh=True
-        ).run()
-        df = await anyio.to_thread.run_sync(read_results, Path(summary.output_path))
     ok = df.filter(
         pl.col("prompt_tokens").is_not_null() & pl.col("completion_tokens").is_not_null()
     )
@@ -168,6 +199,36 @@ async def run_sample(
         model=models[0] if models else None,
         stopped=None if summary.complete else summary.reason,
     )
+
+
+_SAMPLE_COLUMNS = {
+    "id": pl.String,
+    "status": pl.String,
+    "model": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "cached_tokens": pl.Int64,
+    "latency_ms": pl.Float64,
+    "cost_usd": pl.Float64,
+}
+
+
+def _sampled_results(files: list[Path], ids: list[str]) -> pl.DataFrame:
+    """The latest result of each sampled row among the output's results files."""
+    wanted = pl.Series(ids, dtype=pl.String)
+    frames = [pl.DataFrame(schema=_SAMPLE_COLUMNS)]
+    for path in files:
+        names = pl.read_parquet_schema(path)
+        frames.append(
+            pl.scan_parquet(path)
+            .filter(pl.col("id").is_in(wanted))
+            .select(
+                (pl.col(name) if name in names else pl.lit(None)).cast(kind).alias(name)
+                for name, kind in _SAMPLE_COLUMNS.items()
+            )
+            .collect()
+        )
+    return pl.concat(frames).unique(subset="id", keep="last", maintain_order=True)
 
 
 def extrapolate(

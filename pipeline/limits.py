@@ -35,6 +35,23 @@ _DEFAULT_COMPLETION_GUESS = 256
 _LEARNING_RATE = 0.05
 
 
+def too_large(tokens: int, tokens_per_minute: int | None) -> str | None:
+    """Why a request of ``tokens`` (prompt estimate + ``max_tokens``) can never be sent
+    under ``tokens_per_minute``, or None when it fits."""
+    if tokens_per_minute is None or tokens <= tokens_per_minute:
+        return None
+    return (
+        f"the request needs about {tokens:,} tokens (prompt estimate + max_tokens), more than "
+        f"limits.tokens_per_minute {tokens_per_minute:,} allows in a minute: shorten the "
+        "prompt or raise the limit"
+    )
+
+
+def request_tokens(request: ChatRequest) -> int:
+    """Tokens a request is charged at least: the offline prompt estimate plus ``max_tokens``."""
+    return request.estimated_prompt_tokens + (request.max_tokens or 0)
+
+
 class Bucket:
     """One continuously refilled bucket; ``level`` may go negative (reserved ahead)."""
 

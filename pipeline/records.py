@@ -218,6 +218,8 @@ class Ended(StrEnum):
     """The endpoint refused every request (bad key, unknown model or path)."""
     BUDGET = "budget"
     """``limits.max_cost_usd`` would be passed."""
+    INPUT_FAILED = "input_failed"
+    """A part of the input could not be read mid-run: checkpointed, the error names it."""
 
 
 @dataclass(frozen=True, slots=True)

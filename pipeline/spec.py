@@ -45,6 +45,10 @@ _RESERVED_BODY_KEYS = {
     "stream_options": "[request] stream sets it",
 }
 _TOOL_CHOICES = ("none", "auto", "required")
+DEFAULT_MAX_ERROR_RATE = 0.1
+"""A run where more rows than this failed exits 3 (set 1.0 to accept any share)."""
+MAX_CONCURRENCY = 4096
+"""The largest ``limits.concurrency``: each in-flight request holds a connection."""
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -221,6 +225,18 @@ class EndpointSpec(_Section):
         """True when the built-in offline server should be started."""
         return self.base_url == "fake"
 
+    gateway: bool | None = None
+    """A gateway in front of the provider (Portkey, a LiteLLM proxy): its 5xx answers may
+    come after the provider billed the completion. Default: on for Portkey endpoints."""
+
+    @property
+    def is_gateway(self) -> bool:
+        """Whether 5xx answers count as possibly billed (``gateway``, else Portkey's marks)."""
+        if self.gateway is not None:
+            return self.gateway
+        portkey = "portkey" in self.base_url.lower() or self.auth == "x-portkey-api-key"
+        return portkey or any(name.lower().startswith("x-portkey-") for name in self.headers)
+
 
 class LimitsSpec(_Section):
     """Concurrency and rate limits the run stays inside."""
@@ -228,8 +244,18 @@ class LimitsSpec(_Section):
     concurrency: PositiveInt = 16
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
-    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    max_error_rate: float | None = Field(default=DEFAULT_MAX_ERROR_RATE, ge=0, le=1)
     max_cost_usd: PositiveFloat | None = None
+
+    @field_validator("concurrency")
+    @classmethod
+    def _bounded_concurrency(cls, value: object) -> object:
+        if isinstance(value, int) and value > MAX_CONCURRENCY:
+            raise ValueError(
+                f"at most {MAX_CONCURRENCY:,} requests in flight (each holds a connection "
+                "and two workers); run shards for more"
+            )
+        return value
 
 
 class RetrySpec(_Section):
@@ -266,6 +292,9 @@ class FakeSpec(_Section):
     retry_after_s: PositiveFloat = 1.0
     fault_seed: int = 0
     cached_share: float = Field(default=0.0, ge=0, le=1)
+    max_body_bytes: PositiveInt | None = None
+    upstream_error_rate: float = Field(default=0.0, ge=0, le=1)
+    close_after_stream: bool = False
 
 
 class PriceSpec(_Section):

@@ -29,6 +29,7 @@ from pipeline.errors import (
     ConnectionFailed,
     FatalError,
     NotFound,
+    NotSent,
     RateLimited,
     RequestTimeout,
     RetryableError,
@@ -494,9 +495,10 @@ async def test_connect_error_is_connection_failed() -> None:
 
     error = await send_error(handler)
 
-    assert type(error) is ConnectionFailed
+    assert type(error) is NotSent  # refused: it never left, and is resent at once
+    assert isinstance(error, ConnectionFailed)
     assert error.error_type == "connection"
-    assert str(error) == "connection failed: connection refused"
+    assert str(error) == "connection failed before sending: connection refused"
     assert error.__cause__ is None
     assert error.__suppress_context__ is True
 

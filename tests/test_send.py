@@ -120,7 +120,7 @@ async def test_retryable_failures_are_retried_and_counted() -> None:
 
 @pytest.mark.anyio
 async def test_after_the_last_attempt_the_error_is_raised_with_the_ledger_kept() -> None:
-    handler, _ = answers(httpx.Response(500), httpx.Response(500), httpx.ConnectError("down"))
+    handler, _ = answers(httpx.Response(500), httpx.Response(500), httpx.ReadError("down"))
     ledger = Ledger()
     with pytest.raises(ConnectionFailed):
         await send(handler, ledger)

@@ -476,7 +476,7 @@ def job_dicts(draw: st.DrawFn) -> dict[str, Any]:
         draw(
             _optional(
                 limits=_optional(
-                    concurrency=_positive,
+                    concurrency=st.integers(min_value=1, max_value=4096),
                     requests_per_minute=_positive | st.none(),
                     tokens_per_minute=_positive | st.none(),
                 ),

@@ -16,13 +16,17 @@ streaming path (``httpx-sse``) is taken only when the job streams.
 
 from __future__ import annotations
 
+import errno
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from types import TracebackType
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import httpx
+import structlog
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import EventSource
 
@@ -37,9 +41,18 @@ from pipeline.client.parse import (
     server_message,
 )
 from pipeline.client.stream import StreamAssembler
-from pipeline.errors import AttemptError, BadResponse, ConnectionFailed, RequestTimeout
+from pipeline.errors import (
+    AttemptError,
+    BadResponse,
+    ConnectionFailed,
+    NotSent,
+    RequestTimeout,
+    StaleConnection,
+)
 from pipeline.records import ChatRequest, Reply
 from pipeline.spec import EndpointSpec
+
+log = structlog.get_logger("pipeline")
 
 __all__ = [
     "ChatClient",
@@ -61,8 +74,59 @@ def auth_headers(auth: str, api_key: str | None) -> dict[str, str]:
     return {auth: api_key}
 
 
-def _transport_error(exc: BaseException) -> AttemptError:
-    """A failure before a full answer arrived -> timeout or connection."""
+STALE_CONNECTION_S = 0.25
+"""A reset or disconnect on a *reused* kept-alive connection sooner than this after sending,
+before any answer, is a connection the server had already closed (llama-server closes after
+each streamed answer while announcing keep-alive): the request never reached it."""
+
+_REUSED: ContextVar[list[bool] | None] = ContextVar("pipeline_connection_reused", default=None)
+"""Set per attempt: whether aiohttp took a kept-alive connection from its pool."""
+
+
+async def _on_reuse(*_: object) -> None:
+    flag = _REUSED.get()
+    if flag is not None:
+        flag[0] = True
+
+
+def _session_factory(max_connections: int) -> Callable[[], aiohttp.ClientSession]:
+    """aiohttp sessions as the transport would make them, plus a trace of reused connections."""
+
+    def make() -> aiohttp.ClientSession:
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_reuseconn.append(_on_reuse)
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, keepalive_timeout=5.0, ssl=httpx.create_ssl_context()
+        )
+        return aiohttp.ClientSession(connector=connector, trace_configs=[trace])
+
+    return make
+
+
+def _unsent_class(
+    exc: BaseException, elapsed_s: float, reused: bool
+) -> type[ConnectionFailed] | None:
+    """``NotSent`` when the request surely never reached the server, ``StaleConnection``
+    when a reused connection closed at once (probably the same, but not proven)."""
+    cause = exc.__cause__
+    if isinstance(exc, httpx.ConnectError) or isinstance(cause, aiohttp.ClientConnectorError):
+        return NotSent  # no connection was ever made
+    if isinstance(cause, aiohttp.ClientOSError) and "request body" in str(cause):
+        return NotSent  # the body could not be written: no complete request left
+    if not reused or elapsed_s >= STALE_CONNECTION_S:
+        return None
+    if isinstance(cause, aiohttp.ClientOSError) and cause.errno in (errno.ECONNRESET, errno.EPIPE):
+        return NotSent  # a reset: our bytes reached a socket the server had closed
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return StaleConnection
+    return None
+
+
+def _transport_error(
+    exc: BaseException, elapsed_s: float = float("inf"), reused: bool = False
+) -> AttemptError:
+    """A failure before a full answer arrived -> timeout or connection (``NotSent`` when it
+    never left the client)."""
     if isinstance(exc, TimeoutError):
         return RequestTimeout("timed out: no complete answer within endpoint.timeout_s")
     cause = exc.__cause__
@@ -71,7 +135,19 @@ def _transport_error(exc: BaseException) -> AttemptError:
     if isinstance(exc, httpx.TimeoutException) and cause is None:
         return RequestTimeout(f"timed out: {type(exc).__name__}")
     detail = str(cause or exc) or type(cause or exc).__name__
+    unsent = _unsent_class(exc, elapsed_s, reused)
+    if unsent is NotSent:
+        return NotSent(f"connection failed before sending: {detail}"[:MAX_MESSAGE])
+    if unsent is StaleConnection:
+        return StaleConnection(f"connection closed at once: {detail}"[:MAX_MESSAGE])
     return ConnectionFailed(f"connection failed: {detail}"[:MAX_MESSAGE])
+
+
+async def _notice_close() -> None:
+    """Let the event loop read a close the server sent right after a streamed answer, before
+    the connection goes back to the pool: a half-closed connection is then not reused."""
+    for _ in range(2):  # one turn to read the end of the stream, one to close the transport
+        await anyio.lowlevel.checkpoint()
 
 
 class ChatClient:
@@ -98,6 +174,7 @@ class ChatClient:
         self._api_key = api_key
         self._timeout_s = endpoint.timeout_s
         self._stream = stream
+        self._no_reuse = False
         default_headers = {
             "Content-Type": "application/json",
             **(endpoint.headers if headers is None else headers),
@@ -108,7 +185,8 @@ class ChatClient:
             or AiohttpTransport(
                 limits=httpx.Limits(
                     max_connections=max_connections, max_keepalive_connections=max_connections
-                )
+                ),
+                client=_session_factory(max_connections),
             ),
             headers=default_headers,
             params=endpoint.query or None,
@@ -132,18 +210,40 @@ class ChatClient:
 
     async def send(self, request: ChatRequest) -> Reply:
         """One attempt: the reply, or an ``AttemptError`` saying what went wrong."""
-        if self._stream:
-            return await self._send_streamed(request)
+        reused = [False]
+        token = _REUSED.set(reused)
+        try:
+            if self._stream:
+                return await self._send_streamed(request, reused)
+            return await self._send_plain(request, reused)
+        except (NotSent, StaleConnection):
+            if reused[0] and not self._no_reuse:
+                # the server closes kept-alive connections under us: stop reusing them
+                self._no_reuse = True
+                log.warning("client.connections_not_reused", reason="server closes them")
+            raise
+        finally:
+            _REUSED.reset(token)
+
+    def _headers(self, request: ChatRequest) -> dict[str, str] | None:
+        """The row's headers, plus ``Connection: close`` once the server proved it closes
+        kept-alive connections (each request then gets a new one)."""
+        if not self._no_reuse:
+            return request.headers
+        return {**(request.headers or {}), "Connection": "close"}
+
+    async def _send_plain(self, request: ChatRequest, reused: list[bool]) -> Reply:
+        """One plain attempt: one ``post``."""
         started = time.perf_counter()
         try:
             with anyio.fail_after(self._timeout_s):
                 response = await self._http.post(
-                    self.url, content=request.body, headers=request.headers
+                    self.url, content=request.body, headers=self._headers(request)
                 )
         except httpx.DecodingError as exc:
             raise BadResponse(f"response body could not be decoded: {exc}"[:MAX_MESSAGE]) from None
         except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
-            error = _transport_error(exc)
+            error = _transport_error(exc, time.perf_counter() - started, reused[0])
             raise type(error)(self._scrub(error.message)) from None
         latency_ms = (time.perf_counter() - started) * 1000.0
         rate_limits = parse_rate_limits(response.headers)
@@ -159,7 +259,7 @@ class ChatClient:
             parse_rate_limits(response.headers),
         )
 
-    async def _send_streamed(self, request: ChatRequest) -> Reply:
+    async def _send_streamed(self, request: ChatRequest, reused: list[bool]) -> Reply:
         """One streamed attempt: events until ``[DONE]``; a stream that stops short is
         ``ConnectionFailed`` ("stream ended early"), retried like a dropped connection."""
         started = time.perf_counter()
@@ -168,7 +268,7 @@ class ChatClient:
         try:
             with anyio.fail_after(self._timeout_s):
                 async with self._http.stream(
-                    "POST", self.url, content=request.body, headers=request.headers
+                    "POST", self.url, content=request.body, headers=self._headers(request)
                 ) as response:
                     status = response.status_code
                     if status != 200:
@@ -187,10 +287,12 @@ class ChatClient:
                             failure.message = self._scrub(failure.message)
                             failure.args = (failure.message,)
                             raise
+                    await _notice_close()
         except httpx.DecodingError as exc:
             raise BadResponse(f"response body could not be decoded: {exc}"[:MAX_MESSAGE]) from None
         except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
-            error = _transport_error(exc)
+            elapsed = time.perf_counter() - started if status == 0 else float("inf")
+            error = _transport_error(exc, elapsed, reused[0])
             if status == 200 and isinstance(error, ConnectionFailed):
                 error = ConnectionFailed(
                     f"stream ended early after {assembler.events} events: {error.message}"

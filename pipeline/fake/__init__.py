@@ -12,9 +12,11 @@ with a tool call, and accepts image parts. What a client can get back:
     400  unusable body, a missing required header or body field, or an injected bad request
     401  missing or wrong API key (in none of the profile's auth styles)
     404  any other path or query; a model the profile does not serve (``model_not_found``)
+    413  a body larger than ``max_body_bytes``
     429  a requests/tokens bucket has no room (``retry-after``, ``retry-after-ms``),
          too many in flight (``retry-after: 1``), or an injected limit
-    500, 502, 503  injected server errors
+    500, 502, 503  injected server errors; with ``upstream_error_rate``, a gateway's 502
+         after the completion was generated (counted in ``lost_upstream``)
     no response  drop (connection closed after the request is read) or hang (``hang_s``)
 
 ``GET /stats`` returns the counters as JSON and ``GET /health`` returns ``{"status": "ok"}``.

@@ -145,6 +145,10 @@ class FakeConfig:
     max_concurrency: int | None = field(
         default=None, metadata=_about("429 beyond this many in flight", bounds=_AT_LEAST_1)
     )
+    max_body_bytes: int | None = field(
+        default=None,
+        metadata=_about("413 for a request body larger than this, in bytes", bounds=_AT_LEAST_1),
+    )
     api_key: str | None = field(
         default=None,
         repr=False,
@@ -174,6 +178,17 @@ class FakeConfig:
         default=0.0, metadata=_rate("JSON-schema content that breaks the schema")
     )
     stream_cut_rate: float = field(default=0.0, metadata=_rate("a stream cut mid-event"))
+    close_after_stream: bool = field(
+        default=False,
+        metadata=_about(
+            "close the connection after each streamed answer while announcing keep-alive "
+            "(as llama.cpp's llama-server does)"
+        ),
+    )
+    upstream_error_rate: float = field(
+        default=0.0,
+        metadata=_rate("a gateway's 502 after the completion was generated (and billed) upstream"),
+    )
     fault_seed: int = field(default=0, metadata=_about("seed of the fault draws"))
     profile: Profile = field(
         default_factory=Profile,

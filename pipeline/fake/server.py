@@ -73,6 +73,7 @@ class FakeServer:
         self._content_faults_on = any(rate > 0 for _, rate in self._content_rates)
         self._content_rng = random.Random(f"{config.fault_seed}:content")
         self._jitter_rng = random.Random(f"{config.fault_seed}:jitter")
+        self._upstream_rng = random.Random(f"{config.fault_seed}:upstream")
         self._in_flight = 0
         self._closing = asyncio.Event()
 
@@ -112,6 +113,13 @@ class FakeServer:
         )
         if refusal is not None:
             return _refuse(refusal)
+        too_large = self.config.max_body_bytes
+        if too_large is not None and len(body) > too_large:
+            return _error(
+                413,
+                f"Request too large: {len(body)} bytes, at most {too_large}",
+                "invalid_request_error",
+            )
         try:
             chat = parse_request(body)
         except InvalidRequestError as exc:
@@ -202,6 +210,10 @@ class FakeServer:
             content_fault,
             self.config.cached_share,
         )
+        rate = self.config.upstream_error_rate
+        if rate and self._upstream_rng.random() < rate:
+            self.stats.lost_upstream += 1  # generated upstream, then lost by the gateway
+            return _error(502, "Upstream error: the provider's response was lost.", "server_error")
         if chat.stream:
             self._count_content_fault(content_fault)
             return await self._stream(request, chat, answer, digest, fault, headers)
@@ -221,6 +233,10 @@ class FakeServer:
         if fault is Fault.MALFORMED:
             events[len(events) // 2] = b"data: {not json\n\n"
         response = await write_events(request, events, headers, cut=fault is Fault.STREAM_CUT)
+        if response is not None and self.config.close_after_stream:
+            await response.write_eof()  # the answer is complete; then the connection goes
+            if request.transport is not None:
+                request.transport.close()
         if response is None:
             self.stats.cut += 1
         elif fault is None:

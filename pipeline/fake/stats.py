@@ -40,6 +40,8 @@ class FakeStats:
     invalid_json: int = 0
     schema_mismatch: int = 0
     cut: int = 0
+    lost_upstream: int = 0
+    """Completions generated, then answered with a gateway's 502 (``upstream_error_rate``)."""
     completions_by_request: Counter[str] = field(default_factory=Counter)
     completions_by_seed: Counter[int] = field(default_factory=Counter)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -54,6 +56,7 @@ class FakeStats:
             "invalid_json": self.invalid_json,
             "schema_mismatch": self.schema_mismatch,
             "cut": self.cut,
+            "lost_upstream": self.lost_upstream,
             "completions_by_request": dict(self.completions_by_request),
             "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
             "requests": [request.to_dict() for request in self.requests],

@@ -2,14 +2,22 @@
 reading earlier results back (for resume, the budget and the estimate's sample).
 
     schema.py    the fixed output columns, optional columns, an outcome's Arrow values
-    parts.py     PartWriter: part files in ``<output>.parts/`` as a run goes, then finalize
+    parts.py     PartWriter: part files in ``<output>.parts/`` as a run goes, then finalize;
+                 earlier results outside the output kept in ``<output>.earlier/``
     merge.py     merge part files and carried earlier results in input order, windowed
     earlier.py   DoneIndex (what earlier runs finished, by (id, request hash)), their cost
 """
 
-from pipeline.results.earlier import Carried, DoneIndex, completion_key, recorded_cost
+from pipeline.results.earlier import (
+    NOT_DONE_ERRORS,
+    Carried,
+    DoneIndex,
+    completion_key,
+    recorded_cost,
+    resend_hint,
+)
 from pipeline.results.merge import Piece, conform, merge_pieces
-from pipeline.results.parts import PartWriter, parts_dir, read_results
+from pipeline.results.parts import PartWriter, archive_dir, parts_dir, read_results
 from pipeline.results.schema import (
     OPTIONAL_COLUMNS,
     OUTPUT_COLUMNS,
@@ -21,6 +29,7 @@ from pipeline.results.schema import (
 )
 
 __all__ = [
+    "NOT_DONE_ERRORS",
     "OPTIONAL_COLUMNS",
     "OUTPUT_COLUMNS",
     "OUTPUT_SCHEMA",
@@ -31,6 +40,7 @@ __all__ = [
     "DoneIndex",
     "PartWriter",
     "Piece",
+    "archive_dir",
     "completion_key",
     "conform",
     "merge_pieces",
@@ -38,4 +48,5 @@ __all__ = [
     "parts_dir",
     "read_results",
     "recorded_cost",
+    "resend_hint",
 ]

@@ -6,8 +6,11 @@ those rows are sent again. Earlier results live in the previous output file (if
 any) and in part files of interrupted runs. Lookup cost is a 64-bit key per
 result in sorted arrays (about 25 bytes a row), a binary search per row.
 
-``auth`` and ``not_found`` errors say nothing about the row, so they never count
-as done; other error rows count as done unless ``--retry-errors`` is given.
+``auth`` and ``not_found`` errors say nothing about the row, and transient failures
+(rate limits, server errors, timeouts, dropped connections, broken answers) may well
+pass next time, so none of them count as done: a plain re-run sends them again. Other
+error rows (the server said no to *this* request, or the answer was unusable) count as
+done unless ``--retry-errors`` is given; ``resend_hint`` says so when many rows failed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ import pyarrow.parquet as pq
 from pipeline.errors import ERROR_TYPES
 from pipeline.results.schema import SEQ
 
-_NOT_DONE_ERRORS = frozenset({"auth", "not_found"})
+NOT_DONE_ERRORS = frozenset(
+    {"auth", "not_found", "rate_limited", "server_error", "timeout", "connection", "bad_response"}
+)
+"""Error types a plain re-run sends again (the rest need ``--retry-errors``)."""
+HINT_MIN_ROWS = 10
+"""Rows of one error class from which the summary says how to send them again."""
 _NO_ERROR = 255
 
 
@@ -143,7 +151,7 @@ class DoneIndex:
         if self._ok[index]:
             return index
         error = self._errors[index]
-        if retry_errors or (error < len(ERROR_TYPES) and ERROR_TYPES[error] in _NOT_DONE_ERRORS):
+        if retry_errors or (error < len(ERROR_TYPES) and ERROR_TYPES[error] in NOT_DONE_ERRORS):
             return None
         return index
 
@@ -188,3 +196,18 @@ def recorded_cost(paths: Iterable[Path]) -> float:
         value = pl.scan_parquet(path).select(pl.col("cost_usd").sum()).collect().item()
         total += float(value or 0.0)
     return total
+
+
+def resend_hint(errors_by_type: dict[str, int], rows_total: int) -> str | None:
+    """How to send again the rows of the largest error class, when there are many of them."""
+    if not errors_by_type:
+        return None
+    kind, count = max(errors_by_type.items(), key=lambda item: (item[1], item[0]))
+    if count < HINT_MIN_ROWS and count * 2 < rows_total:
+        return None
+    if kind in NOT_DONE_ERRORS:
+        return f"{count} rows failed with {kind}: run the same command again to send them again"
+    return (
+        f"{count} rows failed with {kind}: once the cause is fixed, "
+        "run again with --retry-errors to send them again"
+    )

@@ -5,6 +5,12 @@ Results are written as they arrive: the runner hands batches of outcomes to
 part file (temp name, fsync, rename) in ``<output>.parts/``. ``finalize`` merges the
 parts in input order, a window of positions at a time (memory stays flat), into
 the output file, which appears by rename, complete.
+
+Nothing paid for is dropped: earlier results this run does not carry into its output
+(rows outside a smaller ``--limit`` or another ``--input``, results a ``--fresh`` run
+sent again) move to the archive ``<output>.earlier/``, written before the output is
+replaced. The archive is read back like the output (reuse, recorded cost) until the
+user deletes it.
 """
 
 from __future__ import annotations
@@ -33,10 +39,18 @@ from pipeline.results.schema import (
     output_schema,
 )
 
+_NOT = bytes([1, 0]) + bytes(254)
+"""``bytes.translate`` table that turns a 0/1 mask into its complement."""
+
 
 def parts_dir(output: Path) -> Path:
     """Where the part files of ``output`` live: ``<output>.parts/``."""
     return output.with_name(output.name + ".parts")
+
+
+def archive_dir(output: Path) -> Path:
+    """Where earlier results outside the current output are kept: ``<output>.earlier/``."""
+    return output.with_name(output.name + ".earlier")
 
 
 def read_results(output: Path) -> pl.DataFrame:
@@ -110,8 +124,10 @@ class PartWriter:
         self.run_number = max(runs, default=0) + 1
 
     def earlier_results(self) -> list[Path]:
-        """Files holding results of earlier runs, oldest first: the output, then old parts."""
-        files = [self.output] if self.output.exists() else []
+        """Files holding results of earlier runs, oldest first: the archive, the output,
+        then old parts."""
+        files = sorted(archive_dir(self.output).glob("earlier-*.parquet"))
+        files += [self.output] if self.output.exists() else []
         return files + sorted(self.parts_dir.glob("part-*-*.parquet"))
 
     def own_parts(self) -> list[Path]:
@@ -174,14 +190,16 @@ class PartWriter:
         """Merge this run's parts and the carried earlier results into the output, in input order.
 
         ``kept_values`` (one dict per output row, in order) replaces the kept columns, so
-        rows carried from an earlier run show the input's current values. The output
-        appears by rename, complete; the parts folder is removed after.
+        rows carried from an earlier run show the input's current values. Earlier results
+        not carried go to the archive first; then the output appears by rename, complete,
+        and the parts folder and the archive's older files are removed.
         """
         pieces = [Piece(part) for part in self.own_parts()]
         for path, keep, moved in carried or []:
             pieces.extend(carried_pieces(path, keep, moved))
         temp = self.output.with_name(f".{self.output.name}.tmp")
         try:
+            superseded = self._archive(carried or [])
             with pq.ParquetWriter(temp, self.schema, compression="zstd") as writer:
                 for window in merge_pieces(pieces, self._part_schema):
                     table = window.drop_columns([SEQ])
@@ -195,4 +213,34 @@ class PartWriter:
             raise OutputError(
                 f"{self.output}: cannot write output: {exc.strerror or exc}"
             ) from None
+        for old in superseded:
+            old.unlink(missing_ok=True)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+    def _archive(self, carried: list[tuple[Path, bytearray, dict[int, int]]]) -> list[Path]:
+        """Write the earlier results not carried into this run's output to one new archive
+        file (before the output is replaced); return the older archive files it replaces."""
+        archive = archive_dir(self.output)
+        older = sorted(archive.glob("earlier-*.parquet"))
+        pieces: list[Piece] = []
+        for path, keep, _ in carried:
+            pieces.extend(carried_pieces(path, bytearray(keep.translate(_NOT)), {}))
+        if not pieces:
+            return older
+        archive.mkdir(exist_ok=True)
+        final = archive / f"earlier-{self._archive_stamp(older):06d}.parquet"
+        temp = final.with_suffix(".tmp")
+        with pq.ParquetWriter(temp, self._part_schema, compression="zstd") as writer:
+            for piece in pieces:
+                writer.write_table(piece.load(self._part_schema))
+        with temp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        temp.replace(final)
+        _fsync_dir(archive)
+        return older
+
+    @staticmethod
+    def _archive_stamp(older: list[Path]) -> int:
+        """The next archive file number."""
+        numbers = [int(p.stem.split("-")[1]) for p in older if p.stem.split("-")[1].isdigit()]
+        return max(numbers, default=0) + 1

@@ -5,13 +5,16 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from pipeline.errors import AttemptError, AuthFailed, NotFound
+from pipeline.errors import AttemptError, AuthFailed, FatalError, NotFound
 from pipeline.records import Ended
 
 log = structlog.get_logger("pipeline")
 
 FATAL_STREAK = 5
 """Consecutive 401/403/404 answers after which the run stops sending."""
+FIRST_ROWS = 20
+"""Rows that, when all of the run's first ones fail alike with a fatal error (a 400 for a
+parameter the server rejects), stop the run before it pays for the whole input."""
 
 
 class Stopped(Exception):
@@ -51,18 +54,27 @@ class RefusalWatch:
 
     A 404 naming the model stops at once; otherwise ``FATAL_STREAK`` rows in a row
     failing with 401/403/404 do. Any answer, or any other failure, resets the streak.
+    And when the run's first ``FIRST_ROWS`` rows all fail with the same fatal error
+    (same class, same HTTP status) before any answer arrived, the job itself is wrong
+    (a parameter the server rejects): the run stops too.
     """
 
-    def __init__(self, control: RunControl) -> None:
+    def __init__(self, control: RunControl, first_rows: int = FIRST_ROWS) -> None:
         self._control = control
         self._streak = 0
+        self._first_rows = first_rows
+        self._alike = 0
+        self._first: tuple[str, int | None] | None = None
+        self._watching_first = True
 
     def answered(self) -> None:
         """An attempt got an answer."""
         self._streak = 0
+        self._watching_first = False
 
     def failed(self, exc: AttemptError) -> None:
         """A request failed for good (after its retries)."""
+        self._watch_first(exc)
         if not isinstance(exc, AuthFailed | NotFound):
             self._streak = 0
             return
@@ -70,3 +82,21 @@ class RefusalWatch:
         model_missing = isinstance(exc, NotFound) and "model" in exc.message.lower()
         if model_missing or self._streak >= FATAL_STREAK:
             self._control.stop(Ended.ABORTED, f"the endpoint refuses every request: {exc.message}")
+
+    def _watch_first(self, exc: AttemptError) -> None:
+        """Stop when the first rows all failed with one fatal error and nothing succeeded."""
+        if not self._watching_first:
+            return
+        kind = (exc.error_type, exc.http_status)
+        if not isinstance(exc, FatalError) or (self._first is not None and kind != self._first):
+            self._watching_first = False
+            return
+        self._first = kind
+        self._alike += 1
+        if self._alike >= self._first_rows:
+            status = f"HTTP {exc.http_status} " if exc.http_status is not None else ""
+            self._control.stop(
+                Ended.ABORTED,
+                f"the first {self._alike} rows all failed with {status}{exc.error_type}: "
+                f"{exc.message}",
+            )

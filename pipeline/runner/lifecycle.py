@@ -6,9 +6,12 @@ Exit codes (stable, documented in the README):
     1   an internal error (a bug): the traceback is printed
     2   a user error (bad job, bad input, unwritable output) before anything was sent
     3   the run finished, but more rows failed than ``limits.max_error_rate`` allows
-    4   aborted: the endpoint refused every request (bad key, unknown model or path)
+    4   aborted: the endpoint refused every request (bad key, unknown model or path), or
+        the first rows all failed with the same fatal error (a parameter it rejects)
     5   results could not be written mid-run (disk full?); what was written is kept
     6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
+    8   a part of the input could not be read once sending had started (a corrupt row group);
+        everything answered is checkpointed (2 when nothing had been sent yet)
     75  another run is writing the same output (locked)
     130 interrupted by SIGINT (143: by SIGTERM); run the same command again to resume
 
@@ -53,6 +56,7 @@ from pipeline.manifest import (
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
 from pipeline.records import Ended, RunSummary
+from pipeline.results import NOT_DONE_ERRORS
 from pipeline.runner.plan import RunPlan, models_of, plan_run
 from pipeline.runner.run import DEFAULT_GRACE_S, Runner
 from pipeline.spec import JobSpec, load_job
@@ -65,6 +69,7 @@ EXIT_TOO_MANY_ERRORS = 3
 EXIT_ABORTED = 4
 EXIT_WRITE_FAILED = 5
 EXIT_BUDGET = 6
+EXIT_INPUT_FAILED = 8
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -74,6 +79,7 @@ _ENDED_CODES = {
     Ended.TERMINATED: EXIT_TERMINATED,
     Ended.ABORTED: EXIT_ABORTED,
     Ended.BUDGET: EXIT_BUDGET,
+    Ended.INPUT_FAILED: EXIT_INPUT_FAILED,
 }
 
 EndpointOpener = Callable[[JobSpec], AbstractAsyncContextManager[str | None]]
@@ -325,14 +331,19 @@ def _already_complete(prepared: PreparedRun, rows_planned: int) -> RunResult | N
         or not earlier.same_work(prepared.job_sha256, prepared.fingerprint, options.limit)
     ):
         return None
+    if NOT_DONE_ERRORS & {kind for kind, n in earlier.rows_by_error_type.items() if n}:
+        return None  # rows that failed transiently (or on auth) are sent again
     # a finished run with too many errors stays a failure when run again
-    code = EXIT_TOO_MANY_ERRORS if earlier.exit_code == EXIT_TOO_MANY_ERRORS else EXIT_OK
+    rows = sum(earlier.rows_by_status.values())
+    code, reason = _error_rate_code(prepared.job, earlier.rows_by_status.get("error", 0), rows)
+    if code == EXIT_OK and earlier.exit_code == EXIT_TOO_MANY_ERRORS:
+        code, reason = EXIT_TOO_MANY_ERRORS, earlier.exit_reason
     log.info(
         "job.already_complete", run_id=earlier.run_id, output=str(plan.output_path), exit_code=code
     )
     return RunResult(
         exit_code=code,
-        reason=earlier.exit_reason,
+        reason=reason if code != EXIT_OK else earlier.exit_reason,
         output_path=plan.output_path,
         manifest_path=manifest_path(plan.output_path),
         run_id=earlier.run_id,
@@ -343,14 +354,20 @@ def _already_complete(prepared: PreparedRun, rows_planned: int) -> RunResult | N
 
 def exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
     """The exit code of a run that got to its end, and the reason in words."""
+    if summary.ended is Ended.INPUT_FAILED and summary.requests_sent == 0:
+        return EXIT_USER_ERROR, summary.reason or summary.ended.value
     if summary.ended in _ENDED_CODES:
         return _ENDED_CODES[summary.ended], summary.reason or summary.ended.value
+    return _error_rate_code(job, summary.rows_error, summary.rows_total)
+
+
+def _error_rate_code(job: JobSpec, errors: int, rows: int) -> tuple[int, str]:
+    """Exit 3 when more than ``limits.max_error_rate`` of ``rows`` failed, else 0."""
     limit = job.limits.max_error_rate
-    if limit is not None and summary.rows_total and summary.rows_error / summary.rows_total > limit:
-        rate = summary.rows_error / summary.rows_total
+    if limit is not None and rows and errors / rows > limit:
         return (
             EXIT_TOO_MANY_ERRORS,
-            f"{rate:.1%} of rows failed, above limits.max_error_rate {limit:.1%}",
+            f"{errors / rows:.1%} of rows failed, above limits.max_error_rate {limit:.1%}",
         )
     return EXIT_OK, "complete"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +17,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pipeline.budget import Budget
 from pipeline.cache import ResponseCache, endpoint_identity, uncached_reason
 from pipeline.client import ChatClient
-from pipeline.errors import JobError, OutputError
+from pipeline.errors import InputError, JobError, OutputError
 from pipeline.limits import RateLimiter
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
@@ -61,6 +60,7 @@ class Runner:
         handle_signals: bool = False,
         prices: PriceTable | None = None,
         cache_path: Path | None = None,
+        merge: bool = True,
     ) -> None:
         job = plan.job
         if job.endpoint.is_fake and base_url is None:
@@ -88,6 +88,8 @@ class Runner:
         self._transport = transport
         self._work_scope: anyio.CancelScope | None = None
         self.cache_path = cache_path
+        self._input_error: str | None = None
+        self._merge = merge  # False: results stay in part files (an estimate's sample)
 
     def stop(self, ended: Ended, reason: str) -> None:
         """Stop taking rows; in-flight requests get the grace period to finish."""
@@ -96,8 +98,10 @@ class Runner:
     async def run(self) -> RunSummary:
         """Send every row not already done, write every outcome, merge the output."""
         job = self.plan.job
-        await anyio.to_thread.run_sync(partial(self.writer.prepare, fresh=self.fresh))
-        earlier_files = [] if self.fresh else self.writer.earlier_results()
+        await anyio.to_thread.run_sync(self.writer.prepare)
+        # with --fresh nothing is reused, but earlier results are still read: what the
+        # output no longer holds moves to the archive, paid for and kept
+        earlier_files = self.writer.earlier_results()
         earlier: DoneIndex | None = None
         if earlier_files:
             earlier = await anyio.to_thread.run_sync(DoneIndex.load, earlier_files)
@@ -127,7 +131,9 @@ class Runner:
             if cache is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_close_cache, cache)
-        if not self.control.is_stopping:
+        if self._input_error is not None:
+            self.stop(Ended.INPUT_FAILED, self._input_error)
+        if not self.control.is_stopping and self._merge:
             carried = earlier.carried.per_source() if earlier is not None else None
             kept = self._kept_values() if carried and self.plan.job.input.keep_columns else None
             await anyio.to_thread.run_sync(self.writer.finalize, carried, kept)
@@ -183,15 +189,18 @@ class Runner:
             retry=job.retry,
             stats=self.stats,
             control=self.control,
+            gateway=job.endpoint.is_gateway,
         )
         extraction = self.plan.extraction
         response_format = extraction.response_format() if extraction else None
         reuse = None
-        if earlier is not None:
+        if earlier is not None and not self.fresh:
             reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
         return RowJourney(
             prepare=RequestPreparer(
-                RequestBuilder.for_job(job, response_format=response_format), extraction
+                RequestBuilder.for_job(job, response_format=response_format),
+                extraction,
+                limits.tokens_per_minute,
             ),
             reuse=reuse,
             sender=sender,
@@ -206,7 +215,7 @@ class Runner:
 
     async def _run_stages(self, earlier: DoneIndex | None, cache: ResponseCache | None) -> None:
         job = self.plan.job
-        workers = 2 * job.limits.concurrency
+        workers = worker_count(job.limits.concurrency, self.stats.total)
         async with (
             ChatClient(
                 job.endpoint,
@@ -281,7 +290,14 @@ class Runner:
         batches = self.plan.source.batches(self.plan.limit)
         async with send:
             while not self.control.is_stopping:
-                batch = await anyio.to_thread.run_sync(next, batches, None)
+                try:
+                    batch = await anyio.to_thread.run_sync(next, batches, None)
+                except InputError as exc:
+                    # a corrupt part of the input: the rows read so far are still sent,
+                    # then the run stops (checkpointed, not merged)
+                    self._input_error = str(exc)
+                    log.error("input.unreadable", error=self._input_error)
+                    return
                 if batch is None:
                     return
                 for row in batch:
@@ -341,6 +357,11 @@ class Runner:
         while True:
             self.progress.draw(self.stats)
             await anyio.sleep(PROGRESS_INTERVAL_S)
+
+
+def worker_count(concurrency: int, rows: int) -> int:
+    """Twice ``concurrency`` workers (one waits while one sends), never more than rows."""
+    return max(1, min(2 * concurrency, rows))
 
 
 async def _put(send: MemoryObjectSendStream[T], item: T) -> None:

@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
 from pipeline.cost import attempt_ceiling, possibly_billed, reply_cost
-from pipeline.errors import AttemptError, RateLimited
+from pipeline.errors import AttemptError, NotSent, RateLimited, StaleConnection
 from pipeline.limits import RateLimiter, TokenEstimator
 from pipeline.prices import PriceTable
 from pipeline.records import ChatRequest, Ended, Ledger, Reply, RunStats
@@ -31,6 +31,9 @@ from pipeline.runner.control import RefusalWatch, RunControl, Stopped
 from pipeline.spec import RetrySpec
 
 log = structlog.get_logger("pipeline")
+
+RESEND_UNSENT = 3
+"""Times a request that never left the client is sent again at once, within one attempt."""
 
 
 class Sender(Protocol):
@@ -56,8 +59,10 @@ class LiveSender:
         retry: RetrySpec,
         stats: RunStats,
         control: RunControl,
+        gateway: bool = False,
     ) -> None:
         self._client = client
+        self._gateway = gateway
         self._in_flight = anyio.Semaphore(concurrency)
         self._limiter = limiter
         self._estimator = TokenEstimator()
@@ -97,13 +102,30 @@ class LiveSender:
                     self._release(reserved)
                     raise Stopped
                 ledger.sent()
-                self._stats.count_request()
-                reply = await self._client.send(request)
+                reply = await self._send_until_it_leaves(request, ledger)
         except AttemptError as exc:
             self._settle_failure(exc, tokens, reserved, ledger)
             raise
         self._settle_answer(request, reply, tokens, reserved, ledger)
         return reply
+
+    async def _send_until_it_leaves(self, request: ChatRequest, ledger: Ledger) -> Reply:
+        """Send; a request that never left the client (``NotSent``), or whose reused
+        connection closed at once (``StaleConnection``, possibly billed), goes again at once
+        on another connection, without a backoff or a new attempt (up to ``RESEND_UNSENT``)."""
+        for resend in range(RESEND_UNSENT + 1):
+            if resend:
+                ledger.sent()  # a request all the same (never possibly billed)
+            self._stats.count_request()
+            try:
+                return await self._client.send(request)
+            except (NotSent, StaleConnection) as exc:
+                if resend == RESEND_UNSENT:
+                    raise
+                if possibly_billed(exc, gateway=self._gateway):
+                    ledger.lost()
+                log.info("request.resent", reason=exc.message, resend=resend + 1)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _reserve(self, request: ChatRequest) -> float:
         """Reserve the attempt's cost ceiling under the budget; stop the run when it does not fit."""
@@ -135,13 +157,15 @@ class LiveSender:
     def _settle_failure(
         self, exc: AttemptError, tokens: int, reserved: float, ledger: Ledger
     ) -> None:
-        """A failed attempt: give the budget back, note what the server said of its limits."""
+        """A failed attempt: give the budget and the reserved tokens back (no usage was
+        reported: a rejected request must not hold the tokens-per-minute bucket), note
+        what the server said of its limits."""
         self._release(reserved)
-        if possibly_billed(exc):
+        if possibly_billed(exc, gateway=self._gateway):
             ledger.lost()
         self._limiter.answered(exc.rate_limits)
+        self._limiter.settle(tokens, 0)
         if isinstance(exc, RateLimited):
-            self._limiter.settle(tokens, 0)
             pause = min(
                 exc.retry_after_s or self._retry.initial_backoff_s, self._retry.max_backoff_s
             )

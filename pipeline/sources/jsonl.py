@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from pipeline.errors import InputError
 from pipeline.records import PromptRow
-from pipeline.sources.base import Source
+from pipeline.sources.base import Preflight, Source
 
-_SNIFF_LINES = 1000
 _ID_BATCH = 65536
 
 
@@ -36,35 +36,149 @@ def _parse(line: bytes) -> dict[str, Any] | str:
     return value
 
 
-class JsonlSource(Source):
-    """Streams a JSONL file line by line."""
+_EXACT_IN_DOUBLE = 2**53
 
-    def _sample(self) -> list[dict[str, Any]]:
-        sample: list[dict[str, Any]] = []
-        for _, line in _lines(self.path):
-            parsed = _parse(line)
-            if isinstance(parsed, dict):
-                sample.append(parsed)
-            if len(sample) >= _SNIFF_LINES:
-                break
-        return sample
+
+class _Kind:
+    """The narrowest Arrow type that holds every value of one kept column unchanged."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self.scalar: str | None = None  # "bool", "int", "float", "string", "nested"
+        self.nested: pa.DataType | None = None
+        self.big_int: str | None = None  # where an int a double cannot hold was seen
+        self.float_at: str | None = None
+
+    def add(self, value: object, where: str) -> None:
+        """Fold one value in; raise ``InputError`` when no type holds it with the others."""
+        if value is None:
+            return
+        kind = _scalar_kind(value)
+        if kind == "int" and abs(value) >= _EXACT_IN_DOUBLE:  # type: ignore[arg-type]
+            if abs(value) >= 2**63:  # type: ignore[arg-type]
+                raise InputError(
+                    f"{where}: column {self.column!r} holds an integer too large for int64; "
+                    "write it as a string"
+                )
+            self.big_int = self.big_int or where
+        if kind == "float":
+            self.float_at = self.float_at or where
+        if kind == "nested":
+            self._add_nested(value, where)
+        merged = _merge_kinds(self.scalar, kind)
+        if merged is None:
+            raise InputError(
+                f"{where}: column {self.column!r} holds a {_NAMES[kind]} where earlier lines "
+                f"hold {_NAMES[self.scalar or kind]}s; a kept column needs one type"
+            )
+        if merged == "float" and self.big_int is not None:
+            where_big = self.big_int if self.float_at else where
+            raise InputError(
+                f"{where_big}: column {self.column!r} holds an integer too large for the "
+                "floating-point type its other values need; write it as a string"
+            )
+        self.scalar = merged
+
+    def _add_nested(self, value: object, where: str) -> None:
+        try:
+            kind = pa.array([value]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            raise InputError(
+                f"{where}: column {self.column!r} holds a value Arrow cannot type"
+            ) from None
+        if self.nested is not None and kind != self.nested:
+            try:  # widen without changing a value: an empty list's item type, int to double
+                kind = (
+                    pa.unify_schemas(
+                        [pa.schema([("v", self.nested)]), pa.schema([("v", kind)])],
+                        promote_options="permissive",
+                    )
+                    .field("v")
+                    .type
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                raise InputError(
+                    f"{where}: column {self.column!r} holds {kind} where earlier lines hold "
+                    f"{self.nested}; a kept column needs one type"
+                ) from None
+        self.nested = kind
+
+    def arrow(self) -> pa.DataType:
+        """The column's Arrow type (string when every value was null or missing)."""
+        if self.scalar == "nested" and self.nested is not None:
+            return self.nested
+        return _ARROW.get(self.scalar or "string", pa.string())
+
+
+_NAMES = {
+    "bool": "boolean",
+    "int": "integer",
+    "float": "number",
+    "string": "string",
+    "nested": "list or object",
+}
+_ARROW = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "string": pa.string()}
+
+
+def _scalar_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    return "nested"
+
+
+def _merge_kinds(seen: str | None, kind: str) -> str | None:
+    """The kind holding both unchanged, or None (ints widen to floats; nothing else mixes)."""
+    if seen is None or seen == kind:
+        return kind
+    if {seen, kind} == {"int", "float"}:
+        return "float"
+    return None
+
+
+class JsonlSource(Source):
+    """Streams a JSONL file line by line.
+
+    Column names and the types of kept columns come from one pass over every line (not
+    a sample): a kept column's type is widened where no value changes (ints with floats
+    become float64), and values no single type can hold unchanged (a string among
+    numbers, an int too large for a double among floats) are an ``InputError`` naming
+    the line and the column, raised before anything is sent.
+    """
+
+    _scanned: tuple[list[str], pa.Schema] | None = None
+
+    def _scan(self) -> tuple[list[str], pa.Schema]:
+        """Every column name, and the kept columns' types, from one pass (cached)."""
+        if self._scanned is None:
+            names: dict[str, None] = {}
+            kinds = {name: _Kind(name) for name in self.keep_columns}
+            for number, line in _lines(self.path):
+                parsed = _parse(line)
+                if not isinstance(parsed, dict):
+                    continue
+                names.update(dict.fromkeys(parsed))
+                for name, kind in kinds.items():
+                    kind.add(parsed.get(name), f"{self.path}: line {number}")
+            schema = pa.schema([pa.field(name, kinds[name].arrow()) for name in self.keep_columns])
+            self._scanned = (list(names), schema)
+        return self._scanned
 
     def columns(self) -> list[str]:
-        names: dict[str, None] = {}
-        for record in self._sample():
-            names.update(dict.fromkeys(record))
-        return list(names)
+        return self._scan()[0]
 
     def keep_schema(self) -> pa.Schema:
-        sample = self._sample()
-        fields = []
-        for name in self.keep_columns:
-            try:
-                kind = pa.array([record.get(name) for record in sample]).type
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                kind = pa.string()
-            fields.append(pa.field(name, pa.string() if pa.types.is_null(kind) else kind))
-        return pa.schema(fields)
+        return self._scan()[1]
+
+    def preflight(self, limit: int | None = None) -> Preflight:
+        """As for every source, with the kept columns' types checked first (one pass)."""
+        self._scan()
+        return super().preflight(limit)
 
     def count_rows(self) -> int:
         return sum(1 for _ in _lines(self.path))

@@ -47,12 +47,28 @@ class ParquetSource(Source):
                 index += 1
 
     def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
+        pending: list[PromptRow] = []  # batches of ``batch_size`` across row groups
+        try:
+            for rows in self._row_lists(limit):
+                pending.extend(rows)
+                while len(pending) >= self.batch_size:
+                    yield pending[: self.batch_size]
+                    pending = pending[self.batch_size :]
+        except InputError:
+            if pending:  # every row read before the unreadable part is still sent
+                yield pending
+            raise
+        if pending:
+            yield pending
+
+    def _row_lists(self, limit: int | None) -> Iterator[list[PromptRow]]:
+        """The rows of each record batch, stopping after ``limit``."""
         wanted = list(dict.fromkeys([*self.value_columns, *self.keep_columns]))
         if self.id_column:
             wanted.append(self.id_column)
         wanted = list(dict.fromkeys(wanted))
         seq = 0
-        for batch in self._file.iter_batches(batch_size=self.batch_size, columns=wanted):
+        for batch in self._record_batches(wanted):
             columns = {name: batch.column(name).to_pylist() for name in wanted}
             rows: list[PromptRow] = []
             for i in range(batch.num_rows):
@@ -68,7 +84,25 @@ class ParquetSource(Source):
                     )
                 )
                 seq += 1
-            if rows:
-                yield rows
+            yield rows
             if limit is not None and seq >= limit:
                 return
+
+    def _record_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """Record batches a row group at a time (so every row before a corrupt part is
+        read); an unreadable group is an ``InputError`` naming it and its rows."""
+        metadata = self._file.metadata
+        start = 0
+        for group in range(metadata.num_row_groups):
+            rows = metadata.row_group(group).num_rows
+            try:
+                yield from self._file.iter_batches(
+                    batch_size=self.batch_size, row_groups=[group], columns=columns
+                )
+            except (OSError, pa.ArrowException) as exc:
+                detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(
+                    f"{self.path}: row group {group} (rows {start}-{start + rows - 1}) "
+                    f"cannot be read: {detail}"
+                ) from None
+            start += rows
