@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from datetime import date
@@ -51,6 +52,7 @@ from pipeline.runner import (
     prepare_run,
 )
 from pipeline.spec import JobSpec, load_job
+from pipeline.version import __version__
 
 __all__ = [
     "EXIT_ABORTED",
@@ -106,6 +108,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or more seconds: {text!r}")
+    return value
+
+
 def _day(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -121,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline", description="Batch chat completions: Parquet/JSONL in, Parquet out."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_validate(commands)
@@ -161,7 +174,7 @@ def _add_run(commands: Commands) -> None:
     )
     run.add_argument(
         "--grace-s",
-        type=float,
+        type=_seconds,
         default=DEFAULT_GRACE_S,
         help="on SIGINT/SIGTERM, how long in-flight requests may finish",
     )
@@ -229,6 +242,11 @@ def _print_summary(summary: RunSummary) -> None:
     )
     if summary.complete:
         print(f"output: {summary.output_path}")
+
+
+def _print_warnings(plan: RunPlan) -> None:
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -303,6 +321,7 @@ def _run(args: argparse.Namespace) -> int:
         prices=args.prices,
     )
     prepared = prepare_run(args.job, options)
+    _print_warnings(prepared.plan)
     progress = ProgressLine(sys.stderr)
     with contextlib.ExitStack() as stack:
         stream = cast("TextIO", progress.lines_above()) if progress.enabled else sys.stderr
@@ -373,3 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`pipeline report OUT | head`): what it read is all it wanted
+        _silence_stdout()
+        print("error: standard output was closed early (broken pipe)", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -205,6 +205,8 @@ class EndpointSpec(_Section):
                 raise ValueError(f"{name!r} is not a valid header name")
             if any(ch in text for ch in "\r\n\0"):
                 raise ValueError(f"{name}: a header value may not contain line breaks")
+            if not text.isascii():
+                raise ValueError(f"{name}: a header value must be plain ASCII")
         return value
 
     @field_validator("base_url")

@@ -303,6 +303,12 @@ def test_job_error_is_a_user_error() -> None:
             "[endpoint] headers",
             "x-a: a header value may not contain line breaks",
         ),
+        (
+            "endpoint.headers",
+            {"x-a": "caf\u00e9"},
+            "[endpoint] headers",
+            "x-a: a header value must be plain ASCII",
+        ),
         ("endpoint.api_key_env", "sk-live-123", "[endpoint] api_key_env", "should match pattern"),
         ("name", "two words", "name", "should match pattern"),
         ("name", "", "name", "at least 1 character"),
@@ -458,7 +464,7 @@ def job_dicts(draw: st.DrawFn) -> dict[str, Any]:
                 auth=st.sampled_from(["bearer", "x-api-key", "api-key", "none"]),
                 headers=st.dictionaries(
                     st.from_regex(r"[A-Za-z0-9-]{1,12}", fullmatch=True),
-                    _text.filter(lambda v: not {"\r", "\n", "\0"} & set(v)),
+                    _text.filter(lambda v: v.isascii() and not {"\r", "\n", "\0"} & set(v)),
                     max_size=3,
                 ),
                 query=st.dictionaries(_nonempty, _text, max_size=3),

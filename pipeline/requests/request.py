@@ -11,7 +11,7 @@ from pipeline.errors import BadRowError
 from pipeline.records import ChatRequest, Message, PromptRow
 from pipeline.requests.headers import HeaderTemplates, split_headers
 from pipeline.requests.images import image_url
-from pipeline.requests.template import render_template
+from pipeline.requests.template import render_template, value_text
 from pipeline.spec import JobSpec, RequestSpec
 
 _CHARS_PER_TOKEN = 4
@@ -162,10 +162,11 @@ class RequestBuilder:
         prompt = row.values.get(self._prompt_column) if self._prompt_column else None
         if prompt is None:
             raise BadRowError(f"prompt column {self._prompt_column!r} is null")
-        if not str(prompt).strip():
+        prompt = value_text(prompt, f"prompt column {self._prompt_column!r}")
+        if not prompt.strip():
             raise BadRowError(f"prompt column {self._prompt_column!r} is empty")
         if self._spec.template is None:
-            text = str(prompt)
+            text = prompt
         else:
             text = render_template(self._spec.template, row.values)
             if not text.strip():

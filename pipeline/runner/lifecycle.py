@@ -162,6 +162,12 @@ def api_key_for(job: JobSpec) -> str | None:
         raise JobError(
             f"environment variable {name} holds a control character (a line ending from an env file?)"
         )
+    odd = next((char for char in value if not char.isascii()), None)
+    if odd is not None:
+        raise JobError(
+            f"environment variable {name} holds a non-ASCII character U+{ord(odd):04X}"
+            " (pasted from a web page?); API keys are plain ASCII"
+        )
     return value
 
 
