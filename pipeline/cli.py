@@ -329,6 +329,8 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 args.log_file.parent.mkdir(parents=True, exist_ok=True)
                 stream = stack.enter_context(args.log_file.open("a", encoding="utf-8"))
+                # before the file closes, log to stderr again (main may be called again)
+                stack.callback(configure_logging, secrets=prepared.secrets)
             except OSError as exc:
                 raise JobError(
                     f"--log-file {args.log_file}: cannot write: {exc.strerror}"
