@@ -21,7 +21,7 @@ from typing import TextIO, TypeAlias, cast
 import anyio
 import structlog
 
-from pipeline import estimate, fake
+from pipeline import estimate, fake, validate
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError
 from pipeline.log import configure_logging
@@ -187,10 +187,13 @@ def _add_run(commands: Commands) -> None:
 
 
 def _add_validate(commands: Commands) -> None:
-    validate = _job_command(
-        commands, "validate", "check a job and its input without sending anything"
+    sub = _job_command(
+        commands, "validate", "check a job and its input, build every request; sends nothing"
     )
-    validate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    sub.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    sub.add_argument(
+        "--strict", action="store_true", help="exit 2 when any row would be a bad_input row"
+    )
 
 
 def _add_estimate(commands: Commands) -> None:
@@ -251,9 +254,15 @@ def _print_warnings(plan: RunPlan) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
-    api_key_for(job)
+    _key_note(job)
     job_prices(job, args.prices)
     plan = plan_run(job, input_path=args.input, limit=args.limit)
+    _print_warnings(plan)
+    extraction = plan.extraction
+    builder = RequestBuilder.for_job(
+        job, response_format=extraction.response_format() if extraction else None
+    )
+    check = validate.check_rows(plan, builder)
     request = job.request
     if request.models:
         models = (
@@ -261,10 +270,25 @@ def _validate(args: argparse.Namespace) -> int:
         )
     else:
         models = f"model {request.model or f'from column {request.model_column!r}'}"
+    verdict = "ok" if not check.bad.total else f"{check.bad.total:,} bad rows"
     print(
-        f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
+        f"{args.job}: {verdict}: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
     )
-    return EXIT_OK
+    if check.bad.total:
+        print(f"{check.bad.total:,} rows will be error rows (bad_input), never sent:")
+        print("\n".join(check.bad.lines()))
+    if check.warnings.total:
+        print(f"{check.warnings.total:,} rows will be sent but deserve a look:")
+        print("\n".join(check.warnings.lines()))
+    return EXIT_USER_ERROR if args.strict and check.bad.total else EXIT_OK
+
+
+def _key_note(job: JobSpec) -> None:
+    """``validate`` sends nothing, so a missing key is a note, not an error."""
+    try:
+        api_key_for(job)
+    except UserError as exc:
+        print(f"note: {exc} (run will need it)", file=sys.stderr)
 
 
 def _estimate(args: argparse.Namespace) -> int:
