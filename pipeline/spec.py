@@ -99,6 +99,8 @@ class RequestSpec(_Section):
     json_schema: str | dict[str, Any] | None = None
     strict: bool | None = None
     json_retries: NonNegativeInt = 0
+    image_dir: str | None = Field(default=None, min_length=1)
+    """The folder local image files are read from (opt-in: without it, only URLs)."""
 
     @model_validator(mode="after")
     def _one_model_source(self) -> RequestSpec:

@@ -262,3 +262,10 @@ def test_grace_flag_must_be_a_finite_non_negative_number(
             main(["run", str(tmp_path / "job.toml"), "--grace-s", bad])
         assert exited.value.code == 2
         assert "--grace-s" in capsys.readouterr().err
+
+
+def test_every_fake_server_flag_has_help_text() -> None:
+    from pipeline.fake.cli import _parser
+
+    for action in _parser()._actions:
+        assert action.help, action.option_strings

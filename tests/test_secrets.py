@@ -93,3 +93,78 @@ def test_scrubber_catches_the_key_whole_and_masked() -> None:
     )
     assert Scrubber(["short"])("a short key") == "a *** key"
     assert Scrubber([None, ""])("nothing to hide") == "nothing to hide"
+
+
+def test_an_input_row_cannot_send_a_file_outside_image_dir(
+    tmp_path: Path, fake_server: FakeFactory
+) -> None:
+    server = fake_server(record_requests=True)
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$SECRETHASH:19000:0:99999:7:::\n")
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / "innocent.png").symlink_to(secret)
+    (images / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 8)
+    (images / "fake.png").write_text("root:$6$SECRETHASH")
+    rows = {
+        "review_id": ["a", "b", "c", "d"],
+        "text": ["look"] * 4,
+        "product_id": ["p"] * 4,
+        "image": ["innocent.png", "cat.png", str(secret), "fake.png"],
+    }
+    pl.DataFrame(rows).write_parquet(tmp_path / "in.parquet")
+    job = make_job(
+        tmp_path / "in.parquet",
+        server.base_url,
+        tmp_path / "o.parquet",
+        request={"image_column": "image", "image_dir": str(images)},
+    )
+
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+
+    frame = pl.read_parquet(tmp_path / "o.parquet").sort("id")
+    assert frame["status"].to_list() == ["error", "ok", "error", "error"]
+    assert "outside [request] image_dir" in frame["error_message"][0]
+    assert "outside [request] image_dir" in frame["error_message"][2]
+    assert "not a PNG, JPEG, GIF or WebP image" in frame["error_message"][3]
+    assert server.stats.received == 1
+    assert all(b"SECRETHASH" not in r.body for r in server.stats.requests)
+    sent = str(server.stats.requests[0].body)
+    assert "data:image/png;base64," in sent
+
+
+def test_image_files_need_an_image_dir(
+    tmp_path: Path, fake_server: FakeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server()
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    pl.DataFrame(
+        {"review_id": ["a"], "text": ["x"], "product_id": ["p"], "image": ["cat.png"]}
+    ).write_parquet(tmp_path / "in.parquet")
+    job = make_job(
+        tmp_path / "in.parquet", server.base_url, tmp_path / "o.parquet",
+        request={"image_column": "image"},
+    )  # fmt: skip
+    assert main(["run", str(write_job(tmp_path, job))]) == 0
+    frame = pl.read_parquet(tmp_path / "o.parquet")
+    assert "local files are read only inside [request] image_dir" in frame["error_message"][0]
+    job["request"]["image_dir"] = str(tmp_path / "nope")
+    assert (
+        main(["run", str(write_job(tmp_path, job)), "--output", str(tmp_path / "p.parquet")]) == 2
+    )
+    assert "[request] image_dir" in capsys.readouterr().err
+    assert server.stats.received == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "warns"),
+    [("127.0.0.1", False), ("::1", False), ("localhost", False), ("127.0.0.2", False),
+     ("0.0.0.0", True), ("::", True), ("192.168.1.5", True), ("myhost", True)],
+)  # fmt: skip
+def test_fake_server_warns_when_not_on_loopback(host: str, warns: bool) -> None:
+    from pipeline.fake.cli import exposure_warning
+
+    warning = exposure_warning(host)
+    assert (warning is not None) == warns
+    if warning is not None:
+        assert warning.startswith(f"warning: listening on {host}, not a loopback address")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -108,6 +109,7 @@ class RequestBuilder:
         self._messages_column = messages_column
         self._headers = headers
         self._default_model = spec.model or (spec.models[0] if spec.models else None)
+        self._image_dir = Path(spec.image_dir) if spec.image_dir is not None else None
         self._fixed: dict[str, Any] = {}
         if spec.temperature is not None:
             self._fixed["temperature"] = spec.temperature
@@ -178,7 +180,7 @@ class RequestBuilder:
         if column is None:
             messages.append({"role": "user", "content": text})
         else:
-            url = image_url(row.values.get(column), column)
+            url = image_url(row.values.get(column), column, self._image_dir)
             content = [
                 {"type": "text", "text": text},
                 {"type": "image_url", "image_url": {"url": url}},

@@ -99,6 +99,9 @@ def plan_run(
     clash = sorted(set(job.input.keep_columns) & taken)
     if clash:
         raise JobError(f"[input] keep_columns: {clash[0]!r} is already an output column")
+    image_dir = job.request.image_dir
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise JobError(f"[request] image_dir: {image_dir} is not a folder")
     source_path = input_path or Path(job.input.path)
     source = open_source(
         source_path,
