@@ -13,7 +13,8 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator
-from datetime import date
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 from typing import TextIO, TypeAlias, cast
@@ -51,6 +52,7 @@ from pipeline.runner import (
     plan_run,
     prepare_run,
 )
+from pipeline.runner.catchup import unfinished_days
 from pipeline.spec import JobSpec, load_job
 from pipeline.version import __version__
 
@@ -183,6 +185,11 @@ def _add_run(commands: Commands) -> None:
         type=Path,
         metavar="FILE",
         help="model prices (JSON or TOML) over the job's and the packaged ones",
+    )
+    run.add_argument(
+        "--catch-up",
+        action="store_true",
+        help="first resume every earlier {date} output left unfinished, oldest first",
     )
 
 
@@ -344,6 +351,38 @@ def _run(args: argparse.Namespace) -> int:
         grace_s=args.grace_s,
         prices=args.prices,
     )
+    if not args.catch_up:
+        return _run_once(args, options)
+    return _catch_up(args, options)
+
+
+def _catch_up(args: argparse.Namespace, options: RunOptions) -> int:
+    """Resume every earlier unfinished ``{date}`` output, oldest first, then run today's.
+
+    The exit code is today's when it is not 0, else the first failing earlier night's; a
+    night stopped by a signal stops the catch-up there."""
+    if args.output is not None or args.date is not None:
+        raise JobError("--catch-up runs every unfinished night: it takes no --output or --date")
+    today = datetime.now(UTC).date()
+    first_failure = EXIT_OK
+    for day in unfinished_days(load_job(args.job), today):
+        print(f"catching up {day.isoformat()}", file=sys.stderr)
+        try:
+            code = _run_once(args, replace(options, date=day))
+        except UserError as exc:
+            print(f"error: {day.isoformat()}: {exc}", file=sys.stderr)
+            code = EXIT_USER_ERROR
+        except LockedError as exc:
+            print(f"error: {day.isoformat()}: {exc}", file=sys.stderr)
+            code = EXIT_LOCKED
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+            return code
+        first_failure = first_failure or code
+    print(f"running {today.isoformat()}", file=sys.stderr)
+    return _run_once(args, replace(options, date=today)) or first_failure
+
+
+def _run_once(args: argparse.Namespace, options: RunOptions) -> int:
     prepared = prepare_run(args.job, options)
     _print_warnings(prepared.plan)
     progress = ProgressLine(sys.stderr)
