@@ -342,12 +342,14 @@ def parse_job(data: dict[str, Any], source: str = "job") -> JobSpec:
 
 
 def load_job(path: str | Path) -> JobSpec:
-    """Read and validate a job file."""
+    """Read and validate a job file (UTF-8, a byte-order mark allowed)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise JobError(f"{path}: cannot read job file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise JobError(f"{path}: not a job file: byte {exc.start} is not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -124,6 +124,15 @@ def _jsonl_of_non_objects(job: Job, tmp: Path) -> list[str]:
     return []
 
 
+def _jsonl_output(job: Job, tmp: Path) -> list[str]:
+    return ["--output", str(tmp / "results.jsonl")]
+
+
+def _binary_job_file(job: Job, tmp: Path) -> list[str]:
+    (tmp / "binary.toml").write_bytes(b"\xff\xfe\x00 not text")
+    return ["--job-file-instead", str(tmp / "binary.toml")]
+
+
 MISTAKES: list[tuple[str, Mistake, str]] = [
     ("output is the parquet input", _input_as_output, "the output path is the input file"),
     ("output is the jsonl input", _jsonl_input_as_output, "the output path is the input file"),
@@ -143,6 +152,8 @@ MISTAKES: list[tuple[str, Mistake, str]] = [
     ("unknown output placeholder", _unknown_output_placeholder, "unknown placeholder 'when'"),
     ("missing schema file", _missing_schema_file, "cannot read"),
     ("jsonl of non-objects", _jsonl_of_non_objects, "column 'review_id' not found"),
+    ("jsonl output", _jsonl_output, "the output is a Parquet file; name it .parquet"),
+    ("binary job file", _binary_job_file, "binary.toml: not a job file: byte 0 is not UTF-8"),
 ]
 
 
@@ -162,9 +173,12 @@ def test_user_mistakes_are_one_line_exit_2_no_traceback_nothing_sent(
     out = tmp_path / "o.parquet"
     job = make_job(reviews(5), server.base_url, out)
     argv = mistake(job, tmp_path)
+    job_file = write_job(tmp_path, job)
+    if argv[:1] == ["--job-file-instead"]:
+        job_file, argv = Path(argv[1]), []
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
 
-    assert main(["run", str(write_job(tmp_path, job)), *argv]) == 2
+    assert main(["run", str(job_file), *argv]) == 2
 
     err = capsys.readouterr().err.strip()
     assert expected in err
@@ -173,7 +187,7 @@ def test_user_mistakes_are_one_line_exit_2_no_traceback_nothing_sent(
     assert "Traceback" not in err
     assert "sk-abc" not in err
     assert server.stats.received == 0
-    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name != "job.toml"}
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     assert after == {k: v for k, v in before.items() if k in after}
     assert set(after) <= set(before)  # no output, lock or parts folder was created
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import JobError, UserError
 from pipeline.spec import JobSpec, load_job, parse_job
+from tests.helpers import REPO
 
 DESIGN_JOB = """\
 name = "summarize-reviews"
@@ -575,3 +576,9 @@ def test_image_column_needs_a_prompt_column() -> None:
         "job: [request] image_column: needs [input] prompt_column "
         "(a messages_column row carries its own content parts)"
     )
+
+
+def test_a_job_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + Path(REPO / "jobs" / "demo.toml").read_bytes())
+    assert load_job(str(path)).name == "demo"

@@ -131,6 +131,8 @@ def plan_run(
     )
 
 
+_OTHER_FORMATS = frozenset({".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt", ".toml"})
+"""Output suffixes of formats the pipeline does not write."""
 _OUTPUT_MARKS = frozenset({"id", "status", "request_hash"})
 """Columns every pipeline output has: a Parquet file without them is someone else's."""
 
@@ -140,10 +142,16 @@ def check_output(output: Path, input_path: Path) -> None:
     not a file that some other program wrote (it would be replaced). Raises ``OutputError``."""
     if output.is_dir():
         raise OutputError(f"{output}: the output path is a directory; name a .parquet file")
+    if output.exists() and (
+        output.resolve() == input_path.resolve() or output.samefile(input_path)
+    ):
+        raise OutputError(f"{output}: the output path is the input file; choose another path")
+    if output.suffix.lower() in _OTHER_FORMATS:
+        raise OutputError(
+            f"{output}: the output is a Parquet file; name it .parquet, not {output.suffix}"
+        )
     if not output.exists():
         return
-    if output.resolve() == input_path.resolve() or output.samefile(input_path):
-        raise OutputError(f"{output}: the output path is the input file; choose another path")
     try:
         names = set(pq.read_schema(output).names)
     except (OSError, pa.ArrowInvalid):
