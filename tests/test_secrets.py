@@ -168,3 +168,29 @@ def test_fake_server_warns_when_not_on_loopback(host: str, warns: bool) -> None:
     assert (warning is not None) == warns
     if warning is not None:
         assert warning.startswith(f"warning: listening on {host}, not a loopback address")
+
+
+def test_canary_key_is_in_no_part_file_of_a_stopped_run(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CANARY_KEY", CANARY)
+    server = fake_server(api_key=CANARY, leak_key=True, bad_request_rate=0.2, fault_seed=5)
+    out_dir = tmp_path / "out"
+    job = make_job(
+        reviews(60),
+        server.base_url,
+        out_dir / "o.parquet",
+        endpoint={"api_key_env": "CANARY_KEY"},
+        limits={"max_cost_usd": 0.0003, "concurrency": 2},
+    )
+    assert main(["run", str(write_job(tmp_path, job)), "--log-file", str(out_dir / "run.log")]) == 6
+
+    parts = list((out_dir / "o.parquet.parts").glob("*.parquet"))
+    assert parts  # the stopped run's checkpoint
+    for path in [p for p in out_dir.rglob("*") if p.is_file()]:
+        assert _leaks(path.read_bytes().decode("utf-8", "replace")) == [], path
+    frame = pl.read_parquet(parts)
+    assert "***" in "".join(frame["response_id"].drop_nulls().to_list())
