@@ -177,7 +177,7 @@ def test_report_command(output: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert page.read_text().startswith("<!DOCTYPE html>")
 
     assert main(["report", str(tmp_path / "missing.parquet")]) == 2
-    assert "cannot read as Parquet" in capsys.readouterr().err
+    assert "missing.parquet: no such output file" in capsys.readouterr().err
 
 
 def _browser() -> str | None:
@@ -256,4 +256,4 @@ def test_report_reads_an_unfinished_runs_part_files(
     assert main(["report", str(out.with_name("out.parquet.parts"))]) == 0
     assert "(unfinished run: " in capsys.readouterr().out
     assert main(["report", str(tmp_path / "never.parquet")]) == 2
-    assert "cannot read as Parquet" in capsys.readouterr().err
+    assert "never.parquet: no such output file" in capsys.readouterr().err

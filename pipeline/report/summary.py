@@ -123,6 +123,8 @@ def result_files(path: Path) -> list[Path]:
         folder = path
     elif not path.exists() and parts_dir(path).is_dir():
         folder = parts_dir(path)
+    elif not path.exists():
+        raise InputError(f"{path}: no such output file (and no {parts_dir(path).name} folder)")
     else:
         return [path]
     parts = sorted(folder.glob("part-*.parquet"))
