@@ -394,6 +394,10 @@ def _run_once(args: argparse.Namespace, options: RunOptions) -> int:
                 stream = stack.enter_context(args.log_file.open("a", encoding="utf-8"))
                 # before the file closes, log to stderr again (main may be called again)
                 stack.callback(configure_logging, secrets=prepared.secrets)
+            except (FileExistsError, NotADirectoryError):
+                raise JobError(
+                    f"--log-file {args.log_file}: cannot write: a part of its folder is a file"
+                ) from None
             except OSError as exc:
                 raise JobError(
                     f"--log-file {args.log_file}: cannot write: {exc.strerror}"
