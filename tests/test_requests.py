@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -337,6 +338,8 @@ def test_no_system_message_without_system() -> None:
         (["x", "y"], '["x","y"]'),
         ({"k": 1}, '{"k":1}'),
         (dt.date(2026, 1, 2), "2026-01-02"),
+        (Decimal("12.50"), "12.50"),
+        ([Decimal("1.5"), dt.datetime(2026, 1, 2, 3, 4, 5)], '["1.5","2026-01-02T03:04:05"]'),
     ],
 )
 def test_non_string_prompt_is_sent_as_json_text(value: object, text: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -44,6 +45,13 @@ def render_template(template: str, values: dict[str, Any]) -> str:
     return _PLACEHOLDER.sub(fill, template)
 
 
+def _plain(value: object) -> object:
+    """What orjson cannot write itself: decimals and durations as their text."""
+    if isinstance(value, Decimal | dt.timedelta):
+        return str(value)
+    raise TypeError
+
+
 def value_text(value: object, what: str) -> str:
     """A row value as prompt text: a string as is, anything else as JSON text."""
     if isinstance(value, str):
@@ -52,8 +60,10 @@ def value_text(value: object, what: str) -> str:
         raise BadRowError(f"{what} is {value}, not a number a prompt can hold")
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
+    if isinstance(value, Decimal | dt.timedelta):
+        return str(value)
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        return orjson.dumps(value, default=_plain, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
         raise BadRowError(
             f"{what} holds a {type(value).__name__} value, which cannot be written as text"
