@@ -406,7 +406,11 @@ def _run_once(args: argparse.Namespace, options: RunOptions) -> int:
         result = execute_run(
             prepared, open_endpoint=open_endpoint, progress=progress, handle_signals=True
         )
-    return _print_result(result)
+    try:
+        return _print_result(result)
+    except BrokenPipeError:  # `pipeline run JOB | head`: the run's own code still counts
+        _silence_stdout()
+        return result.exit_code
 
 
 def _print_result(result: RunResult) -> int:

@@ -242,6 +242,31 @@ def test_report_into_a_closed_pipe_is_one_line_not_a_traceback(
     assert done.stderr.strip() == "error: standard output was closed early (broken pipe)"
 
 
+def test_a_run_into_a_closed_pipe_keeps_its_own_exit_code(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+) -> None:
+    server = fake_server()
+    out = tmp_path / "o.parquet"
+    job = write_job(tmp_path, make_job(reviews(5), server.base_url, out))
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", str(job)],
+            cwd=REPO,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert out.exists()
+
+
 def test_version_flag() -> None:
     done = _pipeline("--version")
     assert done.returncode == 0
