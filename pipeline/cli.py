@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import TextIO, TypeAlias, cast
 import anyio
 import structlog
 
-from pipeline import estimate, fake
+from pipeline import estimate, fake, validate
 from pipeline.cache import (
     CacheStats,
     cache_path,
@@ -59,7 +61,9 @@ from pipeline.runner import (
     plan_run,
     prepare_run,
 )
+from pipeline.runner.catchup import unfinished_days
 from pipeline.spec import JobSpec, load_job
+from pipeline.version import __version__
 
 __all__ = [
     "EXIT_ABORTED",
@@ -115,6 +119,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or more seconds: {text!r}")
+    return value
+
+
 def _day(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -130,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline", description="Batch chat completions: Parquet/JSONL in, Parquet out."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_validate(commands)
@@ -171,7 +186,7 @@ def _add_run(commands: Commands) -> None:
     )
     run.add_argument(
         "--grace-s",
-        type=float,
+        type=_seconds,
         default=DEFAULT_GRACE_S,
         help="on SIGINT/SIGTERM, how long in-flight requests may finish",
     )
@@ -191,13 +206,21 @@ def _add_run(commands: Commands) -> None:
     cache_flags.add_argument(
         "--no-cache", action="store_true", help="use no response cache, whatever [cache] says"
     )
+    run.add_argument(
+        "--catch-up",
+        action="store_true",
+        help="first resume every earlier {date} output left unfinished, oldest first",
+    )
 
 
 def _add_validate(commands: Commands) -> None:
-    validate = _job_command(
-        commands, "validate", "check a job and its input without sending anything"
+    sub = _job_command(
+        commands, "validate", "check a job and its input, build every request; sends nothing"
     )
-    validate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    sub.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    sub.add_argument(
+        "--strict", action="store_true", help="exit 2 when any row would be a bad_input row"
+    )
 
 
 def _add_estimate(commands: Commands) -> None:
@@ -312,11 +335,22 @@ def _print_summary(summary: RunSummary) -> None:
         print(hint, file=sys.stderr)
 
 
+def _print_warnings(plan: RunPlan) -> None:
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _validate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
-    api_key_for(job)
+    _key_note(job)
     job_prices(job, args.prices)
     plan = plan_run(job, input_path=args.input, limit=args.limit)
+    _print_warnings(plan)
+    extraction = plan.extraction
+    builder = RequestBuilder.for_job(
+        job, response_format=extraction.response_format() if extraction else None
+    )
+    check = validate.check_rows(plan, builder)
     request = job.request
     if request.models:
         models = (
@@ -324,15 +358,30 @@ def _validate(args: argparse.Namespace) -> int:
         )
     else:
         models = f"model {request.model or f'from column {request.model_column!r}'}"
+    verdict = "ok" if not check.bad.total else f"{check.bad.total:,} bad rows"
     print(
-        f"{args.job}: ok: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
+        f"{args.job}: {verdict}: {plan.rows} rows from {plan.input_path}, {models}, output {plan.output_path}"
     )
     cache_file = cache_path(job.cache)
     if cache_file is not None:
         reason = uncached_reason(job.request, job.cache)
         print(f"response cache: {cache_file}" + (f" (not used: {reason})" if reason else ""))
     _warn_oversize(plan)
-    return EXIT_OK
+    if check.bad.total:
+        print(f"{check.bad.total:,} rows will be error rows (bad_input), never sent:")
+        print("\n".join(check.bad.lines()))
+    if check.warnings.total:
+        print(f"{check.warnings.total:,} rows will be sent but deserve a look:")
+        print("\n".join(check.warnings.lines()))
+    return EXIT_USER_ERROR if args.strict and check.bad.total else EXIT_OK
+
+
+def _key_note(job: JobSpec) -> None:
+    """``validate`` sends nothing, so a missing key is a note, not an error."""
+    try:
+        api_key_for(job)
+    except UserError as exc:
+        print(f"note: {exc} (run will need it)", file=sys.stderr)
 
 
 def _warn_oversize(plan: RunPlan) -> None:
@@ -398,7 +447,40 @@ def _run(args: argparse.Namespace) -> int:
         cache=args.cache,
         no_cache=args.no_cache,
     )
+    if not args.catch_up:
+        return _run_once(args, options)
+    return _catch_up(args, options)
+
+
+def _catch_up(args: argparse.Namespace, options: RunOptions) -> int:
+    """Resume every earlier unfinished ``{date}`` output, oldest first, then run today's.
+
+    The exit code is today's when it is not 0, else the first failing earlier night's; a
+    night stopped by a signal stops the catch-up there."""
+    if args.output is not None or args.date is not None:
+        raise JobError("--catch-up runs every unfinished night: it takes no --output or --date")
+    today = datetime.now(UTC).date()
+    first_failure = EXIT_OK
+    for day in unfinished_days(load_job(args.job), today):
+        print(f"catching up {day.isoformat()}", file=sys.stderr)
+        try:
+            code = _run_once(args, replace(options, date=day))
+        except UserError as exc:
+            print(f"error: {day.isoformat()}: {exc}", file=sys.stderr)
+            code = EXIT_USER_ERROR
+        except LockedError as exc:
+            print(f"error: {day.isoformat()}: {exc}", file=sys.stderr)
+            code = EXIT_LOCKED
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+            return code
+        first_failure = first_failure or code
+    print(f"running {today.isoformat()}", file=sys.stderr)
+    return _run_once(args, replace(options, date=today)) or first_failure
+
+
+def _run_once(args: argparse.Namespace, options: RunOptions) -> int:
     prepared = prepare_run(args.job, options)
+    _print_warnings(prepared.plan)
     progress = ProgressLine(sys.stderr)
     with contextlib.ExitStack() as stack:
         stream = cast("TextIO", progress.lines_above()) if progress.enabled else sys.stderr
@@ -406,6 +488,12 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 args.log_file.parent.mkdir(parents=True, exist_ok=True)
                 stream = stack.enter_context(args.log_file.open("a", encoding="utf-8"))
+                # before the file closes, log to stderr again (main may be called again)
+                stack.callback(configure_logging, secrets=prepared.secrets)
+            except (FileExistsError, NotADirectoryError):
+                raise JobError(
+                    f"--log-file {args.log_file}: cannot write: a part of its folder is a file"
+                ) from None
             except OSError as exc:
                 raise JobError(
                     f"--log-file {args.log_file}: cannot write: {exc.strerror}"
@@ -414,7 +502,11 @@ def _run(args: argparse.Namespace) -> int:
         result = execute_run(
             prepared, open_endpoint=open_endpoint, progress=progress, handle_signals=True
         )
-    return _print_result(result)
+    try:
+        return _print_result(result)
+    except BrokenPipeError:  # `pipeline run JOB | head`: the run's own code still counts
+        _silence_stdout()
+        return result.exit_code
 
 
 def _print_result(result: RunResult) -> int:
@@ -473,3 +565,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`pipeline report OUT | head`): what it read is all it wanted
+        _silence_stdout()
+        print("error: standard output was closed early (broken pipe)", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -14,19 +14,24 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-_REDACTED = "***"
+from pipeline.redact import Scrubber
 
 
 class Redactor:
-    """Replaces each secret value found in any string field of an event."""
+    """Replaces each secret value (whole or masked, ``pipeline.redact``) found in any string
+    of an event, nested ones in lists, tuples and dicts included."""
 
     def __init__(self, secrets: list[str]) -> None:
         self.secrets = [s for s in secrets if s]
+        self._scrub = Scrubber(self.secrets)
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self.secrets:
-                value = value.replace(secret, _REDACTED)
+            return self._scrub(value)
+        if isinstance(value, dict):
+            return {self._clean(k): self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
         return value
 
     def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:

@@ -1,7 +1,9 @@
 """The run manifest: a JSON file beside the output that monitoring can read.
 
-Written atomically at the end of every run, finished or not. It holds no secrets:
-the job file's hash, never its environment.
+Written at the end of every run, finished or not (also after a bug, exit 1, and a
+write failure, exit 5): ``<stem>.manifest.json`` holds the latest run (replaced
+atomically), and ``<stem>.runs.jsonl`` keeps every run, one JSON object a line, oldest
+first. It holds no secrets: the job file's hash, never its environment.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from typing import Any
 def manifest_path(output: Path) -> Path:
     """``out/x/2026-01-01.parquet`` -> ``out/x/2026-01-01.manifest.json``."""
     return output.with_name(output.stem + ".manifest.json")
+
+
+def history_path(output: Path) -> Path:
+    """``out/x/2026-01-01.parquet`` -> ``out/x/2026-01-01.runs.jsonl``: every run, a line each."""
+    return output.with_name(output.stem + ".runs.jsonl")
 
 
 def file_sha256(path: Path) -> str:
@@ -81,7 +88,12 @@ class Manifest:
 
 
 def write_manifest(output: Path, manifest: Manifest) -> Path:
-    """Write the manifest atomically (temp file, fsync, rename)."""
+    """Append the run to the history, then write the manifest atomically (temp file, fsync,
+    rename)."""
+    with history_path(output).open("a", encoding="utf-8") as history:
+        history.write(json.dumps(asdict(manifest), sort_keys=True) + "\n")
+        history.flush()
+        os.fsync(history.fileno())
     path = manifest_path(output)
     temp = path.with_name(f".{path.name}.tmp")
     with temp.open("w", encoding="utf-8") as handle:
@@ -91,6 +103,21 @@ def write_manifest(output: Path, manifest: Manifest) -> Path:
         os.fsync(handle.fileno())
     temp.replace(path)
     return path
+
+
+def read_history(output: Path) -> list[Manifest]:
+    """Every run recorded for ``output``, oldest first (unreadable lines skipped)."""
+    try:
+        lines = history_path(output).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    runs = []
+    for line in lines:
+        try:
+            runs.append(Manifest(**json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+    return runs
 
 
 def read_manifest(output: Path) -> Manifest | None:

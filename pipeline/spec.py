@@ -103,6 +103,8 @@ class RequestSpec(_Section):
     json_schema: str | dict[str, Any] | None = None
     strict: bool | None = None
     json_retries: NonNegativeInt = 0
+    image_dir: str | None = Field(default=None, min_length=1)
+    """The folder local image files are read from (opt-in: without it, only URLs)."""
 
     @model_validator(mode="after")
     def _one_model_source(self) -> RequestSpec:
@@ -209,6 +211,8 @@ class EndpointSpec(_Section):
                 raise ValueError(f"{name!r} is not a valid header name")
             if any(ch in text for ch in "\r\n\0"):
                 raise ValueError(f"{name}: a header value may not contain line breaks")
+            if not text.isascii():
+                raise ValueError(f"{name}: a header value must be plain ASCII")
         return value
 
     @field_validator("base_url")
@@ -386,12 +390,14 @@ def parse_job(data: dict[str, Any], source: str = "job") -> JobSpec:
 
 
 def load_job(path: str | Path) -> JobSpec:
-    """Read and validate a job file."""
+    """Read and validate a job file (UTF-8, a byte-order mark allowed)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise JobError(f"{path}: cannot read job file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise JobError(f"{path}: not a job file: byte {exc.start} is not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -13,9 +13,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import structlog
 
 from pipeline.fake import FakeConfig, FakeServer, serve_in_thread
 from tests.helpers import FakeFactory, Reviews
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults: a test that ran ``main`` leaves logging
+    pointed at a stream (its captured stderr, a log file) that is closed afterwards."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from pipeline.cli import main
-from tests.helpers import FakeFactory, make_job, write_job
+from tests.helpers import FakeFactory, make_job, write_job, write_jsonl
 
 
 def test_validate_accepts_a_good_job(
@@ -128,6 +128,8 @@ def test_user_errors_are_one_line_exit_2_and_send_nothing(
     expected: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if command == "validate" and "key" in case:
+        pytest.skip("validate sends nothing and needs no key: test_validate_needs_no_key")
     server = fake_server()
     monkeypatch.setenv("TEST_KEY_WITH_CR", "sk-abc\r")
     out = tmp_path / "o.parquet"
@@ -142,6 +144,61 @@ def test_user_errors_are_one_line_exit_2_and_send_nothing(
     assert "Traceback" not in err
     assert server.stats.received == 0
     assert not out.exists()
+
+
+def _bad_rows(tmp_path: Path) -> Path:
+    return write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"review_id": "a", "text": "fine", "product_id": "p"},
+            {"review_id": "b", "text": None, "product_id": "p"},
+            "{not json",
+            {"review_id": "c", "text": "  ", "product_id": "p"},
+            {"review_id": "d", "text": None, "product_id": "p"},
+            "[1, 2]",
+            {"review_id": "e", "text": "fine", "product_id": "p", "seed": "x"},
+        ],
+    )
+
+
+def test_validate_builds_every_request_and_counts_bad_rows_by_reason(
+    tmp_path: Path, fake_server: FakeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server()
+    job = make_job(_bad_rows(tmp_path), server.base_url, tmp_path / "o.parquet")
+    job["endpoint"]["api_key_env"] = "SURELY_UNSET_KEY_VAR"
+    path = write_job(tmp_path, job)
+
+    assert main(["validate", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "5 bad rows: 7 rows from" in captured.out
+    lines = captured.out.splitlines()
+    assert lines[1] == "5 rows will be error rows (bad_input), never sent:"
+    assert lines[2].split() == [
+        "2", "prompt", "column", "'text'", "is", "null", "(first:", f"{tmp_path}/mixed.jsonl:", "line", "2)"
+    ]  # fmt: skip
+    assert "not valid JSON (first:" in captured.out
+    assert "prompt column 'text' is empty" in captured.out
+    assert "not a JSON object" in captured.out
+    assert "note: environment variable SURELY_UNSET_KEY_VAR" in captured.err
+    assert main(["validate", str(path), "--strict"]) == 2
+    assert server.stats.received == 0
+
+
+def test_validate_counts_rows_a_run_turns_into_bad_input(
+    tmp_path: Path, fake_server: FakeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server()
+    job = make_job(_bad_rows(tmp_path), server.base_url, tmp_path / "o.parquet")
+    path = write_job(tmp_path, job)
+    assert main(["validate", str(path)]) == 0
+    said = int(capsys.readouterr().out.split(" bad rows")[0].rsplit(" ", 1)[-1])
+
+    assert main(["run", str(path)]) == 0
+
+    frame = pl.read_parquet(tmp_path / "o.parquet")
+    assert said == (frame["error_type"] == "bad_input").sum()
+    assert server.stats.received == len(frame) - said
 
 
 def test_unwritable_output_is_caught_before_sending(

@@ -11,18 +11,21 @@ import pytest
 from structlog.testing import capture_logs
 
 import pipeline
-from pipeline.errors import JobError
+from pipeline.errors import JobError, OutputError
 from pipeline.lock import LockedError, OutputLock
-from pipeline.manifest import read_manifest
+from pipeline.manifest import read_history, read_manifest
 from pipeline.records import Ended, RunSummary
+from pipeline.results import PartWriter
 from pipeline.runner import lifecycle
 from pipeline.runner.lifecycle import (
     EXIT_ABORTED,
     EXIT_BUDGET,
+    EXIT_BUG,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
+    EXIT_WRITE_FAILED,
     RunOptions,
     exit_code,
 )
@@ -195,3 +198,76 @@ def test_nothing_under_runner_imports_the_fake_server() -> None:
             if any(name == "pipeline.fake" or name.startswith("pipeline.fake.") for name in names):
                 offenders.append(path.name)
     assert offenders == []
+
+
+def test_every_run_is_kept_in_the_history_and_the_manifest_is_the_latest(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    job = write_job(tmp_path, make_job(reviews(6), server.base_url, out))
+
+    first = pipeline.run_job(job, RunOptions(limit=3))
+    second = pipeline.run_job(job)
+    skipped = pipeline.run_job(job)  # already complete: not a run, not recorded
+
+    assert skipped.already_complete
+    runs = read_history(out)
+    assert [r.run_id for r in runs] == [first.run_id, second.run_id]
+    assert [(r.input_rows, r.exit_code, r.complete) for r in runs] == [(3, 0, True), (6, 0, True)]
+    latest = read_manifest(out)
+    assert latest is not None
+    assert latest.run_id == second.run_id
+    assert out.with_name("out.runs.jsonl").read_text().count("\n") == 2
+
+
+def test_a_bug_mid_run_is_recorded_with_exit_1_then_raised(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Reviews,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    monkeypatch.setenv("BUG_KEY", "sk-proj-bugbugbugbugbugbug0000")
+    job = write_job(
+        tmp_path, make_job(reviews(4), server.base_url, out, endpoint={"api_key_env": "BUG_KEY"})
+    )
+
+    async def broken(self: object) -> RunSummary:
+        raise RuntimeError("boom near sk-proj-bugbugbugbugbugbug0000")
+
+    monkeypatch.setattr(lifecycle.Runner, "run", broken)  # a bug, as nothing else can make one
+    with pytest.raises(RuntimeError, match="boom"):
+        pipeline.run_job(job)
+
+    manifest = read_manifest(out)
+    assert manifest is not None
+    assert (manifest.exit_code, manifest.complete) == (EXIT_BUG, False)
+    assert manifest.exit_reason == "internal error: RuntimeError: boom near ***"
+    assert "unknown" in manifest.extra["counts"]
+    assert [r.exit_code for r in read_history(out)] == [EXIT_BUG]
+
+
+def test_a_write_failure_mid_run_is_recorded_with_exit_5(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Reviews,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    job = write_job(tmp_path, make_job(reviews(4), server.base_url, out))
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OutputError(f"{out}: cannot write results: No space left on device")
+
+    monkeypatch.setattr(PartWriter, "finalize", disk_full)  # a full disk, simulated
+    result = pipeline.run_job(job)
+
+    assert result.exit_code == EXIT_WRITE_FAILED
+    manifest = read_manifest(out)
+    assert manifest is not None
+    assert (manifest.exit_code, manifest.complete) == (EXIT_WRITE_FAILED, False)
+    assert "No space left on device" in manifest.exit_reason
+    assert result.manifest_path == out.with_name("out.manifest.json")

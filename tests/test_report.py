@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.report import render_html, render_text, summarize
 from pipeline.report.summary import bucket_seconds
+from tests.helpers import FakeFactory, make_job, write_job
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 EVIL = "<script>alert(1)</script>"
@@ -174,7 +177,7 @@ def test_report_command(output: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert page.read_text().startswith("<!DOCTYPE html>")
 
     assert main(["report", str(tmp_path / "missing.parquet")]) == 2
-    assert "cannot read as Parquet" in capsys.readouterr().err
+    assert "missing.parquet: no such output file" in capsys.readouterr().err
 
 
 def _browser() -> str | None:
@@ -224,3 +227,33 @@ def test_html_renders_in_a_headless_browser(output: Path, tmp_path: Path) -> Non
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(data[16:20], "big") == 1200
     assert len(data) > 30_000  # a blank page compresses to a few kB
+
+
+def test_report_reads_an_unfinished_runs_part_files(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = fake_server()
+    out = tmp_path / "out.parquet"
+    job = make_job(
+        reviews(60), server.base_url, out, limits={"max_cost_usd": 0.0003, "concurrency": 2}
+    )
+    assert main(["run", str(write_job(tmp_path, job))]) == 6  # budget stop: parts, no output
+    assert not out.exists()
+    manifest = json.loads(out.with_name("out.manifest.json").read_text())
+    capsys.readouterr()
+
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    first = text.splitlines()[0]
+    assert re.fullmatch(
+        rf"{re.escape(str(out))} \(unfinished run: \d+ part files? in {re.escape(str(out))}\.parts\): (\d+) rows",
+        first,
+    )
+    assert first.endswith(f": {manifest['rows_by_status']['ok']} rows")
+    assert main(["report", str(out.with_name("out.parquet.parts"))]) == 0
+    assert "(unfinished run: " in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "never.parquet")]) == 2
+    assert "never.parquet: no such output file" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -327,9 +329,43 @@ def test_no_system_message_without_system() -> None:
     assert body_of(builder, row({"text": "hi"}))["messages"] == [{"role": "user", "content": "hi"}]
 
 
-def test_non_string_prompt_is_stringified() -> None:
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (12, "12"),
+        (12.5, "12.5"),
+        (True, "true"),
+        (["x", "y"], '["x","y"]'),
+        ({"k": 1}, '{"k":1}'),
+        (dt.date(2026, 1, 2), "2026-01-02"),
+        (Decimal("12.50"), "12.50"),
+        ([Decimal("1.5"), dt.datetime(2026, 1, 2, 3, 4, 5)], '["1.5","2026-01-02T03:04:05"]'),
+    ],
+)
+def test_non_string_prompt_is_sent_as_json_text(value: object, text: str) -> None:
     builder = RequestBuilder(spec(), prompt_column="text")
-    assert body_of(builder, row({"text": 12}))["messages"] == [{"role": "user", "content": "12"}]
+    assert body_of(builder, row({"text": value}))["messages"] == [{"role": "user", "content": text}]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(5, "5"), (False, "false"), (["a", "b"], '["a","b"]'), (None, None)]
+)
+def test_template_values_are_json_text_never_python_reprs(value: object, text: str | None) -> None:
+    builder = RequestBuilder(spec(template="Tags: {tags}."), prompt_column="text")
+    the_row = row({"text": "x", "tags": value})
+    if text is None:
+        with pytest.raises(BadRowError, match=r"\{tags\} has no value"):
+            builder.build(the_row)
+    else:
+        content = body_of(builder, the_row)["messages"][0]["content"]
+        assert content == f"Tags: {text}."
+
+
+@pytest.mark.parametrize(("value", "says"), [(float("nan"), "nan"), (b"\x00", "bytes")])
+def test_prompt_values_json_cannot_hold_are_bad_rows(value: object, says: str) -> None:
+    builder = RequestBuilder(spec(), prompt_column="text")
+    with pytest.raises(BadRowError, match=says):
+        builder.build(row({"text": value}))
 
 
 def test_messages_column_is_sent_as_is() -> None:

@@ -12,6 +12,7 @@ import pytest
 from pipeline.errors import BadRowError
 from pipeline.records import PromptRow
 from pipeline.requests import HeaderTemplates, RequestBuilder, derive_seed, image_url, split_headers
+from pipeline.requests.images import image_type
 from pipeline.spec import RequestSpec
 
 WEATHER = {"type": "function", "function": {"name": "get_weather"}}
@@ -150,8 +151,13 @@ def test_header_value_that_cannot_be_sent_is_bad_input(value: Any, says: str) ->
     assert says in str(info.value)
 
 
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+
+
 def test_image_from_url_and_from_file(tmp_path: Path) -> None:
-    builder = RequestBuilder(spec(image_column="image", system="Look."), prompt_column="text")
+    builder = RequestBuilder(
+        spec(image_column="image", system="Look.", image_dir=str(tmp_path)), prompt_column="text"
+    )
     assert builder.reads_files
     sent = body(builder, row({"text": "What is it?", "image": "https://example.com/cat.jpg"}))
     assert sent["messages"][0] == {"role": "system", "content": "Look."}
@@ -159,12 +165,13 @@ def test_image_from_url_and_from_file(tmp_path: Path) -> None:
         {"type": "text", "text": "What is it?"},
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
     ]
-    picture = tmp_path / "cat.png"
-    picture.write_bytes(b"\x89PNG\r\n")
-    url = body(builder, row({"text": "hi", "image": str(picture)}))["messages"][1]["content"][1][
-        "image_url"
-    ]["url"]
-    assert url == "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n").decode()
+    (tmp_path / "cat.jpg").write_bytes(PNG)  # the bytes name the type, not the extension
+    for value in ["cat.jpg", str(tmp_path / "cat.jpg"), "./sub/../cat.jpg"]:
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        url = body(builder, row({"text": "hi", "image": value}))["messages"][1]["content"][1][
+            "image_url"
+        ]["url"]
+        assert url == "data:image/png;base64," + base64.b64encode(PNG).decode()
     assert not RequestBuilder(spec(), prompt_column="text").reads_files
 
 
@@ -174,13 +181,45 @@ def test_image_from_url_and_from_file(tmp_path: Path) -> None:
         (None, "image column 'image' is null"),
         (3, "image column 'image' must hold a URL or a file path, got 3"),
         ("missing/cat.png", "image file not found: missing/cat.png"),
-        ("notes.txt", "image file notes.txt: cannot tell an image type from its extension"),
+        ("notes.png", "image file notes.png: not a PNG, JPEG, GIF or WebP image"),
+        ("innocent.png", "image file innocent.png: outside [request] image_dir"),
+        ("../secret.png", "image file ../secret.png: outside [request] image_dir"),
+        ("huge.png", "image file huge.png: over the 20,971,520-byte limit"),
     ],
 )
-def test_image_that_cannot_be_sent_is_bad_input(value: Any, says: str) -> None:
+def test_image_that_cannot_be_sent_is_bad_input(tmp_path: Path, value: Any, says: str) -> None:
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / "notes.png").write_text("not an image")
+    (tmp_path / "secret.png").write_bytes(PNG)
+    (images / "innocent.png").symlink_to(tmp_path / "secret.png")
+    with (images / "huge.png").open("wb") as huge:
+        huge.write(PNG)
+        huge.truncate(20 * 1024 * 1024 + 1)
     with pytest.raises(BadRowError) as info:
-        image_url(value, "image")
-    assert str(info.value) == says
+        image_url(value, "image", images)
+    assert str(info.value).startswith(says)
+
+
+def test_local_images_are_opt_in(tmp_path: Path) -> None:
+    (tmp_path / "cat.png").write_bytes(PNG)
+    with pytest.raises(BadRowError, match=r"read only inside \[request\] image_dir \(not set\)"):
+        image_url(str(tmp_path / "cat.png"), "image")
+    assert image_url("https://example.com/a.png", "image") == "https://example.com/a.png"
+
+
+@pytest.mark.parametrize(
+    ("head", "mime"),
+    [
+        (PNG, "image/png"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 8, "image/jpeg"),
+        (b"GIF89a" + b"\x00" * 6, "image/gif"),
+        (b"RIFF\x00\x00\x00\x00WEBP", "image/webp"),
+        (b"root:x:0:0:root:/root", None),
+    ],
+)
+def test_image_type_comes_from_magic_bytes(head: bytes, mime: str | None) -> None:
+    assert image_type(head) == mime
 
 
 def test_n_choices_multiply_the_completion_bound_the_limits_count() -> None:

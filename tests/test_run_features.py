@@ -183,7 +183,7 @@ def test_images_from_urls_and_files(tmp_path: Path, fake_server: FakeFactory) ->
         tmp_path / "out.parquet",
         input={"id_column": "id", "keep_columns": []},
     )
-    job["request"]["image_column"] = "image"
+    job["request"].update(image_column="image", image_dir=str(tmp_path))
     df = run_job(tmp_path, job)
 
     assert df["status"].to_list() == ["ok", "ok", "error"]

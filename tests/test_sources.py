@@ -384,3 +384,17 @@ def test_jsonl_columns_are_the_union_of_keys(tmp_path: Path) -> None:
     source = open_input(path, id_column=None, value_columns=["b"])
     assert source.columns() == ["a", "b"]
     source.check_columns()
+
+
+def test_jsonl_byte_order_mark_is_not_part_of_line_1(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n')
+    source = JsonlSource(
+        path, id_column="id", value_columns=["text"], keep_columns=[], batch_size=10
+    )
+    assert source.preflight().rows == 2
+    rows = [row for batch in source.batches() for row in batch]
+    assert [(r.id, r.problem, r.values) for r in rows] == [
+        ("a", None, {"text": "x"}),
+        ("b", None, {"text": "y"}),
+    ]

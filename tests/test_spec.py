@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import JobError, UserError
 from pipeline.spec import JobSpec, load_job, parse_job
+from tests.helpers import REPO
 
 DESIGN_JOB = """\
 name = "summarize-reviews"
@@ -303,6 +304,12 @@ def test_job_error_is_a_user_error() -> None:
             "[endpoint] headers",
             "x-a: a header value may not contain line breaks",
         ),
+        (
+            "endpoint.headers",
+            {"x-a": "caf\u00e9"},
+            "[endpoint] headers",
+            "x-a: a header value must be plain ASCII",
+        ),
         ("endpoint.api_key_env", "sk-live-123", "[endpoint] api_key_env", "should match pattern"),
         ("name", "two words", "name", "should match pattern"),
         ("name", "", "name", "at least 1 character"),
@@ -458,7 +465,7 @@ def job_dicts(draw: st.DrawFn) -> dict[str, Any]:
                 auth=st.sampled_from(["bearer", "x-api-key", "api-key", "none"]),
                 headers=st.dictionaries(
                     st.from_regex(r"[A-Za-z0-9-]{1,12}", fullmatch=True),
-                    _text.filter(lambda v: not {"\r", "\n", "\0"} & set(v)),
+                    _text.filter(lambda v: v.isascii() and not {"\r", "\n", "\0"} & set(v)),
                     max_size=3,
                 ),
                 query=st.dictionaries(_nonempty, _text, max_size=3),
@@ -569,3 +576,9 @@ def test_image_column_needs_a_prompt_column() -> None:
         "job: [request] image_column: needs [input] prompt_column "
         "(a messages_column row carries its own content parts)"
     )
+
+
+def test_a_job_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + Path(REPO / "jobs" / "demo.toml").read_bytes())
+    assert load_job(str(path)).name == "demo"

@@ -253,6 +253,10 @@ def test_a_valid_answer_becomes_the_struct_value() -> None:
         ('["positive", 4]', "stop", SchemaMismatch, "is not of type 'object'"),
         ('{"sentiment": "positive", "score": 9223372036854775808}', "stop", SchemaMismatch,
          "does not fit its column: parsed.score: 9223372036854775808 does not fit int64"),
+        ('{"sentiment": "positive", "score": 5E402}', "stop", SchemaMismatch,
+         "the number 5E402 is too large for any column"),
+        ('{"sentiment": "positive", "score": -1e999, "x": ', "stop", InvalidJson, "not valid JSON"),
+        ('{"sentiment": "positive", "score": Infinity}', "stop", InvalidJson, "not valid JSON"),
     ],
 )  # fmt: skip
 def test_unusable_answers_are_classified(
@@ -271,6 +275,8 @@ def test_json_object_without_schema_keeps_normalised_json_text() -> None:
     )
     with pytest.raises(InvalidJson, match="not an object"):
         extraction.parse("[1, 2]", "stop")
+    with pytest.raises(SchemaMismatch, match="5E402 is too large"):
+        extraction.parse('{"price": 5E402}', "stop")
     with pytest.raises(Truncated):
         extraction.parse('{"a": 1}', "length")
 

@@ -2,7 +2,9 @@
 
 This package is the only place that catches httpx (or aiohttp) exceptions; it
 re-raises them as the ``AttemptError`` subclasses of ``pipeline.errors``. The API key
-lives only in the request headers built here; error messages are scrubbed of it.
+lives only in the request headers built here; every string the server returns (error
+messages, content, ids, model, fingerprint, tool calls) is scrubbed of it, whole or in a
+masked form (``pipeline.redact``), before anything stores or logs it.
 
     __init__.py   ChatClient: headers, transport, one attempt, transport errors
     parse.py      status -> error class, Retry-After, x-ratelimit-*, body -> Reply
@@ -38,6 +40,7 @@ from pipeline.client.parse import (
     parse_reply,
     parse_retry_after,
     reply_from,
+    scrubbed_reply,
     server_message,
 )
 from pipeline.client.stream import StreamAssembler
@@ -50,6 +53,7 @@ from pipeline.errors import (
     StaleConnection,
 )
 from pipeline.records import ChatRequest, Reply
+from pipeline.redact import Scrubber
 from pipeline.spec import EndpointSpec
 
 log = structlog.get_logger("pipeline")
@@ -171,7 +175,10 @@ class ChatClient:
     ) -> None:
         root = (base_url or endpoint.base_url).rstrip("/")
         self.url = httpx.URL(f"{root}/chat/completions")  # parsed once, not per request
-        self._api_key = api_key
+        self._scrub = Scrubber([api_key])
+        # a key of a few characters would match ordinary words of an answer: only error
+        # messages are scrubbed of such a key (it is no real secret anyway)
+        self._scrub_answer = Scrubber([api_key] if api_key and len(api_key) >= 8 else [])
         self._timeout_s = endpoint.timeout_s
         self._stream = stream
         self._no_reuse = False
@@ -205,8 +212,9 @@ class ChatClient:
     ) -> None:
         await self._http.aclose()
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+    def _reply(self, reply: Reply) -> Reply:
+        """The reply with the key out of every string the server chose."""
+        return scrubbed_reply(reply, self._scrub_answer) if self._scrub_answer else reply
 
     async def send(self, request: ChatRequest) -> Reply:
         """One attempt: the reply, or an ``AttemptError`` saying what went wrong."""
@@ -249,12 +257,14 @@ class ChatClient:
         rate_limits = parse_rate_limits(response.headers)
         if response.status_code != 200:
             raise self._status_error(response)
-        return parse_reply(response.content, 200, latency_ms, rate_limits)
+        return self._reply(parse_reply(response.content, 200, latency_ms, rate_limits))
 
     def _status_error(self, response: httpx.Response) -> AttemptError:
         return error_for_status(
             response.status_code,
-            self._scrub(server_message(response.content))[:MAX_MESSAGE],
+            server_message(self._scrub(response.content.decode("utf-8", "replace")).encode())[
+                :MAX_MESSAGE
+            ],
             parse_retry_after(response.headers),
             parse_rate_limits(response.headers),
         )
@@ -277,8 +287,10 @@ class ChatClient:
                     rate_limits = parse_rate_limits(response.headers)
                     if not response.headers.get("content-type", "").startswith("text/event-stream"):
                         body = await response.aread()  # a server that answered without streaming
-                        return parse_reply(
-                            body, 200, (time.perf_counter() - started) * 1000.0, rate_limits
+                        return self._reply(
+                            parse_reply(
+                                body, 200, (time.perf_counter() - started) * 1000.0, rate_limits
+                            )
                         )
                     async for event in EventSource(response).aiter_sse():
                         try:
@@ -301,4 +313,6 @@ class ChatClient:
         if not assembler.done:
             raise ConnectionFailed(f"stream ended early: no [DONE] after {assembler.events} events")
         latency_ms = (time.perf_counter() - started) * 1000.0
-        return reply_from(assembler.completion(), 200, latency_ms, rate_limits, assembler.ttft_ms)
+        return self._reply(
+            reply_from(assembler.completion(), 200, latency_ms, rate_limits, assembler.ttft_ms)
+        )

@@ -3,9 +3,11 @@ completion body -> ``Reply`` (choices, tool calls, usage, fingerprint, id)."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -218,6 +220,27 @@ def reply_from(
         ttft_ms=ttft_ms,
         system_fingerprint=_text(data.get("system_fingerprint")),
         response_id=_text(data.get("id")),
+    )
+
+
+def scrubbed_reply(reply: Reply, scrub: Callable[[str], str]) -> Reply:
+    """``reply`` with ``scrub`` applied to every string the server chose."""
+
+    def clean(text: str | None) -> str | None:
+        return None if text is None else scrub(text)
+
+    calls = reply.tool_calls
+    return dataclasses.replace(
+        reply,
+        content=clean(reply.content),
+        finish_reason=clean(reply.finish_reason),
+        model=clean(reply.model),
+        choices=tuple(clean(c) for c in reply.choices),
+        tool_calls=None
+        if calls is None
+        else tuple(ToolCall(clean(c.id), clean(c.name), clean(c.arguments)) for c in calls),
+        system_fingerprint=clean(reply.system_fingerprint),
+        response_id=clean(reply.response_id),
     )
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import signal
+import sys
 
 from pipeline.fake.config import OPTIONS, FakeConfig
 from pipeline.fake.profiles import PROFILES, profile
@@ -30,8 +32,27 @@ def main(argv: list[str] | None = None) -> int:
         config = FakeConfig.from_options(**options, api_key=api_key, profile=profile(args.profile))
     except ValueError as exc:
         parser.error(str(exc))
+    warning = exposure_warning(args.host)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     asyncio.run(_serve_until_signalled(config, args.host, args.port))
     return 0
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning when ``host`` is not a loopback address: the fake answers anyone who can
+    reach it, and records what they send (``/stats`` serves it back)."""
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    return (
+        f"warning: listening on {host}, not a loopback address: anyone who can reach it may"
+        " use this server and read /stats; use --host 127.0.0.1 unless that is what you want"
+    )
 
 
 async def _serve_until_signalled(config: FakeConfig, host: str, port: int) -> None:

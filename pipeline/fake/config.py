@@ -205,6 +205,15 @@ class FakeConfig:
         default=0.0,
         metadata=_about("report S of prompt tokens as cached", bounds=_SHARE, metavar="S"),
     )
+    leak_key: bool = field(
+        default=False,
+        metadata=_about(
+            "a hostile endpoint: echo the request's credential, whole and OpenAI-masked, into"
+            " every string of an answer (id, model, system_fingerprint, content, tool calls)"
+            " and into error messages",
+            cli=False,
+        ),
+    )
 
     def __post_init__(self) -> None:
         """Reject settings the server cannot honour."""

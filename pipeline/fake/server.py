@@ -31,6 +31,7 @@ from pipeline.fake.content import (
     error_body,
     parse_request,
 )
+from pipeline.fake.leak import leak_credential, leak_message
 from pipeline.fake.profiles import Refusal
 from pipeline.fake.ratelimit import ServerQuota, format_duration
 from pipeline.fake.stats import FakeStats, RecordedRequest
@@ -191,13 +192,13 @@ class FakeServer:
                 code="rate_limit_exceeded",
                 headers=headers | _retry_headers(round(self.config.retry_after_s * 1000)),
             )
+        leaked = _credential(request.headers) if self.config.leak_key else ""
         if fault in _SERVER_ERRORS:
             status, message = _SERVER_ERRORS[fault]
-            return _error(status, message, "server_error", headers=headers)
+            return _error(status, leak_message(message, leaked), "server_error", headers=headers)
         if fault is Fault.BAD_REQUEST:
-            return _error(
-                400, "Invalid request (injected fault).", "invalid_request_error", headers=headers
-            )
+            message = leak_message("Invalid request (injected fault).", leaked)
+            return _error(400, message, "invalid_request_error", headers=headers)
         digest = hashlib.sha256(body).hexdigest()
         if chat.response_format is None or (
             content_fault is ContentFault.SCHEMA_MISMATCH and chat.response_format.schema is None
@@ -214,6 +215,8 @@ class FakeServer:
         if rate and self._upstream_rng.random() < rate:
             self.stats.lost_upstream += 1  # generated upstream, then lost by the gateway
             return _error(502, "Upstream error: the provider's response was lost.", "server_error")
+        if self.config.leak_key:
+            answer = leak_credential(answer, _credential(request.headers))
         if chat.stream:
             self._count_content_fault(content_fault)
             return await self._stream(request, chat, answer, digest, fault, headers)
@@ -369,6 +372,14 @@ def _refuse(refusal: Refusal) -> web.Response:
 
 def _retry_headers(wait_ms: int) -> dict[str, str]:
     return {"retry-after": str(-(-wait_ms // 1000)), "retry-after-ms": str(wait_ms)}
+
+
+def _credential(headers: Mapping[str, str]) -> str:
+    """The key a request presented, in whichever auth style ("" without one)."""
+    bearer = headers.get("authorization", "")
+    if bearer.lower().startswith("bearer "):
+        return bearer[7:]
+    return next((headers[name] for name in _CREDENTIAL_HEADERS if name in headers), "")
 
 
 def _record(request: web.BaseRequest, body: bytes) -> RecordedRequest:

@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
+from pipeline.results import parts_dir
 
 _COLUMNS: dict[str, pl.DataType] = {
     "id": pl.String(),
@@ -119,8 +120,36 @@ class Report:
         return self.total_tokens / self.duration_s * 60 if self.duration_s > 0 else 0.0
 
 
+def result_files(path: Path) -> list[Path]:
+    """The files holding ``path``'s results: the output file; or, for a run that has not
+    finished (no output file yet), its part files in ``<output>.parts/`` (the folder itself
+    may be given), oldest first."""
+    if path.is_dir() and path.name.endswith(".parts"):
+        folder = path
+    elif not path.exists() and parts_dir(path).is_dir():
+        folder = parts_dir(path)
+    elif not path.exists():
+        raise InputError(f"{path}: no such output file (and no {parts_dir(path).name} folder)")
+    else:
+        return [path]
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        raise InputError(f"{path}: no output file and no part files in {folder}")
+    return parts
+
+
 def read_output(path: Path) -> pl.DataFrame:
-    """The report's columns of an output file; ``InputError`` when it is not one."""
+    """The report's columns of an output file (or of an unfinished run's part files: the
+    latest result of each row and request hash); ``InputError`` when it is not one."""
+    files = result_files(path)
+    frames = [_read_file(file) for file in files]
+    frame = pl.concat(frames) if len(frames) > 1 else frames[0]
+    if len(files) > 1 or files[0] != path:
+        frame = frame.unique(subset=["id", "_hash"], keep="last", maintain_order=True)
+    return frame.drop("_hash")
+
+
+def _read_file(path: Path) -> pl.DataFrame:
     try:
         names = set(pq.read_schema(path).names)
     except (OSError, ValueError) as exc:
@@ -129,11 +158,18 @@ def read_output(path: Path) -> pl.DataFrame:
     if missing:
         raise InputError(f"{path}: not a pipeline output (no {sorted(missing)[0]!r} column)")
     present = [name for name in _COLUMNS if name in names]
-    frame = pl.read_parquet(path, columns=present)
+    frame = pl.read_parquet(
+        path, columns=present + (["request_hash"] if "request_hash" in names else [])
+    )
     return frame.with_columns(
         [pl.col(n).cast(t) for n, t in _COLUMNS.items() if n in names]
         + [pl.lit(None, dtype=t).alias(n) for n, t in _COLUMNS.items() if n not in names]
-    )
+        + [
+            (pl.col("request_hash") if "request_hash" in names else pl.lit(None))
+            .cast(pl.String)
+            .alias("_hash")
+        ]
+    ).select([*_COLUMNS, "_hash"])
 
 
 def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
@@ -171,8 +207,13 @@ def latency_histogram(latency: pl.Series, bins: int = HISTOGRAM_BINS) -> list[La
 
 
 def summarize(path: Path) -> Report:
-    """Read an output file and aggregate it."""
+    """Read an output file (or an unfinished run's part files) and aggregate it."""
     df = read_output(path)
+    files = result_files(path)
+    label = str(path)
+    if files != [path]:
+        count = f"{len(files)} part file{'s' if len(files) != 1 else ''}"
+        label += f" (unfinished run: {count} in {files[0].parent})"
     totals = _totals(df)
     latency = df["latency_ms"].drop_nulls()
     started, finished = totals["started_at"], totals["finished_at"]
@@ -183,7 +224,7 @@ def summarize(path: Path) -> Report:
     )
     width = bucket_seconds(span)
     return Report(
-        path=str(path),
+        path=label,
         rows=df.height,
         by_status=_counts(df, "status"),
         by_error_type=_error_types(df),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ from pipeline.errors import BadRowError
 from pipeline.records import ChatRequest, Message, PromptRow
 from pipeline.requests.headers import HeaderTemplates, split_headers
 from pipeline.requests.images import image_url
-from pipeline.requests.template import render_template
+from pipeline.requests.template import render_template, value_text
 from pipeline.spec import JobSpec, RequestSpec
 
 _CHARS_PER_TOKEN = 4
@@ -108,6 +109,7 @@ class RequestBuilder:
         self._messages_column = messages_column
         self._headers = headers
         self._default_model = spec.model or (spec.models[0] if spec.models else None)
+        self._image_dir = Path(spec.image_dir) if spec.image_dir is not None else None
         self._fixed: dict[str, Any] = {}
         if spec.temperature is not None:
             self._fixed["temperature"] = spec.temperature
@@ -162,10 +164,11 @@ class RequestBuilder:
         prompt = row.values.get(self._prompt_column) if self._prompt_column else None
         if prompt is None:
             raise BadRowError(f"prompt column {self._prompt_column!r} is null")
-        if not str(prompt).strip():
+        prompt = value_text(prompt, f"prompt column {self._prompt_column!r}")
+        if not prompt.strip():
             raise BadRowError(f"prompt column {self._prompt_column!r} is empty")
         if self._spec.template is None:
-            text = str(prompt)
+            text = prompt
         else:
             text = render_template(self._spec.template, row.values)
             if not text.strip():
@@ -177,7 +180,7 @@ class RequestBuilder:
         if column is None:
             messages.append({"role": "user", "content": text})
         else:
-            url = image_url(row.values.get(column), column)
+            url = image_url(row.values.get(column), column, self._image_dir)
             content = [
                 {"type": "text", "text": text},
                 {"type": "image_url", "image_url": {"url": url}},

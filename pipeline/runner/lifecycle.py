@@ -43,7 +43,7 @@ import structlog
 
 from pipeline.budget import budget_price
 from pipeline.cache import cache_path
-from pipeline.errors import JobError, OutputError
+from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import OutputLock
 from pipeline.manifest import (
     Manifest,
@@ -56,6 +56,7 @@ from pipeline.manifest import (
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
 from pipeline.records import Ended, RunSummary
+from pipeline.redact import Scrubber
 from pipeline.results import NOT_DONE_ERRORS
 from pipeline.runner.plan import RunPlan, models_of, plan_run
 from pipeline.runner.run import DEFAULT_GRACE_S, Runner
@@ -173,6 +174,12 @@ def api_key_for(job: JobSpec) -> str | None:
         raise JobError(
             f"environment variable {name} holds a control character (a line ending from an env file?)"
         )
+    odd = next((char for char in value if not char.isascii()), None)
+    if odd is not None:
+        raise JobError(
+            f"environment variable {name} holds a non-ASCII character U+{ord(odd):04X}"
+            " (pasted from a web page?); API keys are plain ASCII"
+        )
     return value
 
 
@@ -252,10 +259,14 @@ def execute_run(
                 exit_code=EXIT_WRITE_FAILED,
                 reason=str(exc),
                 output_path=plan.output_path,
-                manifest_path=manifest_path(plan.output_path),
+                manifest_path=record_failure(prepared, EXIT_WRITE_FAILED, str(exc), started),
                 run_id=plan.run_id,
                 rows_planned=rows_planned,
             )
+        except BaseException as exc:  # recorded, then raised on: a bug (1), Ctrl-C (130)...
+            code, reason = _failure(exc, prepared.secrets)
+            record_failure(prepared, code, reason, started)
+            raise
         log_finished(prepared, summary)
         code, reason = exit_code(prepared.job, summary)
         written = write_manifest(
@@ -409,6 +420,53 @@ def build_manifest(
         cache_hits=summary.cache_hits,
         cache_saved_usd=round(summary.cache_saved_usd, 6),
     )
+
+
+def _failure(exc: BaseException, secrets: list[str]) -> tuple[int, str]:
+    """The exit code and reason of a run that ended by an exception."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted (KeyboardInterrupt)"
+    if isinstance(exc, UserError):
+        return EXIT_USER_ERROR, Scrubber(secrets)(str(exc))
+    return EXIT_BUG, Scrubber(secrets)(f"internal error: {type(exc).__name__}: {exc}")[:500]
+
+
+def record_failure(prepared: PreparedRun, code: int, reason: str, started: dt.datetime) -> Path:
+    """Record a run that ended without a summary (exit 1, 5, an exception): its counts are
+    unknown (``extra.counts``); what it wrote is in the part files. A manifest that cannot be
+    written either (the disk is full) is logged, not raised."""
+    plan, job = prepared.plan, prepared.job
+    record = Manifest(
+        run_id=plan.run_id,
+        job_name=job.name,
+        job_file=prepared.job_file,
+        job_sha256=prepared.job_sha256,
+        input=prepared.fingerprint,
+        input_rows=plan.rows,
+        limit=prepared.options.limit,
+        output=str(plan.output_path),
+        complete=False,
+        exit_code=code,
+        exit_reason=reason,
+        rows_by_status={},
+        rows_by_error_type={},
+        rows_sent=0,
+        rows_reused=0,
+        requests_sent=0,
+        prompt_tokens=0,
+        completion_tokens=0,
+        duration_s=round((dt.datetime.now(dt.UTC) - started).total_seconds(), 3),
+        started_at=started.isoformat(),
+        finished_at=dt.datetime.now(dt.UTC).isoformat(),
+        pipeline_version=__version__,
+        extra={"counts": "unknown: the run ended before its summary; see the part files"},
+        max_cost_usd=job.limits.max_cost_usd,
+    )
+    try:
+        return write_manifest(plan.output_path, record)
+    except OSError as exc:
+        log.warning("manifest.not_written", error=str(exc), exit_code=code)
+        return manifest_path(plan.output_path)
 
 
 def log_finished(prepared: PreparedRun, summary: RunSummary) -> None:

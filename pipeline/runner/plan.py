@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from pipeline.errors import JobError
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import JobError, OutputError
 from pipeline.requests import split_headers, template_fields
 from pipeline.results import RESERVED_COLUMNS
 from pipeline.sources import Source, open_source
@@ -27,6 +30,8 @@ class RunPlan:
     limit: int | None
     run_id: str
     extraction: Extraction | None = None
+    warnings: tuple[str, ...] = field(default=())
+    """Things the user should hear about before the run (printed as ``warning: ...``)."""
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -94,6 +99,9 @@ def plan_run(
     clash = sorted(set(job.input.keep_columns) & taken)
     if clash:
         raise JobError(f"[input] keep_columns: {clash[0]!r} is already an output column")
+    image_dir = job.request.image_dir
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise JobError(f"[request] image_dir: {image_dir} is not a folder")
     source_path = input_path or Path(job.input.path)
     source = open_source(
         source_path,
@@ -105,7 +113,54 @@ def plan_run(
     preflight = source.preflight(limit)
     run_id = new_run_id()
     output = output_path or resolve_output(job.output.path, job.name, run_id=run_id, day=day)
-    return RunPlan(job, source_path, output, source, preflight.rows, limit, run_id, extraction)
+    check_output(output, source_path)
+    warnings: list[str] = []
+    if day is not None and (output_path is not None or "{date}" not in job.output.path):
+        where = "--output" if output_path is not None else "[output] path"
+        warnings.append(f"--date {day.isoformat()} has no effect: {where} has no {{date}}")
+    return RunPlan(
+        job,
+        source_path,
+        output,
+        source,
+        preflight.rows,
+        limit,
+        run_id,
+        extraction,
+        warnings=tuple(warnings),
+    )
+
+
+_OTHER_FORMATS = frozenset({".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt", ".toml"})
+"""Output suffixes of formats the pipeline does not write."""
+_OUTPUT_MARKS = frozenset({"id", "status", "request_hash"})
+"""Columns every pipeline output has: a Parquet file without them is someone else's."""
+
+
+def check_output(output: Path, input_path: Path) -> None:
+    """The output path is writable as a pipeline output: not the input, not a directory, and
+    not a file that some other program wrote (it would be replaced). Raises ``OutputError``."""
+    if output.is_dir():
+        raise OutputError(f"{output}: the output path is a directory; name a .parquet file")
+    if output.exists() and (
+        output.resolve() == input_path.resolve() or output.samefile(input_path)
+    ):
+        raise OutputError(f"{output}: the output path is the input file; choose another path")
+    if output.suffix.lower() in _OTHER_FORMATS:
+        raise OutputError(
+            f"{output}: the output is a Parquet file; name it .parquet, not {output.suffix}"
+        )
+    if not output.exists():
+        return
+    try:
+        names = set(pq.read_schema(output).names)
+    except (OSError, pa.ArrowInvalid):
+        names = set()
+    if not _OUTPUT_MARKS.issubset(names):
+        raise OutputError(
+            f"{output}: exists and is not a pipeline output (it would be replaced);"
+            " move it away or choose another output path"
+        )
 
 
 def models_of(job: JobSpec) -> list[str | None]:

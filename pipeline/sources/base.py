@@ -66,6 +66,10 @@ class Source(ABC):
     def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
         """Rows in input order, a batch at a time, stopping after ``limit`` rows."""
 
+    def is_empty(self) -> bool:
+        """True when the input holds no rows at all."""
+        return self.count_rows() == 0
+
     def check_columns(self) -> None:
         """Every column the job names exists in the input."""
         present = set(self.columns())
@@ -77,7 +81,13 @@ class Source(ABC):
                 )
 
     def preflight(self, limit: int | None = None) -> Preflight:
-        """Check columns, and that ids are present and unique; count rows."""
+        """Check that there are rows and columns, and that ids are present and unique; count rows.
+
+        An input without rows (a 0-row Parquet file, an empty or blank JSONL file) is a user
+        error: a nightly job fed an empty export usually means the export failed.
+        """
+        if self.is_empty():
+            raise InputError(f"{self.path}: the input has no rows (nothing to send)")
         self.check_columns()
         if self.id_column is None:
             rows = self.count_rows()

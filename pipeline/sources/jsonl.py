@@ -16,13 +16,22 @@ from pipeline.sources.base import Preflight, Source
 _ID_BATCH = 65536
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Non-blank lines with their 1-based line numbers."""
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            stripped = line.strip()
-            if stripped:
-                yield number, stripped
+    """Non-blank lines with their 1-based line numbers; a UTF-8 byte-order mark at the start
+    of the file is dropped (editors on Windows write one); a read error is an ``InputError``."""
+    try:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                stripped = line.strip()
+                if number == 1 and stripped.startswith(_BOM):
+                    stripped = stripped[len(_BOM) :].strip()
+                if stripped:
+                    yield number, stripped
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _parse(line: bytes) -> dict[str, Any] | str:
@@ -179,6 +188,9 @@ class JsonlSource(Source):
         """As for every source, with the kept columns' types checked first (one pass)."""
         self._scan()
         return super().preflight(limit)
+
+    def is_empty(self) -> bool:
+        return next(_lines(self.path), None) is None
 
     def count_rows(self) -> int:
         return sum(1 for _ in _lines(self.path))

@@ -2,7 +2,8 @@
 
 An answer goes through, in order: ``finish_reason == "length"`` -> ``Truncated``;
 not parseable as JSON, or not a JSON object -> ``InvalidJson``; fails the schema, or
-holds a value its Arrow column cannot (an integer beyond int64) -> ``SchemaMismatch``.
+holds a value its Arrow column cannot (an integer beyond int64, a number beyond a double
+such as ``5E402``) -> ``SchemaMismatch``.
 What survives becomes the value of the ``parsed`` column (typed from the schema) or,
 without a schema, the normalised JSON text of the ``parsed_json`` column.
 
@@ -13,6 +14,8 @@ Validation uses ``jsonschema`` with the dialect the schema's ``$schema`` names
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +150,7 @@ class Extraction:
             raise Truncated("the answer was cut at max_tokens (finish_reason length)")
         if content is None:
             raise InvalidJson("the answer has no content")
-        try:
-            value = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidJson(_one_line(f"the answer is not valid JSON: {exc}")) from None
+        value = _loads(content)
         if self.validator is None or self.node is None:
             if not isinstance(value, dict):
                 raise InvalidJson("the answer is JSON but not an object")
@@ -165,6 +165,35 @@ class Extraction:
             text = str(exc)
             where = f"parsed{text}" if text[:1] in ".[" else f"parsed: {text}"
             raise SchemaMismatch(_one_line(f"a value does not fit its column: {where}")) from None
+
+
+def _loads(content: str) -> Any:
+    """The answer's JSON value; ``InvalidJson`` when it is not JSON, ``SchemaMismatch`` when it
+    is valid JSON holding a number no double can (``5E402``: no column can hold it)."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        problem = exc
+    too_large: list[str] = []
+
+    def parse_float(text: str) -> float:
+        number = float(text)
+        if math.isinf(number):
+            too_large.append(text)
+        return number
+
+    def no_constants(text: str) -> None:
+        raise ValueError(text)  # NaN, Infinity: not JSON
+
+    try:
+        json.loads(content, parse_float=parse_float, parse_constant=no_constants)
+    except (ValueError, RecursionError):
+        raise InvalidJson(_one_line(f"the answer is not valid JSON: {problem}")) from None
+    if too_large:
+        raise SchemaMismatch(
+            _one_line(f"the number {too_large[0]} is too large for any column (beyond a double)")
+        )
+    raise InvalidJson(_one_line(f"the answer is not valid JSON: {problem}"))
 
 
 def load_extraction(request: RequestSpec) -> Extraction | None:
