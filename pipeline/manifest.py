@@ -66,6 +66,9 @@ class Manifest:
     unpriced_rows: int = 0
     possibly_billed_attempts: int = 0
     max_cost_usd: float | None = None
+    concurrency: dict[str, Any] | None = None
+    """With ``concurrency = "auto"``: ``limit`` at the end, ``low`` and ``high`` reached,
+    ``changes``, and ``history``: [seconds since the run started, limit] at each change."""
 
     def same_work(self, job_sha256: str, fingerprint: dict[str, Any], limit: int | None) -> bool:
         """Whether this manifest describes a complete run of exactly this job on this input."""

@@ -376,7 +376,22 @@ def build_manifest(
         unpriced_rows=summary.unpriced_rows,
         possibly_billed_attempts=summary.possibly_billed_attempts,
         max_cost_usd=job.limits.max_cost_usd,
+        concurrency=concurrency_record(summary),
     )
+
+
+def concurrency_record(summary: RunSummary) -> dict[str, Any] | None:
+    """The manifest's account of an auto concurrency limit (None: the limit was fixed)."""
+    if summary.concurrency is None:
+        return None
+    limits = [limit for _, limit in summary.concurrency_history] or [summary.concurrency]
+    return {
+        "limit": summary.concurrency,
+        "low": min(limits),
+        "high": max(limits),
+        "changes": max(0, len(summary.concurrency_history) - 1),
+        "history": [list(point) for point in summary.concurrency_history],
+    }
 
 
 def log_finished(prepared: PreparedRun, summary: RunSummary) -> None:
@@ -400,4 +415,5 @@ def log_finished(prepared: PreparedRun, summary: RunSummary) -> None:
         elapsed_s=round(summary.elapsed_s, 3),
         cost_usd=round(summary.cost_usd, 6),
         possibly_billed_attempts=summary.possibly_billed_attempts,
+        concurrency=summary.concurrency,
     )

@@ -16,6 +16,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
+from pipeline.concurrency import AdaptiveLimit, Change, GradientController
 from pipeline.errors import JobError, OutputError
 from pipeline.limits import RateLimiter
 from pipeline.prices import PriceTable
@@ -142,7 +143,7 @@ class Runner:
             budget = Budget(limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd)
         sender = LiveSender(
             client,
-            concurrency=limits.concurrency,
+            concurrency=self._in_flight_limit(),
             limiter=RateLimiter(limits.requests_per_minute, limits.tokens_per_minute),
             budget=budget,
             prices=self.prices,
@@ -169,14 +170,40 @@ class Runner:
             stats=self.stats,
         )
 
+    def _in_flight_limit(self) -> int | AdaptiveLimit:
+        """The fixed concurrency, or for ``concurrency = "auto"`` a limit the run moves."""
+        limits = self.plan.job.limits
+        if isinstance(limits.concurrency, int):
+            return limits.concurrency
+        controller = GradientController(limits.min_concurrency, limits.max_concurrency)
+        self.stats.count_concurrency(controller.limit)
+        return AdaptiveLimit(controller, on_change=self._concurrency_changed)
+
+    def _concurrency_changed(self, change: Change) -> None:
+        self.stats.count_concurrency(change.limit)
+        log.info(
+            "concurrency.changed",
+            previous=change.previous,
+            limit=change.limit,
+            reason=change.reason,
+            latency_ratio=change.latency_ratio,
+        )
+
+    def _workers(self) -> int:
+        """Twice the concurrency; with auto, enough for ``max_concurrency`` but not more than rows."""
+        limits = self.plan.job.limits
+        if isinstance(limits.concurrency, int):
+            return 2 * limits.concurrency
+        return max(1, min(2 * limits.max_concurrency, self.plan.rows * len(self.models)))
+
     async def _run_stages(self, earlier: DoneIndex | None) -> None:
         job = self.plan.job
-        workers = 2 * job.limits.concurrency
+        workers = self._workers()
         async with (
             ChatClient(
                 job.endpoint,
                 api_key=self.api_key,
-                max_connections=job.limits.concurrency,
+                max_connections=job.limits.most_in_flight,
                 base_url=self.base_url,
                 transport=self._transport,
                 headers=split_headers(job.endpoint.headers)[0],

@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState
 
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
+from pipeline.concurrency import AdaptiveLimit
 from pipeline.cost import attempt_ceiling, possibly_billed, reply_cost
 from pipeline.errors import AttemptError, RateLimited
 from pipeline.limits import RateLimiter, TokenEstimator
@@ -43,13 +44,17 @@ class Sender(Protocol):
 
 class LiveSender:
     """Sends each request over HTTP under the concurrency limit, the rate limits and the
-    budget, with retries; shared by all workers of a run (one event loop)."""
+    budget, with retries; shared by all workers of a run (one event loop).
+
+    ``concurrency`` is a fixed number of slots, or an ``AdaptiveLimit`` (``concurrency =
+    "auto"``) that hears how each attempt on the wire went.
+    """
 
     def __init__(
         self,
         client: ChatClient,
         *,
-        concurrency: int,
+        concurrency: int | AdaptiveLimit,
         limiter: RateLimiter,
         budget: Budget | None,
         prices: PriceTable,
@@ -58,7 +63,12 @@ class LiveSender:
         control: RunControl,
     ) -> None:
         self._client = client
-        self._in_flight = anyio.Semaphore(concurrency)
+        self._adaptive: AdaptiveLimit | None = None
+        self._in_flight: anyio.Semaphore | AdaptiveLimit
+        if isinstance(concurrency, AdaptiveLimit):
+            self._adaptive = self._in_flight = concurrency
+        else:
+            self._in_flight = anyio.Semaphore(concurrency)
         self._limiter = limiter
         self._estimator = TokenEstimator()
         self._budget = budget
@@ -98,11 +108,28 @@ class LiveSender:
                     raise Stopped
                 ledger.sent()
                 self._stats.count_request()
-                reply = await self._client.send(request)
+                if self._adaptive is not None:
+                    reply = await self._send_measured(self._adaptive, request)
+                else:
+                    reply = await self._client.send(request)
         except AttemptError as exc:
             self._settle_failure(exc, tokens, reserved, ledger)
             raise
         self._settle_answer(request, reply, tokens, reserved, ledger)
+        return reply
+
+    async def _send_measured(self, limit: AdaptiveLimit, request: ChatRequest) -> Reply:
+        """Send, telling the adaptive limit how long it took and how it ended."""
+        sent = limit.sending()
+        try:
+            reply = await self._client.send(request)
+        except AttemptError as exc:
+            limit.finished(sent, None, exc)
+            raise
+        except BaseException:
+            limit.abandoned()
+            raise
+        limit.finished(sent, reply.usage.completion_tokens, None)
         return reply
 
     def _reserve(self, request: ChatRequest) -> float:
