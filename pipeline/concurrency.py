@@ -7,10 +7,9 @@ semaphore the sender holds around each attempt, whose size the controller moves.
 
 How the controller decides, in the style of TCP Vegas and Netflix's gradient limiter:
 
-* **Latency is normalised by tokens.** Each answer's latency per completion token is
-  divided by the lowest seen for answers of comparable length (completion tokens in
-  the same power of two: short answers pay a larger fixed share), so a long answer is
-  slow, not a sign of queueing. The median of these
+* **Latency is normalised by tokens.** Each answer's latency is divided by the lowest
+  seen for answers of comparable length (completion tokens within a fourth of a
+  doubling, about 19%), so a long answer is slow, not a sign of queueing. The median of these
   ratios over a window is the window's *latency ratio* (1.0: as fast as ever seen).
 * **Windows.** A window collects answers to requests sent after it opened, at least
   ``max(8, limit)`` of them (about two latencies), and then decides once.
@@ -63,6 +62,8 @@ THROTTLE_CUT = 0.75
 MAX_SHRINK = 0.5
 MIN_SHRINK = 0.9
 MIN_WINDOW = 16
+BUCKETS_PER_DOUBLING = 4
+"""Answers whose completion tokens are within 2 ** (1 / 4) of each other are comparable."""
 SATURATED = 0.8
 """A window is saturated when its requests found this share of the limit in flight."""
 
@@ -156,15 +157,14 @@ class GradientController:
     def _answered(
         self, now: float, sent_at: float, latency_s: float, tokens: int, in_flight: int
     ) -> Change | None:
-        tokens = max(1, tokens)
-        per_token = max(latency_s, 1e-6) / tokens
-        bucket = tokens.bit_length()
+        latency_s = max(latency_s, 1e-6)
+        bucket = int(BUCKETS_PER_DOUBLING * math.log2(max(1, tokens)))
         base = self._baseline.get(bucket)
-        if base is None or per_token < base:
-            base = self._baseline[bucket] = per_token
+        if base is None or latency_s < base:
+            base = self._baseline[bucket] = latency_s
         if sent_at < self._opened:
             return None
-        self._ratios.append(per_token / base)
+        self._ratios.append(latency_s / base)
         self._load += in_flight
         if len(self._ratios) < max(MIN_WINDOW, 2 * self.limit):
             return None

@@ -161,6 +161,7 @@ class FakeServer:
             self.stats.dropped += 1
             return None
         self._in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
         try:
             return await self._respond(request, chat, body, fault, headers, content_fault)
         finally:
