@@ -12,7 +12,8 @@ peak RSS are its own; the fake server runs in another process on the other core.
 (b) 5,000 requests at 500 ms latency, concurrency 256: wall time vs N x latency / concurrency.
 (c) 4,000 requests, server enforcing 3,000 requests/min and 600,000 tokens/min at
     300 ms latency: steady-state throughput vs the binding limit, 429s, failed rows;
-    (c2) the same with no limits in the job, following the server's x-ratelimit headers.
+    (c2) the same with no limits in the job, following the server's x-ratelimit headers;
+    (c3) the same limits with ``concurrency = "auto"``.
 (d) peak RSS for 200,000 input rows vs 20,000.
 (e) ``concurrency = "auto"`` on the fake's capacity model (8 slots, per-token time growing
     10% per extra request in the batch): a sweep of fixed concurrency 1..256 for the best
@@ -175,10 +176,11 @@ def bench_b(folder: Path) -> None:
     )
 
 
-def bench_c(folder: Path, *, configured: bool = True) -> None:
+def bench_c(folder: Path, *, configured: bool = True, concurrency: int | str = 128) -> None:
     how = (
         "limits in the job" if configured else "no limits in the job: following x-ratelimit headers"
     )
+    how += f", concurrency {concurrency}"
     print(
         f"(c) 4,000 requests under 3,000 rpm / 600,000 tpm enforced by the server, 300 ms latency; {how}"
     )
@@ -187,9 +189,9 @@ def bench_c(folder: Path, *, configured: bool = True) -> None:
         limits = f"requests_per_minute = {rpm}\ntokens_per_minute = {tpm}" if configured else ""
         job = write_job(
             folder,
-            "c" if configured else "c2",
+            f"c-{configured}-{concurrency}",
             url,
-            concurrency=128,
+            concurrency=concurrency,
             max_tokens=max_tokens,
             limits=limits,
         )
@@ -232,6 +234,10 @@ def bench_c2(folder: Path) -> None:
     bench_c(folder, configured=False)
 
 
+def bench_c3(folder: Path) -> None:
+    bench_c(folder, concurrency="auto")
+
+
 CAPACITY = ("--slots", "8", "--token-ms", "4", "--batch-slowdown", "0.1")
 SWEEP = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 64, 128, 256)
 
@@ -270,7 +276,7 @@ def bench_e(folder: Path) -> None:
         best = max(best, rate)
         print(
             f"    fixed {n:>3}: {rate:6.1f} rows/s, p50 {p50:6.0f} ms ({p50 / unloaded:4.1f}x unloaded),"
-            f" timeouts {timeouts}, server peak batch/in flight {stats['peak_in_flight']}"
+            f" timeouts {timeouts}, server peak in flight {stats['peak_in_flight']}"
         )
     r, stats = _capacity_run(folder, "e-auto", "auto", 3000)
     rate, p50, timeouts = _steady(r["output"])
@@ -321,6 +327,7 @@ SCENARIOS = {
     "b": bench_b,
     "c": bench_c,
     "c2": bench_c2,
+    "c3": bench_c3,
     "d": bench_d,
     "e": bench_e,
     "f": bench_f,
