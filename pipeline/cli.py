@@ -317,6 +317,16 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _concurrency_line(summary: RunSummary) -> str:
+    """``concurrency auto: limit 9 at the end (between 4 and 16, 12 changes)``."""
+    limits = [limit for _, limit in summary.concurrency_history] or [summary.concurrency or 0]
+    changes = max(0, len(summary.concurrency_history) - 1)
+    return (
+        f"concurrency auto: limit {summary.concurrency} at the end"
+        f" (between {min(limits)} and {max(limits)}, {changes} changes)"
+    )
+
+
 def _print_summary(summary: RunSummary) -> None:
     errors = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
     reused = f" ({summary.rows_reused} from earlier runs)" if summary.rows_reused else ""
@@ -328,6 +338,8 @@ def _print_summary(summary: RunSummary) -> None:
         + (f" ({summary.json_reasks} JSON re-asks)" if summary.json_reasks else "")
         + f" in {summary.elapsed_s:.1f}s; {_cost_line(summary)}"
     )
+    if summary.concurrency is not None:
+        print(_concurrency_line(summary))
     if summary.complete:
         print(f"output: {summary.output_path}")
     hint = resend_hint(summary.errors_by_type, summary.rows_total)

@@ -262,7 +262,9 @@ def extrapolate(
         charged = prompt + (bound if bound is not None else typical)
         floors.append(charged / limits.tokens_per_minute * 60.0)
     floor = max(floors)
-    duration = max(floor, sendable * latency / limits.concurrency) if latency is not None else None
+    duration = (
+        max(floor, sendable * latency / limits.most_in_flight) if latency is not None else None
+    )
     return Estimate(
         rows=count.rows,
         bad_rows=count.bad_rows,
@@ -360,7 +362,12 @@ def _limits_text(job: JobSpec) -> str:
         )
         if text
     )
-    return f"concurrency {limits.concurrency}" + (f", {rates}" if rates else "")
+    concurrency = (
+        f"concurrency auto (at most {limits.max_concurrency})"
+        if limits.auto
+        else f"concurrency {limits.concurrency}"
+    )
+    return concurrency + (f", {rates}" if rates else "")
 
 
 def _duration_line(estimate: Estimate, job: JobSpec) -> str:

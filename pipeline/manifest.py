@@ -76,6 +76,9 @@ class Manifest:
     cache_path: str | None = None
     cache_hits: int = 0
     cache_saved_usd: float = 0.0
+    concurrency: dict[str, Any] | None = None
+    """With ``concurrency = "auto"``: ``limit`` at the end, ``low`` and ``high`` reached,
+    ``changes``, and ``history``: [seconds since the run started, limit] at each change."""
 
     def same_work(self, job_sha256: str, fingerprint: dict[str, Any], limit: int | None) -> bool:
         """Whether this manifest describes a complete run of exactly this job on this input."""

@@ -19,7 +19,8 @@ def _cost(stats: RunStats) -> str:
 
 
 def render(stats: RunStats, width: int = 24) -> str:
-    """``[#####.....] 500/1000 ok 498 err 2 | 85.1 req/s | 41,200 tok/min | $0.0123 ~$0.0246 | ETA 00:06``."""
+    """``[#####.....] 500/1000 ok 498 err 2 | 85.1 req/s | 41,200 tok/min | $0.0123 ~$0.0246 | ETA 00:06``
+    (``| limit 12`` after the request rate with ``concurrency = "auto"``)."""
     elapsed = max(stats.elapsed_s, 1e-9)
     fraction = stats.done / stats.total if stats.total else 1.0
     filled = int(width * min(1.0, fraction))
@@ -33,9 +34,10 @@ def render(stats: RunStats, width: int = 24) -> str:
         if stats.cache_hits
         else ""
     )
+    limit = "" if stats.concurrency is None else f" | limit {stats.concurrency}"
     return (
         f"[{bar}] {stats.done:,}/{stats.total:,} ok {stats.ok:,} err {stats.error:,}"
-        f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | {_cost(stats)}{cache} | ETA {eta}"
+        f" | {rate:,.1f} req/s{limit} | {tokens_per_min:,.0f} tok/min | {_cost(stats)}{cache} | ETA {eta}"
     )
 
 

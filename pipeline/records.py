@@ -12,6 +12,9 @@ from typing import Any
 Message = dict[str, Any]
 """One OpenAI chat message: ``{"role": ..., "content": ...}``."""
 
+MAX_HISTORY = 1000
+"""Points of the in-flight limit's history a run keeps (``RunStats.count_concurrency``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class PromptRow:
@@ -252,6 +255,10 @@ class RunSummary:
     possibly_billed_attempts: int = 0
     cache_hits: int = 0
     cache_saved_usd: float = 0.0
+    concurrency: int | None = None
+    """With ``concurrency = "auto"``: the in-flight limit at the end (None: fixed)."""
+    concurrency_history: tuple[tuple[float, int], ...] = ()
+    """With ``concurrency = "auto"``: (seconds since the run started, limit) at each change."""
 
     @property
     def complete(self) -> bool:
@@ -282,6 +289,8 @@ class RunStats:
     possibly_billed: int = 0
     cache_hits: int = 0
     cache_saved_usd: float = 0.0
+    concurrency: int | None = None
+    concurrency_history: list[tuple[float, int]] = field(default_factory=list)
 
     def count_request(self) -> None:
         """One HTTP request is about to be sent."""
@@ -318,6 +327,15 @@ class RunStats:
             self.cost_usd += outcome.cost_usd
         self.possibly_billed += outcome.possibly_billed_attempts
 
+    def count_concurrency(self, limit: int) -> None:
+        """The in-flight limit (``concurrency = "auto"``) is now ``limit``; the history keeps
+        at most ``MAX_HISTORY`` points (every other one dropped when full)."""
+        self.concurrency = limit
+        history = self.concurrency_history
+        history.append((round(self.elapsed_s, 3), limit))
+        if len(history) > MAX_HISTORY:
+            history[1:-1] = history[2:-1:2]
+
     def _count_row(self, *, ok: bool, error_type: str | None) -> None:
         self.done += 1
         if ok:
@@ -349,6 +367,8 @@ class RunStats:
             possibly_billed_attempts=self.possibly_billed,
             cache_hits=self.cache_hits,
             cache_saved_usd=self.cache_saved_usd,
+            concurrency=self.concurrency,
+            concurrency_history=tuple(self.concurrency_history),
         )
 
     @property

@@ -243,13 +243,47 @@ class EndpointSpec(_Section):
 
 
 class LimitsSpec(_Section):
-    """Concurrency and rate limits the run stays inside."""
+    """Concurrency and rate limits the run stays inside.
 
-    concurrency: PositiveInt = 16
+    ``concurrency = "auto"`` finds the server's capacity as the run goes, between
+    ``min_concurrency`` and ``max_concurrency`` (``pipeline.concurrency``).
+    """
+
+    concurrency: int | Literal["auto"] = 16
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     max_error_rate: float | None = Field(default=DEFAULT_MAX_ERROR_RATE, ge=0, le=1)
     max_cost_usd: PositiveFloat | None = None
+    min_concurrency: PositiveInt = 1
+    max_concurrency: PositiveInt = 256
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if value == "auto" or (is_int and value >= 1):
+            return value
+        if is_int:
+            raise ValueError("Input should be greater than 0")
+        raise ValueError(f'must be a positive integer or "auto", got {value!r}')
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> LimitsSpec:
+        if self.min_concurrency > self.max_concurrency:
+            raise ValueError(
+                f"min_concurrency ({self.min_concurrency}) is above max_concurrency ({self.max_concurrency})"
+            )
+        return self
+
+    @property
+    def auto(self) -> bool:
+        """Whether the in-flight limit is found as the run goes (``concurrency = "auto"``)."""
+        return self.concurrency == "auto"
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most requests ever in flight: ``concurrency``, or ``max_concurrency`` when auto."""
+        return self.max_concurrency if isinstance(self.concurrency, str) else self.concurrency
 
     @field_validator("concurrency")
     @classmethod
@@ -299,6 +333,20 @@ class FakeSpec(_Section):
     max_body_bytes: PositiveInt | None = None
     upstream_error_rate: float = Field(default=0.0, ge=0, le=1)
     close_after_stream: bool = False
+    slots: PositiveInt | None = None
+    token_ms: NonNegativeFloat = 10.0
+    batch_slowdown: NonNegativeFloat = 0.1
+    queue_limit: NonNegativeInt | None = None
+    queue_overflow: Literal["503", "hang"] = "503"
+    slots_schedule: str | None = Field(
+        default=None, pattern=r"^\s*\d+(\.\d+)?:[1-9]\d*\s*(,\s*\d+(\.\d+)?:[1-9]\d*\s*)*$"
+    )
+
+    @model_validator(mode="after")
+    def _schedule_needs_slots(self) -> FakeSpec:
+        if self.slots_schedule is not None and self.slots is None:
+            raise ValueError("slots_schedule needs slots (the capacity model)")
+        return self
 
 
 class PriceSpec(_Section):

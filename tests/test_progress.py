@@ -127,3 +127,9 @@ def test_render_shows_cost_spent_and_projected() -> None:
     run.unpriced = 1
     assert "| $3.00+? ~$10.00+? |" in render(run)
     assert "| $0.0000 ~? |" in render(stats(total=5))
+
+
+def test_render_shows_the_auto_limit_after_the_request_rate() -> None:
+    line = render(RunStats(total=4, done=1, ok=1, requests=2000, concurrency=12), width=8)
+    assert " req/s | limit 12 | " in line
+    assert "limit" not in render(stats(total=4, done=1, ok=1, requests=2000), width=8)

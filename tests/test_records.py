@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.records import Ended, Ledger, Outcome, RunStats, Usage
+from pipeline.records import MAX_HISTORY, Ended, Ledger, Outcome, RunStats, Usage
 
 counts = st.none() | st.integers(min_value=0, max_value=10**9)
 usages = st.builds(Usage, counts, counts, counts, counts, counts)
@@ -94,3 +94,21 @@ def test_a_summary_that_ended_early_is_not_complete() -> None:
     summary = RunStats(total=1).summary("o", Ended.TERMINATED, "received SIGTERM")
     assert not summary.complete
     assert (summary.ended, summary.reason) == (Ended.TERMINATED, "received SIGTERM")
+
+
+def test_the_concurrency_history_is_bounded_and_keeps_its_ends() -> None:
+    stats = RunStats(total=1)
+    for limit in range(1, 3 * MAX_HISTORY):
+        stats.count_concurrency(limit)
+    history = stats.concurrency_history
+    assert len(history) <= MAX_HISTORY
+    assert (history[0][1], history[-1][1], stats.concurrency) == (
+        1,
+        3 * MAX_HISTORY - 1,
+        3 * MAX_HISTORY - 1,
+    )
+    assert [limit for _, limit in history] == sorted(limit for _, limit in history)
+    summary = stats.summary("out.parquet", Ended.COMPLETE, None)
+    assert summary.concurrency == 3 * MAX_HISTORY - 1
+    assert summary.concurrency_history == tuple(history)
+    assert RunStats(total=1).summary("o", Ended.COMPLETE, None).concurrency is None

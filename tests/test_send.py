@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
+from pipeline.concurrency import AdaptiveLimit, Change, GradientController
 from pipeline.cost import Price
 from pipeline.errors import AuthFailed, BadRequest, ConnectionFailed, ServerError
 from pipeline.limits import RateLimiter
@@ -212,3 +213,29 @@ async def test_another_failure_resets_the_refusal_streak() -> None:
 
 def test_a_price_for_the_sender_comes_from_the_table() -> None:
     assert PRICES.resolve("m") == Price(1.0, 0.5, 2.0, model="m")
+
+
+@pytest.mark.anyio
+async def test_an_adaptive_limit_hears_every_attempt_and_a_503_cuts_it() -> None:
+    handler, seen = answers(httpx.Response(503, json={"error": {"message": "busy"}}), answer())
+    changes: list[Change] = []
+    limit = AdaptiveLimit(GradientController(1, 64, initial=8), on_change=changes.append)
+    spec = EndpointSpec(base_url="https://llm.example.test/v1")
+    transport = httpx.MockTransport(handler)
+    async with ChatClient(spec, api_key="k", max_connections=2, transport=transport) as client:
+        sender = LiveSender(
+            client,
+            concurrency=limit,
+            limiter=RateLimiter(None, None),
+            budget=None,
+            prices=PRICES,
+            retry=RETRY,
+            stats=RunStats(total=1),
+            control=RunControl(grace_s=1.0),
+        )
+        reply = await sender.send("r1", request(), Ledger())
+    assert reply.content == "ok"
+    assert len(seen) == 2
+    assert changes == [Change(8, 4, "overloaded")]
+    assert limit.limit == 4
+    assert limit.sending()[1] == 1  # nothing left counted on the wire

@@ -119,6 +119,21 @@ def test_design_example_loads(tmp_path: Path) -> None:
     assert job.output.path == "out/{name}/{date}.parquet"
 
 
+def test_concurrency_auto_and_its_bounds() -> None:
+    job = parse_job(changed(minimal_job(), "limits.concurrency", "auto"))
+    assert job.limits.auto
+    assert (job.limits.min_concurrency, job.limits.max_concurrency) == (1, 256)
+    assert job.limits.most_in_flight == 256
+    bounded = changed(
+        changed(job.model_dump(), "limits.min_concurrency", 4), "limits.max_concurrency", 32
+    )
+    limits = parse_job(bounded).limits
+    assert (limits.min_concurrency, limits.most_in_flight) == (4, 32)
+    fixed = parse_job(changed(minimal_job(), "limits.concurrency", 12)).limits
+    assert not fixed.auto
+    assert fixed.most_in_flight == 12
+
+
 def test_minimal_job_gets_defaults() -> None:
     job = parse_job(minimal_job())
 
@@ -181,7 +196,22 @@ def test_job_error_is_a_user_error() -> None:
         ("input.prompt", "text", "[input] prompt", "unknown key"),
         ("endpoint.api_key", "sk-secret", "[endpoint] api_key", "unknown key"),
         # wrong types
-        ("limits.concurrency", "8", "[limits] concurrency", "valid integer"),
+        ("limits.concurrency", "8", "[limits] concurrency", 'positive integer or "auto"'),
+        ("limits.concurrency", 2.5, "[limits] concurrency", 'positive integer or "auto"'),
+        ("limits.concurrency", True, "[limits] concurrency", 'positive integer or "auto"'),
+        ("limits.concurrency", "Auto", "[limits] concurrency", 'positive integer or "auto"'),
+        ("limits.min_concurrency", 0, "[limits] min_concurrency", "greater than 0"),
+        ("limits.max_concurrency", "64", "[limits] max_concurrency", "valid integer"),
+        (
+            "limits.min_concurrency",
+            300,
+            "[limits]",
+            "min_concurrency (300) is above max_concurrency (256)",
+        ),
+        ("fake.queue_overflow", "drop", "[fake] queue_overflow", "'503' or 'hang'"),
+        ("fake.slots_schedule", "soon", "[fake] slots_schedule", "should match pattern"),
+        ("fake.slots_schedule", "10:4", "[fake]", "slots_schedule needs slots"),
+        ("fake.slots", 0, "[fake] slots", "greater than 0"),
         ("request.temperature", "hot", "[request] temperature", "valid number"),
         ("input.keep_columns", "product_id", "[input] keep_columns", "valid list"),
         ("request.model", 4, "[request] model", "valid string"),

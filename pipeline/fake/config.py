@@ -14,7 +14,11 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, get_args, get_type_hints
 
+from pipeline.fake.capacity import parse_schedule
 from pipeline.fake.profiles import Profile
+
+OVERFLOWS = ("503", "hang")
+"""What the capacity model does past ``queue_limit``."""
 
 
 class Fault(StrEnum):
@@ -112,6 +116,10 @@ class FakeConfig:
     on leaves every other fault's draws unchanged. A schema mismatch needs a schema:
     ``json_object`` answers are left whole.
     ``cached_share`` of every prompt's tokens is reported as cached.
+
+    ``slots`` turns on the capacity model of a continuous-batching server
+    (``pipeline.fake.capacity``): after ``latency_s``, an answer waits for a slot and takes
+    ``token_s`` per completion token, times ``1 + batch_slowdown * (batch - 1)``.
     """
 
     latency_s: float = field(
@@ -215,11 +223,66 @@ class FakeConfig:
         ),
     )
 
+    slots: int | None = field(
+        default=None,
+        metadata=_about(
+            "capacity model: N requests decode together, the rest queue (default: no model)",
+            bounds=_AT_LEAST_1,
+            metavar="N",
+        ),
+    )
+    token_s: float = field(
+        default=0.01,
+        metadata=_about(
+            "capacity model: ms per completion token with a batch of one",
+            bounds=_AT_LEAST_0,
+            option="token_ms",
+            scale=1000,
+        ),
+    )
+    batch_slowdown: float = field(
+        default=0.1,
+        metadata=_about(
+            "capacity model: per-token time grows by this share per extra request in the batch",
+            bounds=_AT_LEAST_0,
+            metavar="F",
+        ),
+    )
+    queue_limit: int | None = field(
+        default=None,
+        metadata=_about(
+            "capacity model: with this many waiting, refuse newcomers (default: no bound)",
+            bounds=_AT_LEAST_0,
+            metavar="N",
+        ),
+    )
+    queue_overflow: str = field(
+        default="503",
+        metadata=_about(
+            "capacity model: refuse past queue_limit with a 503, or hang for hang_s",
+            metavar="503|hang",
+        ),
+    )
+    slots_schedule: str | None = field(
+        default=None,
+        metadata=_about(
+            "capacity model: slots from so many s after the first request, e.g. 10:4,30:8",
+            metavar="S:N,...",
+        ),
+    )
+
     def __post_init__(self) -> None:
         """Reject settings the server cannot honour."""
         for setting in fields(self):
             if setting.metadata["bounds"] is not None:
                 setting.metadata["bounds"].check(setting.name, getattr(self, setting.name))
+        if self.queue_overflow not in OVERFLOWS:
+            raise ValueError(
+                f"queue_overflow must be one of {', '.join(OVERFLOWS)}, got {self.queue_overflow!r}"
+            )
+        parse_schedule(self.slots_schedule)
+        if self.slots_schedule and self.slots is None:
+            raise ValueError("slots_schedule needs slots (the capacity model)")
 
     @classmethod
     def from_options(cls, **options: Any) -> FakeConfig:

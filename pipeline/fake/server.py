@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager, contextmanager
 import orjson
 from aiohttp import web
 
+from pipeline.fake.capacity import Capacity, parse_schedule
 from pipeline.fake.config import ContentFault, FakeConfig, Fault
 from pipeline.fake.content import (
     IncomingChat,
@@ -77,6 +78,17 @@ class FakeServer:
         self._upstream_rng = random.Random(f"{config.fault_seed}:upstream")
         self._in_flight = 0
         self._closing = asyncio.Event()
+        self.capacity = (
+            None
+            if config.slots is None
+            else Capacity(
+                config.slots,
+                config.token_s,
+                config.batch_slowdown,
+                config.queue_limit,
+                parse_schedule(config.slots_schedule),
+            )
+        )
 
     @property
     def base_url(self) -> str:
@@ -158,6 +170,7 @@ class FakeServer:
             self.stats.dropped += 1
             return None
         self._in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
         try:
             return await self._respond(request, chat, body, fault, headers, content_fault)
         finally:
@@ -179,10 +192,7 @@ class FakeServer:
         if delay > 0:
             await asyncio.sleep(delay)
         if fault is Fault.HANG:
-            self.stats.hung += 1
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.hang_s):
-                    await self._closing.wait()
+            await self._hang()
             return None
         if fault is Fault.RATE_LIMIT:
             return _error(
@@ -217,6 +227,9 @@ class FakeServer:
             return _error(502, "Upstream error: the provider's response was lost.", "server_error")
         if self.config.leak_key:
             answer = leak_credential(answer, _credential(request.headers))
+        tokens = int(answer["usage"]["completion_tokens"])
+        if self.capacity is not None and fault is None and not await self.capacity.decode(tokens):
+            return await self._overflow(headers)
         if chat.stream:
             self._count_content_fault(content_fault)
             return await self._stream(request, chat, answer, digest, fault, headers)
@@ -226,6 +239,23 @@ class FakeServer:
         self._count_content_fault(content_fault)
         self._count_completion(chat, digest)
         return _json(200, encoded, headers)
+
+    async def _overflow(self, headers: dict[str, str]) -> web.StreamResponse | None:
+        """The capacity model's queue is full: a 503, or hang like an overloaded server."""
+        self.stats.overflowed += 1
+        if self.config.queue_overflow == "hang":
+            await self._hang()
+            return None
+        return _error(
+            503, "The server is overloaded: the queue is full.", "server_error", headers=headers
+        )
+
+    async def _hang(self) -> None:
+        """Hang unanswered for ``hang_s`` (or until the server closes)."""
+        self.stats.hung += 1
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.hang_s):
+                await self._closing.wait()
 
     async def _stream(
         self, request: web.BaseRequest, chat: IncomingChat, answer: dict[str, object], digest: str,

@@ -31,6 +31,8 @@ class FakeStats:
     ``invalid_json`` and ``schema_mismatch`` count the 200 answers whose content was spoiled.
     ``completions_by_request`` is keyed by the sha256 hex of the raw request body and
     ``completions_by_seed`` by the body's ``seed``; both count well-formed 200 answers only.
+    ``overflowed`` counts the requests the capacity model refused (its queue was full);
+    ``peak_in_flight`` is the most chat requests ever being answered at once.
     """
 
     received: int = 0
@@ -42,6 +44,8 @@ class FakeStats:
     cut: int = 0
     lost_upstream: int = 0
     """Completions generated, then answered with a gateway's 502 (``upstream_error_rate``)."""
+    overflowed: int = 0
+    peak_in_flight: int = 0
     completions_by_request: Counter[str] = field(default_factory=Counter)
     completions_by_seed: Counter[int] = field(default_factory=Counter)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -57,6 +61,8 @@ class FakeStats:
             "schema_mismatch": self.schema_mismatch,
             "cut": self.cut,
             "lost_upstream": self.lost_upstream,
+            "overflowed": self.overflowed,
+            "peak_in_flight": self.peak_in_flight,
             "completions_by_request": dict(self.completions_by_request),
             "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
             "requests": [request.to_dict() for request in self.requests],

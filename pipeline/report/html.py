@@ -3,7 +3,9 @@
 Charts (each an ``<svg>`` with an id, one ``<rect class="bar">`` per bar, a
 ``<title>`` tooltip on each): ``cost-by-model`` and ``error-types`` (horizontal
 bars), ``latency-histogram``, ``timeline`` (rows ok and in error per time bucket,
-stacked, with the requests they took as a line). Every text from the data is escaped.
+stacked, with the requests they took as a line), and for ``concurrency = "auto"`` runs
+``concurrency-limit`` (the in-flight limit over time, a step line). Every text from
+the data is escaped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pipeline.report.summary import LatencyBin, Report, TimeBin
 WIDTH = 520
 WIDE = 1080
 _OK, _ERROR, _COST, _LATENCY, _REQUESTS = "#2f9e44", "#e03131", "#1971c2", "#7048e8", "#f08c00"
+_LIMIT = "#0c8599"
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#212529;background:#f8f9fa;margin:0}
@@ -178,6 +181,50 @@ def timeline(chart_id: str, buckets: list[TimeBin], bucket_s: int) -> str:
     return "".join(parts)
 
 
+def limit_chart(chart_id: str, history: tuple[tuple[float, int], ...]) -> str:
+    """The in-flight limit over time: a step line, one ``<circle class="change">`` per change."""
+    if not history:
+        return _empty(chart_id, WIDE, "fixed concurrency (no limit history)")
+    left, top, bottom, height = 50, 10, 34, 220
+    plot_w, plot_h = WIDE - left - 10, height - top - bottom
+    y_max = _nice(max(limit for _, limit in history))
+    end = max(history[-1][0], 1e-9)
+    x_max = _nice(end)
+
+    def x(at: float) -> float:
+        return left + plot_w * at / x_max
+
+    def y(limit: int) -> float:
+        return top + plot_h - plot_h * limit / y_max
+
+    parts = [
+        f'<svg id="{chart_id}" viewBox="0 0 {WIDE} {height}" width="{WIDE}" height="{height}" role="img">'
+    ]
+    parts += _axes(left, top, plot_w, plot_h, y_max)
+    points = []
+    for i, (at, limit) in enumerate(history):
+        if i:
+            points.append(f"{x(at):.1f},{y(history[i - 1][1]):.1f}")
+        points.append(f"{x(at):.1f},{y(limit):.1f}")
+        parts.append(
+            f'<circle class="change" cx="{x(at):.1f}" cy="{y(limit):.1f}" r="2.5" fill="{_LIMIT}">'
+            f"<title>{clock(at)}: limit {limit}</title></circle>"
+        )
+    parts.append(
+        f'<polyline class="limit" points="{" ".join(points)}" fill="none" stroke="{_LIMIT}" stroke-width="2"/>'
+    )
+    for i in range(6):
+        at = x_max * i / 5
+        parts.append(
+            f'<text x="{x(at):.1f}" y="{height - bottom + 16}" text-anchor="middle">{clock(at)}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">'
+        "time since the run started (the last run of this output)</text></svg>"
+    )
+    return "".join(parts)
+
+
 def _kpi(value: str, label: str) -> str:
     return f'<div class="kpi"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
 
@@ -203,12 +250,20 @@ def render_html(report: Report, generated: datetime | None = None) -> str:
 <section class="card"><h2>Cost by model</h2>{_cost_chart(report)}</section>
 <section class="card"><h2>Latency distribution</h2>{histogram("latency-histogram", report.latency_histogram)}</section>
 <section class="card wide"><h2>Rows and errors over time</h2>{_LEGEND}{timeline("timeline", report.timeline, report.bucket_s)}</section>
-<section class="card"><h2>Error types</h2>{_error_chart(report)}</section>
+<section class="card"><h2>Error types</h2>{_error_chart(report)}</section>{_limit_card(report)}
 <section class="card"><h2>Latency</h2>{_table(["statistic", "value"], latency_rows)}</section>
 <section class="card wide"><h2>Models</h2>{_models_table(report)}</section>
 </div>
 </main></body></html>
 """
+
+
+def _limit_card(report: Report) -> str:
+    """The in-flight limit over time, for outputs of ``concurrency = "auto"`` runs."""
+    if not report.concurrency_history:
+        return ""
+    chart = limit_chart("concurrency-limit", report.concurrency_history)
+    return f'\n<section class="card wide"><h2>In-flight limit over time (concurrency auto)</h2>{chart}</section>'
 
 
 def _span(report: Report) -> str:

@@ -4,7 +4,8 @@ Only the columns the report needs are read. Outputs written before a column exis
 (``cost_usd`` and friends) read as nulls. Percentiles interpolate linearly between
 ranks; latency covers rows that have one (answered rows). Throughput is rows and
 tokens over the span from the first row's start to the last row's finish, which
-spans every run that contributed rows to the file.
+spans every run that contributed rows to the file. The in-flight limit over time
+(``concurrency = "auto"``) is the manifest's, so that of the last run only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
+from pipeline.manifest import read_manifest
 from pipeline.results import parts_dir
 
 _COLUMNS: dict[str, pl.DataType] = {
@@ -103,6 +105,9 @@ class Report:
     cache_hits: int = 0
     cache_saved_usd: float = 0.0
     """Rows answered from the response cache, and what their answers cost when bought."""
+    concurrency_history: tuple[tuple[float, int], ...] = ()
+    """The in-flight limit of the last run with ``concurrency = "auto"``: (seconds since that
+    run started, limit) at each change, from the manifest beside the output (empty: none)."""
 
     @property
     def total_tokens(self) -> int:
@@ -246,7 +251,23 @@ def summarize(path: Path) -> Report:
         bucket_s=width,
         cache_hits=_int(totals["cache_hits"]),
         cache_saved_usd=float(totals["cached_cost_usd"] or 0.0),
+        concurrency_history=concurrency_history(path),
     )
+
+
+def concurrency_history(path: Path) -> tuple[tuple[float, int], ...]:
+    """The auto concurrency limit over time of the run that wrote ``path`` last (its manifest)."""
+    manifest = read_manifest(path)
+    record = manifest.concurrency if manifest is not None else None
+    if not isinstance(record, dict) or not isinstance(record.get("history"), list):
+        return ()
+    points = []
+    for point in record["history"]:
+        if isinstance(point, list) and len(point) == 2:
+            at, limit = point
+            if isinstance(at, int | float) and isinstance(limit, int):
+                points.append((float(at), limit))
+    return tuple(points)
 
 
 def _unpriced() -> pl.Expr:

@@ -51,4 +51,10 @@ def render_text(report: Report) -> str:
     lines.append(
         f"throughput  {report.rows_per_s:,.1f} rows/s, {report.tokens_per_min:,.0f} tokens/min over {_seconds(report.duration_s)}"
     )
+    if report.concurrency_history:
+        limits = [limit for _, limit in report.concurrency_history]
+        lines.append(
+            f"concurrency auto: limit {limits[-1]} at the end of the last run"
+            f" (between {min(limits)} and {max(limits)}, {len(limits) - 1} changes)"
+        )
     return "\n".join(lines)

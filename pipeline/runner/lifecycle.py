@@ -419,7 +419,22 @@ def build_manifest(
         cache_path=str(path) if (path := run_cache_path(prepared)) is not None else None,
         cache_hits=summary.cache_hits,
         cache_saved_usd=round(summary.cache_saved_usd, 6),
+        concurrency=concurrency_record(summary),
     )
+
+
+def concurrency_record(summary: RunSummary) -> dict[str, Any] | None:
+    """The manifest's account of an auto concurrency limit (None: the limit was fixed)."""
+    if summary.concurrency is None:
+        return None
+    limits = [limit for _, limit in summary.concurrency_history] or [summary.concurrency]
+    return {
+        "limit": summary.concurrency,
+        "low": min(limits),
+        "high": max(limits),
+        "changes": max(0, len(summary.concurrency_history) - 1),
+        "history": [list(point) for point in summary.concurrency_history],
+    }
 
 
 def _failure(exc: BaseException, secrets: list[str]) -> tuple[int, str]:
@@ -492,4 +507,5 @@ def log_finished(prepared: PreparedRun, summary: RunSummary) -> None:
         possibly_billed_attempts=summary.possibly_billed_attempts,
         cache_hits=summary.cache_hits,
         cache_saved_usd=round(summary.cache_saved_usd, 6),
+        concurrency=summary.concurrency,
     )

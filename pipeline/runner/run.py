@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pipeline.budget import Budget
 from pipeline.cache import ResponseCache, endpoint_identity, uncached_reason
 from pipeline.client import ChatClient
+from pipeline.concurrency import AdaptiveLimit, Change, GradientController
 from pipeline.errors import InputError, JobError, OutputError
 from pipeline.limits import RateLimiter
 from pipeline.prices import PriceTable
@@ -182,7 +183,7 @@ class Runner:
             budget = Budget(limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd)
         sender = LiveSender(
             client,
-            concurrency=limits.concurrency,
+            concurrency=self._in_flight_limit(),
             limiter=RateLimiter(limits.requests_per_minute, limits.tokens_per_minute),
             budget=budget,
             prices=self.prices,
@@ -213,14 +214,40 @@ class Runner:
             cache=cache,
         )
 
+    def _in_flight_limit(self) -> int | AdaptiveLimit:
+        """The fixed concurrency, or for ``concurrency = "auto"`` a limit the run moves."""
+        limits = self.plan.job.limits
+        if isinstance(limits.concurrency, int):
+            return limits.concurrency
+        controller = GradientController(limits.min_concurrency, limits.max_concurrency)
+        self.stats.count_concurrency(controller.limit)
+        return AdaptiveLimit(controller, on_change=self._concurrency_changed)
+
+    def _concurrency_changed(self, change: Change) -> None:
+        self.stats.count_concurrency(change.limit)
+        log.info(
+            "concurrency.changed",
+            previous=change.previous,
+            limit=change.limit,
+            reason=change.reason,
+            latency_ratio=change.latency_ratio,
+        )
+
+    def _workers(self) -> int:
+        """Twice the concurrency; with auto, enough for ``max_concurrency`` but not more than rows."""
+        limits = self.plan.job.limits
+        if isinstance(limits.concurrency, int):
+            return worker_count(limits.concurrency, self.stats.total)
+        return worker_count(limits.max_concurrency, self.stats.total)
+
     async def _run_stages(self, earlier: DoneIndex | None, cache: ResponseCache | None) -> None:
         job = self.plan.job
-        workers = worker_count(job.limits.concurrency, self.stats.total)
+        workers = self._workers()
         async with (
             ChatClient(
                 job.endpoint,
                 api_key=self.api_key,
-                max_connections=job.limits.concurrency,
+                max_connections=job.limits.most_in_flight,
                 base_url=self.base_url,
                 transport=self._transport,
                 headers=split_headers(job.endpoint.headers)[0],

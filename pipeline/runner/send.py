@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState
 
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
+from pipeline.concurrency import AdaptiveLimit
 from pipeline.cost import attempt_ceiling, possibly_billed, reply_cost
 from pipeline.errors import AttemptError, NotSent, RateLimited, StaleConnection
 from pipeline.limits import RateLimiter, TokenEstimator
@@ -46,13 +47,17 @@ class Sender(Protocol):
 
 class LiveSender:
     """Sends each request over HTTP under the concurrency limit, the rate limits and the
-    budget, with retries; shared by all workers of a run (one event loop)."""
+    budget, with retries; shared by all workers of a run (one event loop).
+
+    ``concurrency`` is a fixed number of slots, or an ``AdaptiveLimit`` (``concurrency =
+    "auto"``) that hears how each attempt on the wire went.
+    """
 
     def __init__(
         self,
         client: ChatClient,
         *,
-        concurrency: int,
+        concurrency: int | AdaptiveLimit,
         limiter: RateLimiter,
         budget: Budget | None,
         prices: PriceTable,
@@ -63,7 +68,12 @@ class LiveSender:
     ) -> None:
         self._client = client
         self._gateway = gateway
-        self._in_flight = anyio.Semaphore(concurrency)
+        self._adaptive: AdaptiveLimit | None = None
+        self._in_flight: anyio.Semaphore | AdaptiveLimit
+        if isinstance(concurrency, AdaptiveLimit):
+            self._adaptive = self._in_flight = concurrency
+        else:
+            self._in_flight = anyio.Semaphore(concurrency)
         self._limiter = limiter
         self._estimator = TokenEstimator()
         self._budget = budget
@@ -118,7 +128,7 @@ class LiveSender:
                 ledger.sent()  # a request all the same (never possibly billed)
             self._stats.count_request()
             try:
-                return await self._client.send(request)
+                return await self._send_once(request)
             except (NotSent, StaleConnection) as exc:
                 if resend == RESEND_UNSENT:
                     raise
@@ -126,6 +136,26 @@ class LiveSender:
                     ledger.lost()
                 log.info("request.resent", reason=exc.message, resend=resend + 1)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send_once(self, request: ChatRequest) -> Reply:
+        """One HTTP request; with an adaptive limit, measured."""
+        if self._adaptive is None:
+            return await self._client.send(request)
+        return await self._send_measured(self._adaptive, request)
+
+    async def _send_measured(self, limit: AdaptiveLimit, request: ChatRequest) -> Reply:
+        """Send, telling the adaptive limit how long it took and how it ended."""
+        sent = limit.sending()
+        try:
+            reply = await self._client.send(request)
+        except AttemptError as exc:
+            limit.finished(sent, None, exc)
+            raise
+        except BaseException:
+            limit.abandoned()
+            raise
+        limit.finished(sent, reply.usage.completion_tokens, None)
+        return reply
 
     def _reserve(self, request: ChatRequest) -> float:
         """Reserve the attempt's cost ceiling under the budget; stop the run when it does not fit."""

@@ -41,7 +41,7 @@ def main() -> None:
         plan = plan_run(job, input_path=args.input, output_path=args.output)
         transport = None
         if args.transport == "httpcore":
-            concurrency = job.limits.concurrency
+            concurrency = job.limits.most_in_flight
             transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(
                     max_connections=concurrency, max_keepalive_connections=concurrency
@@ -68,6 +68,7 @@ def main() -> None:
                 "sys_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_before,
                 "wall_s": wall,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "concurrency_history": list(summary.concurrency_history),
             }
         )
     )

@@ -12,13 +12,19 @@ peak RSS are its own; the fake server runs in another process on the other core.
 (b) 5,000 requests at 500 ms latency, concurrency 256: wall time vs N x latency / concurrency.
 (c) 4,000 requests, server enforcing 3,000 requests/min and 600,000 tokens/min at
     300 ms latency: steady-state throughput vs the binding limit, 429s, failed rows;
-    (c2) the same with no limits in the job, following the server's x-ratelimit headers.
+    (c2) the same with no limits in the job, following the server's x-ratelimit headers;
+    (c3) the same limits with ``concurrency = "auto"``.
 (d) peak RSS for 200,000 input rows vs 20,000.
 (e) the response cache, 20,000 rows at zero latency: a cold cache on a live run (every
     answer stored) vs no cache, client CPU per request, runs alternated; then a warm
     cache into a new output (nothing sent): rows/s and CPU per row; and the cache's own
     CPU per request measured in process (steadier than the difference of two runs on a
     busy machine).
+(f) ``concurrency = "auto"`` on the fake's capacity model (8 slots, per-token time growing
+    10% per extra request in the batch): a sweep of fixed concurrency 1..256 for the best
+    throughput, then ``auto``: its throughput vs the best, p50 latency vs unloaded, timeouts.
+(g) the same server halving its slots mid-run: how fast the limit follows, timeouts,
+    and the limit over time.
 """
 
 from __future__ import annotations
@@ -86,7 +92,13 @@ def make_input(folder: Path, rows: int) -> Path:
 
 
 def write_job(
-    folder: Path, name: str, base_url: str, *, concurrency: int, max_tokens: int, limits: str = ""
+    folder: Path,
+    name: str,
+    base_url: str,
+    *,
+    concurrency: int | str,
+    max_tokens: int,
+    limits: str = "",
 ) -> Path:
     """A benchmark job file."""
     path = folder / f"{name}.toml"
@@ -104,7 +116,7 @@ seed = 1
 base_url = "{base_url}"
 timeout_s = 60
 [limits]
-concurrency = {concurrency}
+concurrency = {json.dumps(concurrency)}
 {limits}
 [retry]
 max_attempts = 8
@@ -178,10 +190,11 @@ def bench_b(folder: Path) -> None:
     )
 
 
-def bench_c(folder: Path, *, configured: bool = True) -> None:
+def bench_c(folder: Path, *, configured: bool = True, concurrency: int | str = 128) -> None:
     how = (
         "limits in the job" if configured else "no limits in the job: following x-ratelimit headers"
     )
+    how += f", concurrency {concurrency}"
     print(
         f"(c) 4,000 requests under 3,000 rpm / 600,000 tpm enforced by the server, 300 ms latency; {how}"
     )
@@ -190,9 +203,9 @@ def bench_c(folder: Path, *, configured: bool = True) -> None:
         limits = f"requests_per_minute = {rpm}\ntokens_per_minute = {tpm}" if configured else ""
         job = write_job(
             folder,
-            "c" if configured else "c2",
+            f"c-{configured}-{concurrency}",
             url,
-            concurrency=128,
+            concurrency=concurrency,
             max_tokens=max_tokens,
             limits=limits,
         )
@@ -321,7 +334,105 @@ def bench_e(folder: Path) -> None:
         )
 
 
-SCENARIOS = {"a": bench_a, "b": bench_b, "c": bench_c, "c2": bench_c2, "d": bench_d, "e": bench_e}
+def bench_c3(folder: Path) -> None:
+    bench_c(folder, concurrency="auto")
+
+
+CAPACITY = ("--slots", "8", "--token-ms", "4", "--batch-slowdown", "0.1")
+SWEEP = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 64, 128, 256)
+
+
+def _steady(output: str) -> tuple[float, float, int]:
+    """Rows/s between the 10th and 90th percentile of finish times, p50 latency (ms) of those
+    rows, and the rows that hit a timeout (error or retried)."""
+    df = pl.read_parquet(output).sort("finished_at")
+    lo, hi = int(df.height * 0.1), int(df.height * 0.9)
+    done = df["finished_at"]
+    span_s = (done[hi] - done[lo]).total_seconds()
+    middle = df[lo:hi]
+    p50 = float(middle["latency_ms"].median() or 0.0)  # type: ignore[arg-type]
+    timeouts = df.filter(pl.col("error_type") == "timeout").height
+    return (hi - lo) / span_s, p50, timeouts
+
+
+def _capacity_run(
+    folder: Path, name: str, concurrency: int | str, rows: int, *extra: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    with fake_server(*CAPACITY, *extra) as url:
+        job = write_job(folder, name, url, concurrency=concurrency, max_tokens=32)
+        r = run_client(job, make_input(folder, rows), folder)
+        stats = server_stats(url)
+    return r, stats
+
+
+def bench_f(folder: Path) -> None:
+    print("(f) auto concurrency vs a sweep of fixed ones; fake: 8 slots, 4 ms/token, +10%/request")
+    best, unloaded = 0.0, 0.0
+    for n in SWEEP:
+        rows = 150 if n == 1 else 600
+        r, stats = _capacity_run(folder, f"e{n}", n, rows)
+        rate, p50, timeouts = _steady(r["output"])
+        unloaded = unloaded or p50
+        best = max(best, rate)
+        print(
+            f"    fixed {n:>3}: {rate:6.1f} rows/s, p50 {p50:6.0f} ms ({p50 / unloaded:4.1f}x unloaded),"
+            f" timeouts {timeouts}, server peak in flight {stats['peak_in_flight']}"
+        )
+    r, stats = _capacity_run(folder, "e-auto", "auto", 3000)
+    rate, p50, timeouts = _steady(r["output"])
+    history = r["concurrency_history"]
+    limits = [limit for _, limit in history]
+    print(
+        f"    auto     : {rate:6.1f} rows/s = {rate / best:.1%} of the best fixed (target >= 90%),"
+        f" p50 {p50:.0f} ms = {p50 / unloaded:.2f}x unloaded (target <= 2x), timeouts {timeouts}"
+        f" (target 0); limit {limits[-1]} at the end, {min(limits)}-{max(limits)},"
+        f" {len(limits) - 1} changes, {r['wall_s']:.0f} s"
+    )
+    print(f"    limit over time (s: limit): {_condensed(history)}")
+
+
+def _condensed(history: list[list[float]], every_s: float = 5.0) -> str:
+    """The limit at every ``every_s`` seconds."""
+    points, limit, index = [], 0, 0
+    end = history[-1][0] if history else 0.0
+    t = 0.0
+    while t <= end + every_s:
+        while index < len(history) and history[index][0] <= t:
+            limit = int(history[index][1])
+            index += 1
+        points.append(f"{t:.0f}: {limit}")
+        t += every_s
+    return ", ".join(points)
+
+
+def bench_g(folder: Path) -> None:
+    print("(g) auto concurrency, the slots halved (8 -> 4) 30 s after the first request")
+    r, stats = _capacity_run(folder, "f-auto", "auto", 3000, "--slots-schedule", "30:4")
+    history = r["concurrency_history"]
+    _, _, timeouts = _steady(r["output"])
+    before = [limit for at, limit in history if 15 <= at < 30]
+    followed = next((at for at, limit in history if at >= 30 and limit <= 6), None)
+    after = [limit for at, limit in history if at >= 45]
+    lag = f"{followed - 30:.1f} s" if followed is not None else "never"
+    print(
+        f"    limit before {min(before, default=0)}-{max(before, default=0)}; at or under 6 {lag} after"
+        f" the halving (target <= 10 s); after {min(after, default=0)}-{max(after, default=0)};"
+        f" timeouts {timeouts} (target 0), 503s {stats['by_status'].get('503', 0)}, wall {r['wall_s']:.0f} s"
+    )
+    print(f"    limit over time (s: limit): {_condensed(history)}")
+
+
+SCENARIOS = {
+    "a": bench_a,
+    "b": bench_b,
+    "c": bench_c,
+    "c2": bench_c2,
+    "c3": bench_c3,
+    "d": bench_d,
+    "e": bench_e,
+    "f": bench_f,
+    "g": bench_g,
+}
 
 
 def main(argv: list[str]) -> int:
