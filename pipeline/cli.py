@@ -21,6 +21,7 @@ import anyio
 import structlog
 
 from pipeline import estimate, fake
+from pipeline.engines import EXIT_SHARDS_MISSING, ShardsMissing, merge_shards
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError
 from pipeline.log import configure_logging
@@ -49,7 +50,9 @@ from pipeline.runner import (
     lifecycle,
     plan_run,
     prepare_run,
+    resolve_output,
 )
+from pipeline.sources import Shard
 from pipeline.spec import JobSpec, load_job
 
 __all__ = [
@@ -59,6 +62,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_LOCKED",
     "EXIT_OK",
+    "EXIT_SHARDS_MISSING",
     "EXIT_TERMINATED",
     "EXIT_TOO_MANY_ERRORS",
     "EXIT_USER_ERROR",
@@ -113,6 +117,23 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except JobError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--shard {text!r}: ")) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1: {text!r}")
+    return value
+
+
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
@@ -126,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(commands)
     _add_estimate(commands)
     _add_report(commands)
+    _add_merge(commands)
     commands.add_parser(
         "fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False
     )
@@ -171,6 +193,18 @@ def _add_run(commands: Commands) -> None:
         metavar="FILE",
         help="model prices (JSON or TOML) over the job's and the packaged ones",
     )
+    run.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="run shard I (0-based) of N into <output>.shards/I-of-N/; `pipeline merge` joins them",
+    )
+    run.add_argument(
+        "--rate-share",
+        type=_fraction,
+        metavar="F",
+        help="a shard's part of the job's requests/min, tokens/min and max_cost_usd (default 1/N)",
+    )
 
 
 def _add_validate(commands: Commands) -> None:
@@ -203,6 +237,34 @@ def _add_report(commands: Commands) -> None:
     report.add_argument(
         "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here"
     )
+
+
+def _add_merge(commands: Commands) -> None:
+    merge = commands.add_parser(
+        "merge", help="join the complete shards of a sharded run into the one output"
+    )
+    merge.add_argument("job", type=Path, help="the job file (TOML) the shards ran")
+    merge.add_argument("--output", type=Path, help="the output the shards ran with --output")
+    merge.add_argument(
+        "--date", type=_day, help="fill {date} in the output path with this day (YYYY-MM-DD)"
+    )
+    merge.add_argument(
+        "--shards",
+        type=_positive_int,
+        metavar="N",
+        help="merge the shards of N (when shards of several counts are beside the output)",
+    )
+
+
+def _merge(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    output = args.output or resolve_output(job.output.path, job.name, run_id="", day=args.date)
+    result = merge_shards(args.job, output, count=args.shards, job=job)
+    print(f"merged {len(result.shards)} shards")
+    _print_summary(result.summary)
+    if result.exit_code != EXIT_OK:
+        print(f"finished: {result.reason}", file=sys.stderr)
+    return result.exit_code
 
 
 def _cost_line(summary: RunSummary) -> str:
@@ -301,6 +363,8 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         grace_s=args.grace_s,
         prices=args.prices,
+        shard=args.shard,
+        rate_share=args.rate_share,
     )
     prepared = prepare_run(args.job, options)
     progress = ProgressLine(sys.stderr)
@@ -363,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             return _estimate(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "merge":
+            return _merge(args)
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -370,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     except LockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except ShardsMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SHARDS_MISSING
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,6 +4,7 @@ reading earlier results back (for resume, the budget and the estimate's sample).
     schema.py    the fixed output columns, optional columns, an outcome's Arrow values
     parts.py     PartWriter: part files in ``<output>.parts/`` as a run goes, then finalize
     merge.py     merge part files and carried earlier results in input order, windowed
+    shards.py    where the results of each shard of a sharded run live
     earlier.py   DoneIndex (what earlier runs finished, by (id, request hash)), their cost
 """
 
@@ -19,6 +20,7 @@ from pipeline.results.schema import (
     TOOL_CALL,
     output_schema,
 )
+from pipeline.results.shards import shard_counts, shard_output, shards_dir
 
 __all__ = [
     "OPTIONAL_COLUMNS",
@@ -38,4 +40,7 @@ __all__ = [
     "parts_dir",
     "read_results",
     "recorded_cost",
+    "shard_counts",
+    "shard_output",
+    "shards_dir",
 ]

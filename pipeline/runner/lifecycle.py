@@ -52,8 +52,9 @@ from pipeline.manifest import (
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
 from pipeline.records import Ended, RunSummary
-from pipeline.runner.plan import RunPlan, models_of, plan_run
-from pipeline.runner.run import DEFAULT_GRACE_S, Runner
+from pipeline.runner.plan import RunPlan, models_of, plan_run, shared_limits
+from pipeline.runner.run import DEFAULT_GRACE_S, LimiterFactory, Runner
+from pipeline.sources import Shard
 from pipeline.spec import JobSpec, load_job
 from pipeline.version import __version__
 
@@ -104,6 +105,10 @@ class RunOptions:
     """On stopping, how long in-flight requests may finish."""
     prices: Path | None = None
     """A price file (JSON or TOML) over the job's and the packaged prices."""
+    shard: Shard | None = None
+    """Run only this shard of the input, into its own output beside the job's."""
+    rate_share: float | None = None
+    """A shard's part of the job's requests/min, tokens/min and budget (default 1/N)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,12 +193,16 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
         job_sha256 = file_sha256(Path(job))
     api_key = api_key_for(spec)
     prices = job_prices(spec, options.prices)
+    if options.shard is not None:
+        share = options.rate_share if options.rate_share is not None else 1 / options.shard.count
+        spec = shared_limits(spec, share)
     plan = plan_run(
         spec,
         input_path=options.input,
         output_path=options.output,
         limit=options.limit,
         day=options.date,
+        shard=options.shard,
     )
     return PreparedRun(
         job=spec,
@@ -201,7 +210,7 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
         job_sha256=job_sha256,
         plan=plan,
         prices=prices,
-        fingerprint=input_fingerprint(plan.input_path),
+        fingerprint=input_fingerprint(plan.input_path, plan.input_files),
         options=options,
         api_key=api_key,
     )
@@ -213,6 +222,7 @@ def execute_run(
     open_endpoint: EndpointOpener | None = None,
     progress: ProgressLine | None = None,
     handle_signals: bool = False,
+    limiter: LimiterFactory | None = None,
 ) -> RunResult:
     """Take the output's lock, skip an already complete output, run, write the manifest.
 
@@ -234,7 +244,7 @@ def execute_run(
         started = dt.datetime.now(dt.UTC)
         try:
             summary = anyio.run(
-                _run, prepared, open_endpoint, progress, handle_signals, backend="asyncio"
+                _run, prepared, open_endpoint, progress, handle_signals, limiter, backend="asyncio"
             )
         except OutputError as exc:
             return RunResult(
@@ -283,6 +293,7 @@ async def _run(
     open_endpoint: EndpointOpener | None,
     progress: ProgressLine | None,
     handle_signals: bool,
+    limiter: LimiterFactory | None = None,
 ) -> RunSummary:
     job, options = prepared.job, prepared.options
     opened = open_endpoint(job) if open_endpoint is not None else contextlib.nullcontext(None)
@@ -297,6 +308,7 @@ async def _run(
             grace_s=options.grace_s,
             handle_signals=handle_signals,
             prices=prepared.prices,
+            limiter=limiter,
         )
         return await runner.run()
 
@@ -376,6 +388,7 @@ def build_manifest(
         unpriced_rows=summary.unpriced_rows,
         possibly_billed_attempts=summary.possibly_billed_attempts,
         max_cost_usd=job.limits.max_cost_usd,
+        extra={"shard": plan.shard.name} if plan.shard is not None else {},
     )
 
 
