@@ -205,6 +205,23 @@ def _add_run(commands: Commands) -> None:
         metavar="F",
         help="a shard's part of the job's requests/min, tokens/min and max_cost_usd (default 1/N)",
     )
+    run.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: run --workers shards as Ray tasks under one global rate limit, then merge",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="--engine ray: shards to run (default: the cluster's CPUs)",
+    )
+    run.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="--engine ray: an existing Ray cluster (default: start Ray on this machine)",
+    )
 
 
 def _add_validate(commands: Commands) -> None:
@@ -352,6 +369,33 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_ray(args: argparse.Namespace, options: RunOptions) -> int:
+    from pipeline.engines import ray as ray_engine  # the optional extra, imported when asked for
+
+    job = load_job(args.job)
+    key = api_key_for(job)
+    configure_logging(secrets=[key] if key else [])
+    with contextlib.ExitStack() as stack:
+        base_url = None
+        if job.endpoint.is_fake:
+            config = fake.FakeConfig.from_options(**job.fake.model_dump())
+            base_url = stack.enter_context(fake.serve_in_thread(config)).base_url
+        run = ray_engine.run_on_ray(
+            args.job, options, workers=args.workers, address=args.address, base_url=base_url
+        )
+    if run.merged is None:
+        for result in run.shards:
+            state = "complete" if result.exit_code == EXIT_OK else result.reason
+            print(f"{result.output_path}: exit {result.exit_code}, {state}", file=sys.stderr)
+        print(f"stopped: {run.reason}; run the same command again to resume", file=sys.stderr)
+        return run.exit_code
+    print(f"ray: {len(run.shards)} shards merged")
+    _print_summary(run.merged.summary)
+    if run.exit_code != EXIT_OK:
+        print(f"finished: {run.reason}", file=sys.stderr)
+    return run.exit_code
+
+
 def _run(args: argparse.Namespace) -> int:
     options = RunOptions(
         input=args.input,
@@ -366,6 +410,10 @@ def _run(args: argparse.Namespace) -> int:
         shard=args.shard,
         rate_share=args.rate_share,
     )
+    if args.engine == "ray":
+        return _run_ray(args, options)
+    if args.workers is not None or args.address is not None:
+        raise JobError("--workers and --address go with --engine ray")
     prepared = prepare_run(args.job, options)
     progress = ProgressLine(sys.stderr)
     with contextlib.ExitStack() as stack:
