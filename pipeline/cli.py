@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import AsyncIterator
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import TextIO, TypeAlias, cast
+from typing import Any, TextIO, TypeAlias, cast
 
 import anyio
 import structlog
 
 from pipeline import estimate, fake
 from pipeline.engines import EXIT_SHARDS_MISSING, ShardsMissing, merge_shards
+from pipeline.engines.ray import RayRun
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError
 from pipeline.log import configure_logging
@@ -71,6 +73,7 @@ __all__ = [
     "main",
     "open_endpoint",
     "run_job",
+    "run_on_ray",
 ]
 
 log = structlog.get_logger("pipeline")
@@ -98,6 +101,42 @@ def run_job(job: str | Path | JobSpec, options: RunOptions | None = None) -> Run
     job, input or key: exit code 2) and ``LockedError`` (another run holds the output: 75).
     """
     return lifecycle.run_job(job, options, open_endpoint=open_endpoint)
+
+
+def run_on_ray(
+    job: str | Path,
+    source: str | Path | Any = None,
+    options: RunOptions | None = None,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+) -> RayRun:
+    """Run a job as ``pipeline run --engine ray`` does, from Python (a notebook).
+
+    ``source`` is the input instead of ``[input] path``: a path (file, directory, glob) or
+    a Ray Dataset (it needs ``[input] id_column``). Ray is started locally unless it
+    already runs or ``address`` names a cluster; ``workers`` shards (default: its CPUs)
+    share one global rate limit; the result holds each shard's ``RunResult`` and, once
+    all are complete, the merge (``merged.summary``, the manifest, the exit code). The
+    built-in fake server is started for ``base_url = "fake"``.
+    """
+    from pipeline.engines import ray as ray_engine  # the optional extra, imported when asked for
+
+    options = options or RunOptions()
+    dataset = None
+    if isinstance(source, str | Path):
+        options = dataclasses.replace(options, input=Path(source))
+    elif source is not None:
+        dataset = source
+    job_spec = load_job(Path(job))
+    with contextlib.ExitStack() as stack:
+        base_url = None
+        if job_spec.endpoint.is_fake:
+            config = fake.FakeConfig.from_options(**job_spec.fake.model_dump())
+            base_url = stack.enter_context(fake.serve_in_thread(config)).base_url
+        return ray_engine.run_on_ray(
+            job, options, workers=workers, address=address, base_url=base_url, dataset=dataset
+        )
 
 
 def _positive_int(text: str) -> int:
@@ -370,19 +409,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run_ray(args: argparse.Namespace, options: RunOptions) -> int:
-    from pipeline.engines import ray as ray_engine  # the optional extra, imported when asked for
-
-    job = load_job(args.job)
-    key = api_key_for(job)
+    key = api_key_for(load_job(args.job))
     configure_logging(secrets=[key] if key else [])
-    with contextlib.ExitStack() as stack:
-        base_url = None
-        if job.endpoint.is_fake:
-            config = fake.FakeConfig.from_options(**job.fake.model_dump())
-            base_url = stack.enter_context(fake.serve_in_thread(config)).base_url
-        run = ray_engine.run_on_ray(
-            args.job, options, workers=args.workers, address=args.address, base_url=base_url
-        )
+    run = run_on_ray(args.job, None, options, workers=args.workers, address=args.address)
     if run.merged is None:
         for result in run.shards:
             state = "complete" if result.exit_code == EXIT_OK else result.reason

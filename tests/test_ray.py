@@ -126,3 +126,28 @@ def test_a_killed_worker_is_retried_and_every_row_is_written_once(tmp_path: Path
     throughput = concurrency / 0.05  # one second of the worker's requests at this latency
     print(f"killed pid {killed[0]}; rows sent twice: {twice}")
     assert twice <= concurrency + throughput
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")  # Ray Data's own settings
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+def test_python_api_on_a_path_and_on_a_ray_dataset(tmp_path: Path) -> None:
+    import pipeline
+    from pipeline import RunOptions
+
+    rows = [{"review_id": f"r{i:03d}", "text": f"row {i}", "product_id": "p"} for i in range(12)]
+    source = write_parquet(tmp_path / "in.parquet", {k: [r[k] for r in rows] for k in rows[0]})
+    single = tmp_path / "single.parquet"
+    job = write_job(tmp_path, make_job(source, "fake", single))
+    assert main(["run", str(job)]) == 0
+    from_path = pipeline.run_on_ray(
+        job, tmp_path / "in.parquet", RunOptions(output=tmp_path / "p.parquet"), workers=2
+    )
+    from_dataset = pipeline.run_on_ray(
+        job, ray.data.from_items(rows), RunOptions(output=tmp_path / "d.parquet"), workers=3
+    )
+    assert from_path.exit_code == from_dataset.exit_code == 0
+    assert from_dataset.merged is not None
+    assert from_dataset.merged.summary.rows_ok == 12
+    one = pl.read_parquet(single).select(COMPARED)
+    assert one.equals(pl.read_parquet(tmp_path / "p.parquet").select(COMPARED))
+    assert one.equals(pl.read_parquet(tmp_path / "d.parquet").select(COMPARED).sort("id"))

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +143,14 @@ def run_on_ray(
     workers: int | None = None,
     address: str | None = None,
     base_url: str | None = None,
+    dataset: Any = None,
 ) -> RayRun:
     """Run ``job`` as ``workers`` shards on Ray (local, or the cluster at ``address``), then merge.
 
     ``base_url`` replaces the job's (the caller's fake server for ``base_url = "fake"``).
-    Raises ``UserError`` for a bad job (nothing started), and a shard's ``UserError`` or
-    ``LockedError`` as it is.
+    ``dataset`` (a Ray Dataset) is the input instead of the job's: written as Parquet to
+    ``<output>.input/`` first, so shards read it like any directory. Raises ``UserError``
+    for a bad job (nothing started), and a shard's ``UserError`` or ``LockedError`` as it is.
     """
     ray = import_ray()
     options = options or RunOptions()
@@ -155,6 +158,8 @@ def run_on_ray(
         raise JobError("--shard and --engine ray do not combine (Ray runs every shard)")
     started = start_ray(ray, address)
     try:
+        if dataset is not None:
+            options = _dataset_input(dataset, load_job(Path(job)), options)
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         first = prepare_run(str(job), dataclasses.replace(options, shard=Shard(0, count)))
         options = dataclasses.replace(options, output=base_output(first.job, options))
@@ -173,6 +178,20 @@ def run_on_ray(
         if started:
             ray.shutdown()
     return _finish(Path(job), spec, options, results, count)
+
+
+def _dataset_input(dataset: Any, job: JobSpec, options: RunOptions) -> RunOptions:
+    """Write a Ray Dataset as Parquet beside the output; the options that read it."""
+    if job.input.id_column is None:
+        raise JobError(
+            "[input] id_column: a Ray Dataset input needs one (its file names differ every write)"
+        )
+    output = base_output(job, options)
+    folder = output.with_name(output.name + ".input")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    dataset.write_parquet(str(folder.absolute()))
+    return dataclasses.replace(options, input=folder, output=output)
 
 
 def _result(ray: ModuleType, ref: Any) -> RunResult:
