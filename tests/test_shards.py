@@ -180,3 +180,22 @@ def test_every_row_goes_to_exactly_one_shard(sizes: list[int], count: int) -> No
             assert unit.stop is not None
             rows.extend(range(unit.start, unit.stop))
     assert sorted(rows) == list(range(start))
+
+
+def test_many_file_ids_are_relative_to_the_input_and_positions_global(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    (root / "day=02").mkdir(parents=True)
+    (root / "day=01").mkdir()
+    write_parquet(root / "day=02" / "a.parquet", {"text": ["x", "y"]})
+    write_jsonl(root / "day=01" / "b.jsonl", [{"text": "z"}, "not json"])
+    (root / ".hidden.parquet").write_text("")
+    for path in (root, tmp_path / "in" / "day=*" / "*.*"):
+        reader = open_source(path, id_column=None, value_columns=["text"], keep_columns=[])
+        rows = [row for batch in reader.batches() for row in batch]
+        assert [row.id for row in rows] == [
+            "day=01/b.jsonl:0",
+            "day=01/b.jsonl:line:2",
+            "day=02/a.parquet:0",
+            "day=02/a.parquet:1",
+        ]
+        assert [row.seq for row in rows] == [0, 1, 1 << 32, (1 << 32) + 1]

@@ -31,7 +31,14 @@ from pipeline.engines.merge import MergeResult, merge_shards
 from pipeline.errors import JobError
 from pipeline.log import configure_logging
 from pipeline.records import RateLimitInfo
-from pipeline.runner import RunOptions, RunResult, execute_run, prepare_run, resolve_output
+from pipeline.runner import (
+    EndpointOpener,
+    RunOptions,
+    RunResult,
+    execute_run,
+    prepare_run,
+    resolve_output,
+)
 from pipeline.sources import Shard
 from pipeline.spec import JobSpec, load_job
 
@@ -79,7 +86,7 @@ class RayRun:
     reason: str
 
 
-def _endpoint(url: str | None) -> Any:
+def _endpoint(url: str | None) -> EndpointOpener:
     """An ``EndpointOpener`` that yields ``url`` (the driver's fake server, or None)."""
 
     @contextlib.asynccontextmanager
