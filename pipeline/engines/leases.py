@@ -9,8 +9,9 @@
                     headers) back with its next lease, and a 429's pause to everyone at once
 
 A static 1/N split overshoots at start (N full buckets) and strands the capacity of idle
-workers; grants go to whoever is sending. A grant is about ``GRANT_S`` of the global rate
-(at least one request, at most one bucket): a worker holds at most that unused.
+workers; grants go to whoever is sending. A grant is about ``GRANT_S`` of one worker's
+share of the rate (at least one request, at most one bucket): a worker holds at most that
+unused, and leases about ``1 / GRANT_S`` times a second while it sends at its share.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.limits import DEFAULT_BURST_S, Bucket, Clock, RateLimiter, Sleep
 from pipeline.records import RateLimitInfo
 
 GRANT_S = 0.05
-"""A grant is this much of the global rate (in requests), at least one request."""
+"""A grant is this much of a worker's share of the rate (in requests), at least one request."""
 UNLIMITED_GRANT = 64
 """Requests in a grant while no limit is known (none configured, no headers seen yet)."""
 
@@ -48,11 +49,13 @@ class GlobalBuckets:
         requests_per_minute: int | None,
         tokens_per_minute: int | None,
         *,
+        workers: int = 1,
         burst_s: float = DEFAULT_BURST_S,
         clock: Clock = time.monotonic,
     ) -> None:
         self._clock = clock
         self._burst_s = burst_s
+        self._grant_s = GRANT_S / max(1, workers)
         now = clock()
         self.requests = Bucket(requests_per_minute, burst_s, now) if requests_per_minute else None
         self.tokens = Bucket(tokens_per_minute, burst_s, now) if tokens_per_minute else None
@@ -60,15 +63,17 @@ class GlobalBuckets:
         self.granted = 0
 
     def _size(self, tokens_each: int) -> int:
-        """Requests in the next grant: ``GRANT_S`` of the rate, within one bucket of each."""
+        """Requests in the next grant: ``GRANT_S`` of a worker's share, within one bucket."""
         if self.requests is None and self.tokens is None:
             return UNLIMITED_GRANT
         size = math.inf
         if self.requests is not None:
-            size = min(self.requests.rate * GRANT_S, self.requests.capacity)
+            size = min(self.requests.rate * self._grant_s, self.requests.capacity)
         if self.tokens is not None and tokens_each > 0:
             size = min(
-                size, self.tokens.rate * GRANT_S / tokens_each, self.tokens.capacity / tokens_each
+                size,
+                self.tokens.rate * self._grant_s / tokens_each,
+                self.tokens.capacity / tokens_each,
             )
         return max(1, math.floor(size)) if size != math.inf else UNLIMITED_GRANT
 

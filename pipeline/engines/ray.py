@@ -59,8 +59,10 @@ def import_ray() -> ModuleType:
 class LimiterActor:
     """The job's buckets in one Ray actor (async: calls never block one another)."""
 
-    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
-        self.buckets = GlobalBuckets(requests_per_minute, tokens_per_minute)
+    def __init__(
+        self, requests_per_minute: int | None, tokens_per_minute: int | None, workers: int
+    ) -> None:
+        self.buckets = GlobalBuckets(requests_per_minute, tokens_per_minute, workers=workers)
 
     async def lease(self, tokens_each: int, tokens_back: int, info: RateLimitInfo | None) -> Grant:
         """A worker's next grant, after folding in what it reports."""
@@ -174,7 +176,7 @@ def run_on_ray(
         task = ray.remote(num_cpus=cpus, max_retries=TASK_RETRIES)(run_shard)
         spec = load_job(Path(job))  # the job's own limits, not a shard's share
         actor = ray.remote(num_cpus=0)(LimiterActor).remote(
-            spec.limits.requests_per_minute, spec.limits.tokens_per_minute
+            spec.limits.requests_per_minute, spec.limits.tokens_per_minute, count
         )
         refs = [
             task.remote(str(job), options, Shard(i, count), actor, base_url, first.api_key)

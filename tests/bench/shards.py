@@ -177,7 +177,7 @@ def paper(cpu_ms: float, merge_rows_s: float, startup_s: float, lease_ms: float)
     cores = per_machine * cpu_ms / 1000
     send_s = rows / fleet
     merge_s = rows / merge_rows_s
-    grants_s = fleet / max(1.0, fleet * 0.05)  # one grant is 50 ms of the global rate
+    grants_s = per_machine / max(1.0, per_machine * 0.05)  # a grant: 50 ms of a worker's share
     print("(g) paper estimate: 100M rows, 32 machines, a fleet serving 50,000 requests/s")
     print(
         f"    per machine {per_machine:,.0f} requests/s x {cpu_ms:.3f} CPU-ms = {cores:.2f} cores busy"
@@ -187,7 +187,7 @@ def paper(cpu_ms: float, merge_rows_s: float, startup_s: float, lease_ms: float)
         f" {merge_s / 60:.1f} min at {merge_rows_s:,.0f} rows/s (one process, streaming)"
     )
     print(
-        f"    limiter actor: {grants_s * machines:,.0f} leases/s at most (grants of 50 ms),"
+        f"    limiter actor: {grants_s * machines:,.0f} leases/s at most (grants of 50 ms of a worker's share),"
         f" at {lease_ms:.2f} ms a call = {grants_s * machines * lease_ms / 1000:.2f} of a core"
     )
     print(f"    total about {(send_s + startup_s + merge_s) / 60:.0f} min")
