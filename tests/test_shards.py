@@ -69,6 +69,12 @@ def test_four_shards_then_merge_equal_one_process(tmp_path: Path) -> None:
     assert main(["run", str(job), "--output", str(merged)]) == 0
 
 
+def test_validate_counts_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = _job(tmp_path, _dataset(tmp_path / "in"), tmp_path / "o.parquet")
+    assert main(["validate", str(job)]) == 0
+    assert "ok: 30 rows from" in capsys.readouterr().out
+
+
 def test_shard_reads_only_its_row_groups(tmp_path: Path) -> None:
     source = _dataset(tmp_path / "in", files=2, rows=8)  # 2 files x 2 row groups
     reader = open_source(
@@ -151,6 +157,8 @@ def test_shards_take_their_share_of_the_limits(tmp_path: Path) -> None:
         (["--shard", "x"], "expected I/N"),
         (["--shard", "0/2", "--limit", "3"], "--limit cannot be combined with --shard"),
         (["--shard", "0/2", "--rate-share", "2"], "at most 1"),
+        (["--workers", "2"], "--workers and --address go with --engine ray"),
+        (["--engine", "ray", "--shard", "0/2"], "--shard and --engine ray do not combine"),
     ],
 )
 def test_bad_shard_flags_exit_2(
