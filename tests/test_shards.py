@@ -207,3 +207,15 @@ def test_many_file_ids_are_relative_to_the_input_and_positions_global(tmp_path: 
             "day=02/a.parquet:1",
         ]
         assert [row.seq for row in rows] == [0, 1, 1 << 32, (1 << 32) + 1]
+
+
+def test_more_shards_than_rows_leaves_some_empty(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"review_id": f"r{i}", "text": f"row {i}", "product_id": "p"} for i in range(2)],
+    )
+    out = tmp_path / "out.parquet"
+    job = write_job(tmp_path, make_job(path, "fake", out))
+    _shards(job, 4)
+    assert main(["merge", str(job)]) == 0
+    assert pl.read_parquet(out)["id"].to_list() == ["r0", "r1"]
