@@ -1,9 +1,10 @@
 """Asynchronous batch pipeline for OpenAI-compatible chat completions.
 
-``run_job`` runs a job from Python as ``pipeline run`` does (lock, manifest, exit code).
+``run_job`` runs a job from Python as ``pipeline run`` does (lock, manifest, exit code);
+``run_on_ray`` as ``pipeline run --engine ray`` does, on a path or a Ray Dataset.
 """
 
-from pipeline.cli import run_job
+from pipeline.cli import run_job, run_on_ray
 from pipeline.errors import PipelineError, UserError
 from pipeline.records import Outcome, PromptRow, RunSummary
 from pipeline.runner import Runner, RunOptions, RunResult, plan_run
@@ -24,4 +25,5 @@ __all__ = [
     "load_job",
     "plan_run",
     "run_job",
+    "run_on_ray",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import TextIO, TypeAlias, cast
+from typing import Any, TextIO, TypeAlias, cast
 
 import anyio
 import structlog
@@ -31,6 +32,8 @@ from pipeline.cache import (
     prune,
     uncached_reason,
 )
+from pipeline.engines import EXIT_SHARDS_MISSING, ShardsMissing, merge_shards
+from pipeline.engines.ray import RayRun
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import LockedError
 from pipeline.log import configure_logging
@@ -60,8 +63,10 @@ from pipeline.runner import (
     lifecycle,
     plan_run,
     prepare_run,
+    resolve_output,
 )
 from pipeline.runner.catchup import unfinished_days
+from pipeline.sources import Shard
 from pipeline.spec import JobSpec, load_job
 from pipeline.version import __version__
 
@@ -72,6 +77,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_LOCKED",
     "EXIT_OK",
+    "EXIT_SHARDS_MISSING",
     "EXIT_TERMINATED",
     "EXIT_TOO_MANY_ERRORS",
     "EXIT_USER_ERROR",
@@ -80,6 +86,7 @@ __all__ = [
     "main",
     "open_endpoint",
     "run_job",
+    "run_on_ray",
 ]
 
 log = structlog.get_logger("pipeline")
@@ -109,6 +116,42 @@ def run_job(job: str | Path | JobSpec, options: RunOptions | None = None) -> Run
     return lifecycle.run_job(job, options, open_endpoint=open_endpoint)
 
 
+def run_on_ray(
+    job: str | Path,
+    source: str | Path | Any = None,
+    options: RunOptions | None = None,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+) -> RayRun:
+    """Run a job as ``pipeline run --engine ray`` does, from Python (a notebook).
+
+    ``source`` is the input instead of ``[input] path``: a path (file, directory, glob) or
+    a Ray Dataset (it needs ``[input] id_column``). Ray is started locally unless it
+    already runs or ``address`` names a cluster; ``workers`` shards (default: its CPUs)
+    share one global rate limit; the result holds each shard's ``RunResult`` and, once
+    all are complete, the merge (``merged.summary``, the manifest, the exit code). The
+    built-in fake server is started for ``base_url = "fake"``.
+    """
+    from pipeline.engines import ray as ray_engine  # the optional extra, imported when asked for
+
+    options = options or RunOptions()
+    dataset = None
+    if isinstance(source, str | Path):
+        options = dataclasses.replace(options, input=Path(source))
+    elif source is not None:
+        dataset = source
+    job_spec = load_job(Path(job))
+    with contextlib.ExitStack() as stack:
+        base_url = None
+        if job_spec.endpoint.is_fake:
+            config = fake.FakeConfig.from_options(**job_spec.fake.model_dump())
+            base_url = stack.enter_context(fake.serve_in_thread(config)).base_url
+        return ray_engine.run_on_ray(
+            job, options, workers=workers, address=address, base_url=base_url, dataset=dataset
+        )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -136,6 +179,23 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except JobError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--shard {text!r}: ")) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1: {text!r}")
+    return value
+
+
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
@@ -151,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_estimate(commands)
     _add_report(commands)
     _add_cache(commands)
+    _add_merge(commands)
     commands.add_parser(
         "fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False
     )
@@ -210,6 +271,35 @@ def _add_run(commands: Commands) -> None:
         "--catch-up",
         action="store_true",
         help="first resume every earlier {date} output left unfinished, oldest first",
+    )
+    run.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="run shard I (0-based) of N into <output>.shards/I-of-N/; `pipeline merge` joins them",
+    )
+    run.add_argument(
+        "--rate-share",
+        type=_fraction,
+        metavar="F",
+        help="a shard's part of the job's requests/min, tokens/min and max_cost_usd (default 1/N)",
+    )
+    run.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: run --workers shards as Ray tasks under one global rate limit, then merge",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="--engine ray: shards to run (default: the cluster's CPUs)",
+    )
+    run.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="--engine ray: an existing Ray cluster (default: start Ray on this machine)",
     )
 
 
@@ -282,6 +372,34 @@ def _cache(args: argparse.Namespace) -> int:
     stats = cache_stats(args.path)
     print(render_cache_stats(stats))
     return EXIT_OK
+
+
+def _add_merge(commands: Commands) -> None:
+    merge = commands.add_parser(
+        "merge", help="join the complete shards of a sharded run into the one output"
+    )
+    merge.add_argument("job", type=Path, help="the job file (TOML) the shards ran")
+    merge.add_argument("--output", type=Path, help="the output the shards ran with --output")
+    merge.add_argument(
+        "--date", type=_day, help="fill {date} in the output path with this day (YYYY-MM-DD)"
+    )
+    merge.add_argument(
+        "--shards",
+        type=_positive_int,
+        metavar="N",
+        help="merge the shards of N (when shards of several counts are beside the output)",
+    )
+
+
+def _merge(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    output = args.output or resolve_output(job.output.path, job.name, run_id="", day=args.date)
+    result = merge_shards(args.job, output, count=args.shards, job=job)
+    print(f"merged {len(result.shards)} shards")
+    _print_summary(result.summary)
+    if result.exit_code != EXIT_OK:
+        print(f"finished: {result.reason}", file=sys.stderr)
+    return result.exit_code
 
 
 def _cost_line(summary: RunSummary) -> str:
@@ -445,6 +563,23 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_ray(args: argparse.Namespace, options: RunOptions) -> int:
+    key = api_key_for(load_job(args.job))
+    configure_logging(secrets=[key] if key else [])
+    run = run_on_ray(args.job, None, options, workers=args.workers, address=args.address)
+    if run.merged is None:
+        for result in run.shards:
+            state = "complete" if result.exit_code == EXIT_OK else result.reason
+            print(f"{result.output_path}: exit {result.exit_code}, {state}", file=sys.stderr)
+        print(f"stopped: {run.reason}; run the same command again to resume", file=sys.stderr)
+        return run.exit_code
+    print(f"ray: {len(run.shards)} shards merged")
+    _print_summary(run.merged.summary)
+    if run.exit_code != EXIT_OK:
+        print(f"finished: {run.reason}", file=sys.stderr)
+    return run.exit_code
+
+
 def _run(args: argparse.Namespace) -> int:
     options = RunOptions(
         input=args.input,
@@ -458,7 +593,13 @@ def _run(args: argparse.Namespace) -> int:
         prices=args.prices,
         cache=args.cache,
         no_cache=args.no_cache,
+        shard=args.shard,
+        rate_share=args.rate_share,
     )
+    if args.engine == "ray":
+        return _run_ray(args, options)
+    if args.workers is not None or args.address is not None:
+        raise JobError("--workers and --address go with --engine ray")
     if not args.catch_up:
         return _run_once(args, options)
     return _catch_up(args, options)
@@ -567,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "cache":
             return _cache(args)
+        if args.command == "merge":
+            return _merge(args)
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -574,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     except LockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except ShardsMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SHARDS_MISSING
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def input_fingerprint(path: Path) -> dict[str, Any]:
-    """What identifies an input cheaply: its resolved path, size and modification time."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def input_fingerprint(path: Path, files: Sequence[Path] = ()) -> dict[str, Any]:
+    """What identifies an input cheaply: its resolved path, size and modification time;
+    for many files (a directory, a glob) their count, total size, latest modification
+    and a digest of every file's name, size and time."""
+    if not files or list(files) == [path]:
+        stat = path.stat()
+        return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    digest = hashlib.sha256()
+    size = mtime = 0
+    for file in files:
+        stat = file.stat()
+        size, mtime = size + stat.st_size, max(mtime, stat.st_mtime_ns)
+        digest.update(f"{file.resolve()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\n".encode())
+    return {
+        "path": str(path.absolute()),
+        "files": len(files),
+        "size": size,
+        "mtime_ns": mtime,
+        "sha256": digest.hexdigest(),
+    }
 
 
 @dataclass

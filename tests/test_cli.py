@@ -251,4 +251,5 @@ def test_public_surface_is_pinned() -> None:
         "load_job",
         "plan_run",
         "run_job",
+        "run_on_ray",
     ]

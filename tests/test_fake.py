@@ -472,6 +472,15 @@ def test_stats_and_monitoring_endpoints(start: Start) -> None:
     assert served["by_status"] == {"200": 3, "400": 1}
 
 
+def test_stats_count_what_the_quota_admits_per_second(start: Start) -> None:
+    server, client = start(requests_per_minute=120, limit_window_s=1.0)  # 2 a second
+    codes = [client.post("/chat/completions", json=chat()).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    served = client.get(server.base_url.removesuffix("/v1") + "/stats").json()
+    assert sum(served["admitted_by_second"].values()) == 2
+    assert sum(served["tokens_by_second"].values()) > 0
+
+
 @pytest.mark.anyio
 async def test_serve_runs_on_the_callers_loop() -> None:
     async with (

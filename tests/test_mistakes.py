@@ -145,7 +145,7 @@ MISTAKES: list[tuple[str, Mistake, str]] = [
     ("zero-row parquet", _zero_row_parquet, "none.parquet: the input has no rows"),
     ("garbage parquet", _garbage_parquet, "not a readable Parquet file"),
     ("csv input", _csv_input, "unsupported input type '.csv'"),
-    ("directory as input", _directory_as_input, "input file not found"),
+    ("empty directory as input", _directory_as_input, "no .parquet or .jsonl files found"),
     ("log file under a file", _log_file_under_a_file, "a part of its folder is a file"),
     ("missing price file", _missing_price_file, "cannot read price file"),
     ("non-ascii header value", _non_ascii_header, "must be plain ASCII"),

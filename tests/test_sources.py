@@ -180,11 +180,14 @@ def test_missing_file(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-def test_directory_is_not_a_file(tmp_path: Path) -> None:
+def test_directory_without_inputs(tmp_path: Path) -> None:
     path = tmp_path / "dir.jsonl"
     path.mkdir()
-    with pytest.raises(InputError, match="input file not found"):
+    (path / "notes.txt").write_text("")
+    with pytest.raises(InputError, match=r"dir\.jsonl: no \.parquet or \.jsonl files found"):
         open_input(path)
+    with pytest.raises(InputError, match=r"no \.parquet or \.jsonl files found"):
+        open_input(tmp_path / "*.parquet")
 
 
 @pytest.mark.parametrize("name", ["in.csv", "in.json", "in", "in.parquet.gz"])

@@ -54,6 +54,7 @@ class FakeServer:
     def __init__(self, config: FakeConfig) -> None:
         self.config = config
         self.stats = FakeStats()
+        self._started = time.monotonic()
         self._base_url: str | None = None
         self._bearer = None if config.api_key is None else f"Bearer {config.api_key}"
         self._profile = config.profile
@@ -151,8 +152,11 @@ class FakeServer:
             )
         headers: dict[str, str] = {}
         if self._quota is not None:
-            admission = self._quota.admit(chat.cost_tokens, time.monotonic())
+            now = time.monotonic()
+            admission = self._quota.admit(chat.cost_tokens, now)
             headers = admission.headers
+            if admission.refused is None:
+                self.stats.count_admitted(now - self._started, chat.cost_tokens)
             if admission.refused is not None:
                 unit = "RPM" if admission.refused == "requests" else "TPM"
                 return _error(

@@ -33,6 +33,8 @@ class FakeStats:
     ``completions_by_seed`` by the body's ``seed``; both count well-formed 200 answers only.
     ``overflowed`` counts the requests the capacity model refused (its queue was full);
     ``peak_in_flight`` is the most chat requests ever being answered at once.
+    With a quota, ``admitted_by_second`` and ``tokens_by_second`` count the requests (and
+    their quota tokens) the quota let through in each whole second since the server started.
     """
 
     received: int = 0
@@ -49,6 +51,14 @@ class FakeStats:
     completions_by_request: Counter[str] = field(default_factory=Counter)
     completions_by_seed: Counter[int] = field(default_factory=Counter)
     requests: list[RecordedRequest] = field(default_factory=list)
+    admitted_by_second: Counter[int] = field(default_factory=Counter)
+    tokens_by_second: Counter[int] = field(default_factory=Counter)
+
+    def count_admitted(self, since_start_s: float, tokens: int) -> None:
+        """One request the quota let through, ``since_start_s`` after the server started."""
+        second = int(since_start_s)
+        self.admitted_by_second[second] += 1
+        self.tokens_by_second[second] += tokens
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (integer keys become strings)."""
@@ -66,4 +76,6 @@ class FakeStats:
             "completions_by_request": dict(self.completions_by_request),
             "completions_by_seed": {str(seed): n for seed, n in self.completions_by_seed.items()},
             "requests": [request.to_dict() for request in self.requests],
+            "admitted_by_second": {str(s): n for s, n in sorted(self.admitted_by_second.items())},
+            "tokens_by_second": {str(s): n for s, n in sorted(self.tokens_by_second.items())},
         }

@@ -5,6 +5,7 @@ reading earlier results back (for resume, the budget and the estimate's sample).
     parts.py     PartWriter: part files in ``<output>.parts/`` as a run goes, then finalize;
                  earlier results outside the output kept in ``<output>.earlier/``
     merge.py     merge part files and carried earlier results in input order, windowed
+    shards.py    where the results of each shard of a sharded run live
     earlier.py   DoneIndex (what earlier runs finished, by (id, request hash)), their cost
 """
 
@@ -27,6 +28,7 @@ from pipeline.results.schema import (
     TOOL_CALL,
     output_schema,
 )
+from pipeline.results.shards import shard_counts, shard_output, shards_dir
 
 __all__ = [
     "NOT_DONE_ERRORS",
@@ -49,4 +51,7 @@ __all__ = [
     "read_results",
     "recorded_cost",
     "resend_hint",
+    "shard_counts",
+    "shard_output",
+    "shards_dir",
 ]

@@ -80,9 +80,13 @@ def carried_pieces(path: Path, keep: bytearray, moved: dict[int, int]) -> list[P
 
 def _first_seq(piece: Piece, schema: pa.Schema) -> int:
     """The smallest input position in a piece (own parts are sorted: their first row's)."""
-    if piece.row_group is None and piece.keep is None:
+    if piece.keep is None and piece.moved is None:
         file = pq.ParquetFile(piece.path)
-        return int(file.read_row_group(0, columns=[SEQ])[SEQ][0].as_py())
+        if (
+            SEQ in file.schema_arrow.names
+        ):  # own parts and shard outputs: sorted, so the first row's
+            column = file.read_row_group(piece.row_group or 0, columns=[SEQ])[SEQ]
+            return int(column[0].as_py())
     return int(piece.load(schema)[SEQ][0].as_py())
 
 

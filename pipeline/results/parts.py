@@ -80,7 +80,8 @@ class PartWriter:
     run number and can tell its own parts from those of interrupted earlier runs.
 
     ``extra`` columns (typed by the caller, nested types included) take their values
-    from ``Outcome.extra``, kept columns from ``Outcome.keep``.
+    from ``Outcome.extra``, kept columns from ``Outcome.keep``. With ``keep_seq`` (a shard's
+    output) the merged file keeps the ``_seq`` column, to be merged again with other shards.
     """
 
     def __init__(
@@ -89,8 +90,11 @@ class PartWriter:
         keep: pa.Schema,
         extra: pa.Schema | None = None,
         optional: Sequence[str] = (),
+        *,
+        keep_seq: bool = False,
     ) -> None:
         self.output = output
+        self.keep_seq = keep_seq
         self.parts_dir = parts_dir(output)
         self.schema = output_schema(keep, optional, extra)
         self._outcome_columns = frozenset(OUTPUT_COLUMNS) | frozenset(optional)
@@ -200,9 +204,10 @@ class PartWriter:
         temp = self.output.with_name(f".{self.output.name}.tmp")
         try:
             superseded = self._archive(carried or [])
-            with pq.ParquetWriter(temp, self.schema, compression="zstd") as writer:
+            schema = self._part_schema if self.keep_seq else self.schema
+            with pq.ParquetWriter(temp, schema, compression="zstd") as writer:
                 for window in merge_pieces(pieces, self._part_schema):
-                    table = window.drop_columns([SEQ])
+                    table = window if self.keep_seq else window.drop_columns([SEQ])
                     if kept_values is not None and self._keep_names:
                         table = self._refresh_kept(table, kept_values)
                     writer.write_table(table)

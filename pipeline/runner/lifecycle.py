@@ -12,6 +12,7 @@ Exit codes (stable, documented in the README):
     6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
     8   a part of the input could not be read once sending had started (a corrupt row group);
         everything answered is checkpointed (2 when nothing had been sent yet)
+    9   ``pipeline merge``: a shard has no complete output yet; nothing was written
     75  another run is writing the same output (locked)
     130 interrupted by SIGINT (143: by SIGTERM); run the same command again to resume
 
@@ -58,8 +59,9 @@ from pipeline.progress import ProgressLine
 from pipeline.records import Ended, RunSummary
 from pipeline.redact import Scrubber
 from pipeline.results import NOT_DONE_ERRORS
-from pipeline.runner.plan import RunPlan, models_of, plan_run
-from pipeline.runner.run import DEFAULT_GRACE_S, Runner
+from pipeline.runner.plan import RunPlan, models_of, plan_run, shared_limits
+from pipeline.runner.run import DEFAULT_GRACE_S, LimiterFactory, Runner
+from pipeline.sources import Shard
 from pipeline.spec import JobSpec, load_job
 from pipeline.version import __version__
 
@@ -116,6 +118,10 @@ class RunOptions:
     """Use this response cache file (``--cache``), whatever ``[cache]`` says."""
     no_cache: bool = False
     """Use no response cache (``--no-cache``)."""
+    shard: Shard | None = None
+    """Run only this shard of the input, into its own output beside the job's."""
+    rate_share: float | None = None
+    """A shard's part of the job's requests/min, tokens/min and budget (default 1/N)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +212,16 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
         job_sha256 = file_sha256(Path(job))
     api_key = api_key_for(spec)
     prices = job_prices(spec, options.prices)
+    if options.shard is not None:
+        share = options.rate_share if options.rate_share is not None else 1 / options.shard.count
+        spec = shared_limits(spec, share)
     plan = plan_run(
         spec,
         input_path=options.input,
         output_path=options.output,
         limit=options.limit,
         day=options.date,
+        shard=options.shard,
     )
     return PreparedRun(
         job=spec,
@@ -219,7 +229,7 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
         job_sha256=job_sha256,
         plan=plan,
         prices=prices,
-        fingerprint=input_fingerprint(plan.input_path),
+        fingerprint=input_fingerprint(plan.input_path, plan.input_files),
         options=options,
         api_key=api_key,
     )
@@ -231,6 +241,7 @@ def execute_run(
     open_endpoint: EndpointOpener | None = None,
     progress: ProgressLine | None = None,
     handle_signals: bool = False,
+    limiter: LimiterFactory | None = None,
 ) -> RunResult:
     """Take the output's lock, skip an already complete output, run, write the manifest.
 
@@ -252,7 +263,7 @@ def execute_run(
         started = dt.datetime.now(dt.UTC)
         try:
             summary = anyio.run(
-                _run, prepared, open_endpoint, progress, handle_signals, backend="asyncio"
+                _run, prepared, open_endpoint, progress, handle_signals, limiter, backend="asyncio"
             )
         except OutputError as exc:
             return RunResult(
@@ -305,6 +316,7 @@ async def _run(
     open_endpoint: EndpointOpener | None,
     progress: ProgressLine | None,
     handle_signals: bool,
+    limiter: LimiterFactory | None = None,
 ) -> RunSummary:
     job, options = prepared.job, prepared.options
     opened = open_endpoint(job) if open_endpoint is not None else contextlib.nullcontext(None)
@@ -320,6 +332,7 @@ async def _run(
             handle_signals=handle_signals,
             prices=prepared.prices,
             cache_path=run_cache_path(prepared),
+            limiter=limiter,
         )
         return await runner.run()
 
@@ -420,6 +433,7 @@ def build_manifest(
         cache_hits=summary.cache_hits,
         cache_saved_usd=round(summary.cache_saved_usd, 6),
         concurrency=concurrency_record(summary),
+        extra={"shard": plan.shard.name} if plan.shard is not None else {},
     )
 
 

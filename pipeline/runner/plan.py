@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import JobError, OutputError
 from pipeline.requests import split_headers, template_fields
-from pipeline.results import RESERVED_COLUMNS
-from pipeline.sources import Source, open_source
-from pipeline.spec import JobSpec
+from pipeline.results import RESERVED_COLUMNS, shard_output
+from pipeline.sources import DatasetSource, Shard, Source, open_source
+from pipeline.spec import JobSpec, LimitsSpec
 from pipeline.structured import Extraction, load_extraction
 
 
@@ -32,6 +32,10 @@ class RunPlan:
     extraction: Extraction | None = None
     warnings: tuple[str, ...] = field(default=())
     """Things the user should hear about before the run (printed as ``warning: ...``)."""
+    shard: Shard | None = None
+    """The shard this run is (its output is the shard's, beside the job's)."""
+    input_files: tuple[Path, ...] = ()
+    """Every file of the input (all shards'), for the manifest's fingerprint."""
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -92,8 +96,10 @@ def plan_run(
     output_path: Path | None = None,
     limit: int | None = None,
     day: date | None = None,
+    shard: Shard | None = None,
 ) -> RunPlan:
-    """Open and check the input, resolve the output; raises ``UserError`` on any mistake."""
+    """Open and check the input (only the shard's share of it), resolve the output (the
+    shard's); raises ``UserError`` on any mistake."""
     extraction = load_extraction(job.request)
     taken = set(RESERVED_COLUMNS) | set(extraction.output_schema.names if extraction else ())
     clash = sorted(set(job.input.keep_columns) & taken)
@@ -109,11 +115,18 @@ def plan_run(
         value_columns=value_columns(job),
         keep_columns=job.input.keep_columns,
         batch_size=job.input.batch_size,
+        shard=shard,
     )
+    if shard is not None:
+        _check_shardable(job, output_path, limit)
     preflight = source.preflight(limit)
     run_id = new_run_id()
     output = output_path or resolve_output(job.output.path, job.name, run_id=run_id, day=day)
-    check_output(output, source_path)
+    if shard is not None:
+        output = shard_output(output, shard.name)
+    files = source.files if isinstance(source, DatasetSource) else [source_path]
+    for file in files:
+        check_output(output, file)
     warnings: list[str] = []
     if day is not None and (output_path is not None or "{date}" not in job.output.path):
         where = "--output" if output_path is not None else "[output] path"
@@ -128,6 +141,8 @@ def plan_run(
         run_id,
         extraction,
         warnings=tuple(warnings),
+        shard=shard,
+        input_files=tuple(files),
     )
 
 
@@ -142,9 +157,7 @@ def check_output(output: Path, input_path: Path) -> None:
     not a file that some other program wrote (it would be replaced). Raises ``OutputError``."""
     if output.is_dir():
         raise OutputError(f"{output}: the output path is a directory; name a .parquet file")
-    if output.exists() and (
-        output.resolve() == input_path.resolve() or output.samefile(input_path)
-    ):
+    if output.exists() and input_path.exists() and output.samefile(input_path):
         raise OutputError(f"{output}: the output path is the input file; choose another path")
     if output.suffix.lower() in _OTHER_FORMATS:
         raise OutputError(
@@ -161,6 +174,34 @@ def check_output(output: Path, input_path: Path) -> None:
             f"{output}: exists and is not a pipeline output (it would be replaced);"
             " move it away or choose another output path"
         )
+
+
+def _check_shardable(job: JobSpec, output_path: Path | None, limit: int | None) -> None:
+    """Every shard must agree on the output: no per-run placeholders, no ``--limit``."""
+    if limit is not None:
+        raise JobError("--limit cannot be combined with --shard (it counts rows of one process)")
+    if output_path is None and any(p in job.output.path for p in ("{datetime}", "{run_id}")):
+        raise JobError(
+            "[output] path: {datetime} and {run_id} differ between shards; use {date} or --output"
+        )
+
+
+def shared_limits(job: JobSpec, share: float) -> JobSpec:
+    """The job with ``share`` of its requests/min, tokens/min and budget (a shard's part)."""
+    limits = job.limits
+
+    def part(value: int | None) -> int | None:
+        return None if value is None else max(1, int(value * share))
+
+    scaled = LimitsSpec.model_validate(
+        {
+            **limits.model_dump(),
+            "requests_per_minute": part(limits.requests_per_minute),
+            "tokens_per_minute": part(limits.tokens_per_minute),
+            "max_cost_usd": None if limits.max_cost_usd is None else limits.max_cost_usd * share,
+        }
+    )
+    return job.model_copy(update={"limits": scaled})
 
 
 def models_of(job: JobSpec) -> list[str | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +43,10 @@ _ROW_BUFFER = 4096
 
 T = TypeVar("T")
 
+LimiterFactory = Callable[[], RateLimiter]
+"""Builds the run's rate limiter on its event loop (an engine's, e.g. leased from Ray's
+global limiter); by default the job's own ``RateLimiter``."""
+
 
 class Runner:
     """One run of one job."""
@@ -62,6 +66,7 @@ class Runner:
         prices: PriceTable | None = None,
         cache_path: Path | None = None,
         merge: bool = True,
+        limiter: LimiterFactory | None = None,
     ) -> None:
         job = plan.job
         if job.endpoint.is_fake and base_url is None:
@@ -80,8 +85,10 @@ class Runner:
             plan.source.keep_schema(),
             plan.extraction.output_schema if plan.extraction else None,
             optional_columns(job),
+            keep_seq=plan.shard is not None,
         )
         self.progress = progress
+        self._limiter = limiter
         self.source_name = str(plan.input_path)
         self.fresh = fresh
         self.retry_errors = retry_errors
@@ -181,10 +188,15 @@ class Runner:
         budget = None
         if limits.max_cost_usd is not None:
             budget = Budget(limits.max_cost_usd, spent_usd=self.stats.earlier_cost_usd)
+        limiter = (
+            self._limiter()
+            if self._limiter is not None
+            else RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
+        )
         sender = LiveSender(
             client,
             concurrency=self._in_flight_limit(),
-            limiter=RateLimiter(limits.requests_per_minute, limits.tokens_per_minute),
+            limiter=limiter,
             budget=budget,
             prices=self.prices,
             retry=job.retry,

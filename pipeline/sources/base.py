@@ -18,6 +18,46 @@ _ID_CHUNK = 65536
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """Which rows of one file a source reads, and how they are numbered.
+
+    ``spans`` are row ranges ``[start, stop)`` of the file (``stop`` None: to its end;
+    ``spans`` None: every row). A row's position is ``seq_base`` plus its row in the
+    file; without an id column its id is the row in the file, ``<id_prefix>:<row>``
+    when the input has many files (the file's path relative to the input).
+    """
+
+    spans: tuple[tuple[int, int | None], ...] | None = None
+    seq_base: int = 0
+    id_prefix: str | None = None
+
+    def seq(self, row: int) -> int:
+        """The input position of the file's ``row``."""
+        return self.seq_base + row
+
+    def default_id(self, row: int) -> str:
+        """The id of the file's ``row`` when the job names no id column."""
+        return f"{self.id_prefix}:{row}" if self.id_prefix else str(row)
+
+    def wanted(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """The parts of rows ``[start, stop)`` this share reads."""
+        if self.spans is None:
+            return [(start, stop)] if stop > start else []
+        parts = []
+        for lo, hi in self.spans:
+            low, high = max(lo, start), stop if hi is None else min(hi, stop)
+            if high > low:
+                parts.append((low, high))
+        return parts
+
+    def last_row(self) -> int | None:
+        """No row at or past this one is read (None: read to the end)."""
+        if self.spans is None or any(hi is None for _, hi in self.spans):
+            return None
+        return max((hi for _, hi in self.spans if hi is not None), default=0)
+
+
+@dataclass(frozen=True, slots=True)
 class Preflight:
     """What a pass over the ids found: how many rows there are."""
 
@@ -35,8 +75,10 @@ class Source(ABC):
         value_columns: list[str],
         keep_columns: list[str],
         batch_size: int,
+        share: Share | None = None,
     ) -> None:
         self.path = path
+        self.share = share or Share()
         self.id_column = id_column
         self.value_columns = list(dict.fromkeys(value_columns))
         self.keep_columns = list(keep_columns)

@@ -192,8 +192,18 @@ class JsonlSource(Source):
     def is_empty(self) -> bool:
         return next(_lines(self.path), None) is None
 
+    def _selected(self) -> Iterator[tuple[int, int, bytes]]:
+        """``(row, line number, line)`` of the rows of the share, stopping past its last."""
+        last = self.share.last_row()
+        spans = self.share.spans
+        for row, (number, line) in enumerate(_lines(self.path)):
+            if last is not None and row >= last:
+                return
+            if spans is None or any(lo <= row and (hi is None or row < hi) for lo, hi in spans):
+                yield row, number, line
+
     def count_rows(self) -> int:
-        return sum(1 for _ in _lines(self.path))
+        return sum(1 for _ in self._selected())
 
     def id_batches(self) -> Iterator[list[object]]:
         batch: list[object] = []
@@ -207,28 +217,36 @@ class JsonlSource(Source):
 
     def id_records(self) -> Iterator[tuple[str, object]]:
         assert self.id_column is not None
-        for number, line in _lines(self.path):
+        for _, number, line in self._selected():
             parsed = _parse(line)
-            value = parsed.get(self.id_column) if isinstance(parsed, dict) else f"line:{number}"
+            value = parsed.get(self.id_column) if isinstance(parsed, dict) else self._bad_id(number)
             yield f"line {number}", value
 
     def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
         rows: list[PromptRow] = []
-        for seq, (number, line) in enumerate(_lines(self.path)):
-            if limit is not None and seq >= limit:
+        for count, (row, number, line) in enumerate(self._selected()):
+            if limit is not None and count >= limit:
                 break
-            rows.append(self._row(seq, number, line))
+            rows.append(self._row(row, number, line))
             if len(rows) >= self.batch_size:
                 yield rows
                 rows = []
         if rows:
             yield rows
 
-    def _row(self, seq: int, number: int, line: bytes) -> PromptRow:
+    def _bad_id(self, number: int) -> str:
+        """The id of a line that is not a JSON object: ``line:N`` (prefixed in a many-file input)."""
+        prefix = self.share.id_prefix
+        return f"{prefix}:line:{number}" if prefix else f"line:{number}"
+
+    def _row(self, row: int, number: int, line: bytes) -> PromptRow:
         parsed = _parse(line)
+        seq = self.share.seq(row)
         if isinstance(parsed, str):
-            return PromptRow(seq=seq, id=f"line:{number}", values={}, problem=parsed, line=number)
-        row_id = parsed.get(self.id_column) if self.id_column else seq
+            return PromptRow(
+                seq=seq, id=self._bad_id(number), values={}, problem=parsed, line=number
+            )
+        row_id = parsed.get(self.id_column) if self.id_column else self.share.default_id(row)
         return PromptRow(
             seq=seq,
             id=str(row_id),

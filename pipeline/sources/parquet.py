@@ -1,4 +1,4 @@
-"""Parquet input, read in record batches of only the columns the job needs."""
+"""Parquet input, read in record batches of only the columns (and row groups) the job needs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pipeline.sources.base import Source
 
 
 class ParquetSource(Source):
-    """Streams a Parquet file batch by batch."""
+    """Streams a Parquet file batch by batch (only the row groups its share covers)."""
 
     def __init__(self, path: Path, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
@@ -32,19 +32,64 @@ class ParquetSource(Source):
         return pa.schema([self._schema.field(name) for name in self.keep_columns])
 
     def count_rows(self) -> int:
-        return int(self._file.metadata.num_rows)
+        total = int(self._file.metadata.num_rows)
+        return sum(hi - lo for lo, hi in self.share.wanted(0, total))
+
+    def _selected(
+        self, columns: list[str], batch_size: int
+    ) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """``(row in the file of the first row, batch)`` for the rows of the share, in order,
+        a row group at a time (row groups outside the share are never read; every row before
+        a corrupt group is read)."""
+        metadata = self._file.metadata
+        start = 0
+        for group in range(metadata.num_row_groups):
+            rows = metadata.row_group(group).num_rows
+            parts = self.share.wanted(start, start + rows)
+            if parts:
+                yield from self._group(group, start, rows, parts, columns, batch_size)
+            start += rows
+
+    def _group(
+        self,
+        group: int,
+        start: int,
+        rows: int,
+        parts: list[tuple[int, int]],
+        columns: list[str],
+        batch_size: int,
+    ) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """The share's parts of one row group; an unreadable group is an ``InputError``
+        naming it and its rows."""
+        offset = start
+        try:
+            batches = self._file.iter_batches(
+                batch_size=batch_size, row_groups=[group], columns=columns
+            )
+            for batch in batches:
+                end = offset + batch.num_rows
+                for lo, hi in parts:
+                    low, high = max(lo, offset), min(hi, end)
+                    if high > low:
+                        yield low, batch.slice(low - offset, high - low)
+                offset = end
+        except (OSError, pa.ArrowException) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"{self.path}: row group {group} (rows {start}-{start + rows - 1}) "
+                f"cannot be read: {detail}"
+            ) from None
 
     def id_batches(self) -> Iterator[list[object]]:
         assert self.id_column is not None
-        for batch in self._file.iter_batches(batch_size=65536, columns=[self.id_column]):
+        for _, batch in self._selected([self.id_column], 65536):
             yield batch.column(0).to_pylist()
 
     def id_records(self) -> Iterator[tuple[str, object]]:
-        index = 0
-        for values in self.id_batches():
-            for value in values:
-                yield f"row {index}", value
-                index += 1
+        assert self.id_column is not None
+        for first, batch in self._selected([self.id_column], 65536):
+            for offset, value in enumerate(batch.column(0).to_pylist()):
+                yield f"row {first + offset}", value
 
     def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
         pending: list[PromptRow] = []  # batches of ``batch_size`` across row groups
@@ -67,42 +112,26 @@ class ParquetSource(Source):
         if self.id_column:
             wanted.append(self.id_column)
         wanted = list(dict.fromkeys(wanted))
-        seq = 0
-        for batch in self._record_batches(wanted):
+        share = self.share
+        count = 0
+        for first, batch in self._selected(wanted, self.batch_size):
             columns = {name: batch.column(name).to_pylist() for name in wanted}
             rows: list[PromptRow] = []
             for i in range(batch.num_rows):
-                if limit is not None and seq >= limit:
+                if limit is not None and count >= limit:
                     break
-                row_id = columns[self.id_column][i] if self.id_column else seq
+                row = first + i
+                row_id = columns[self.id_column][i] if self.id_column else share.default_id(row)
                 rows.append(
                     PromptRow(
-                        seq=seq,
+                        seq=share.seq(row),
                         id=str(row_id),
                         values={name: columns[name][i] for name in self.value_columns},
                         keep={name: columns[name][i] for name in self.keep_columns},
                     )
                 )
-                seq += 1
-            yield rows
-            if limit is not None and seq >= limit:
+                count += 1
+            if rows:
+                yield rows
+            if limit is not None and count >= limit:
                 return
-
-    def _record_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
-        """Record batches a row group at a time (so every row before a corrupt part is
-        read); an unreadable group is an ``InputError`` naming it and its rows."""
-        metadata = self._file.metadata
-        start = 0
-        for group in range(metadata.num_row_groups):
-            rows = metadata.row_group(group).num_rows
-            try:
-                yield from self._file.iter_batches(
-                    batch_size=self.batch_size, row_groups=[group], columns=columns
-                )
-            except (OSError, pa.ArrowException) as exc:
-                detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise InputError(
-                    f"{self.path}: row group {group} (rows {start}-{start + rows - 1}) "
-                    f"cannot be read: {detail}"
-                ) from None
-            start += rows
