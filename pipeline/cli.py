@@ -36,6 +36,7 @@ from pipeline.runner import (
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_OK,
+    EXIT_PENDING,
     EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
     EXIT_USER_ERROR,
@@ -59,6 +60,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_LOCKED",
     "EXIT_OK",
+    "EXIT_PENDING",
     "EXIT_TERMINATED",
     "EXIT_TOO_MANY_ERRORS",
     "EXIT_USER_ERROR",
@@ -170,6 +172,16 @@ def _add_run(commands: Commands) -> None:
         type=Path,
         metavar="FILE",
         help="model prices (JSON or TOML) over the job's and the packaged ones",
+    )
+    run.add_argument(
+        "--batch",
+        action="store_true",
+        help="send through the provider's Batch API (as [batch] enabled = true)",
+    )
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="batch mode: submit and collect what is ready, exit 7 while batches still run",
     )
 
 
@@ -301,6 +313,8 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         grace_s=args.grace_s,
         prices=args.prices,
+        batch=args.batch,
+        no_wait=args.no_wait,
     )
     prepared = prepare_run(args.job, options)
     progress = ProgressLine(sys.stderr)
@@ -343,6 +357,8 @@ def _print_result(result: RunResult) -> int:
         )
     if not summary.complete:
         again = "raise limits.max_cost_usd and run" if summary.ended is Ended.BUDGET else "run"
+        if summary.ended is Ended.PENDING:
+            again = "batches are still running; later, run"
         print(
             f"{summary.rows_total} of {result.rows_planned} rows done; {again} the same command again to resume",
             file=sys.stderr,

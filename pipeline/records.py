@@ -170,6 +170,8 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
     cost_usd: float | None = 0.0
     possibly_billed_attempts: int = 0
+    batch_id: str | None = None
+    """The provider batch that answered the row (batch mode only)."""
 
 
 @dataclass(slots=True)
@@ -214,6 +216,8 @@ class Ended(StrEnum):
     """The endpoint refused every request (bad key, unknown model or path)."""
     BUDGET = "budget"
     """``limits.max_cost_usd`` would be passed."""
+    PENDING = "pending"
+    """Batch mode with ``--no-wait``: batches are still running; run again later."""
 
 
 @dataclass(frozen=True, slots=True)

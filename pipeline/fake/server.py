@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager, contextmanager
 import orjson
 from aiohttp import web
 
+from pipeline.fake.batches import BatchService
 from pipeline.fake.config import ContentFault, FakeConfig, Fault
 from pipeline.fake.content import (
     IncomingChat,
@@ -52,6 +53,7 @@ class FakeServer:
     def __init__(self, config: FakeConfig) -> None:
         self.config = config
         self.stats = FakeStats()
+        self.batches = BatchService(config)
         self._base_url: str | None = None
         self._bearer = None if config.api_key is None else f"Bearer {config.api_key}"
         self._profile = config.profile
@@ -86,7 +88,8 @@ class FakeServer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one HTTP request."""
         if request.method == "GET" and request.path == "/stats":
-            return _json(200, orjson.dumps(self.stats.to_dict()))
+            stats = self.stats.to_dict() | {"batches": self.batches.stats.to_dict()}
+            return _json(200, orjson.dumps(stats))
         if request.method == "GET" and request.path == "/health":
             return _json(200, _HEALTH)
         body = await request.read()
@@ -107,6 +110,11 @@ class FakeServer:
             return _error(
                 401, "Incorrect API key provided", "invalid_request_error", code="invalid_api_key"
             )
+        if self.batches.owns(request.path):
+            refusal = self._profile.check_batch_route(request.query, request.headers)
+            if refusal is not None:
+                return _refuse(refusal)
+            return await self.batches.handle(request, body)
         refusal = self._profile.check_route(
             request.method, request.path, request.query, request.headers
         )

@@ -9,6 +9,7 @@ Exit codes (stable, documented in the README):
     4   aborted: the endpoint refused every request (bad key, unknown model or path)
     5   results could not be written mid-run (disk full?); what was written is kept
     6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
+    7   pending (batch mode, ``--no-wait``): batches are still running; run the same command later
     75  another run is writing the same output (locked)
     130 interrupted by SIGINT (143: by SIGTERM); run the same command again to resume
 
@@ -54,7 +55,7 @@ from pipeline.progress import ProgressLine
 from pipeline.records import Ended, RunSummary
 from pipeline.runner.plan import RunPlan, models_of, plan_run
 from pipeline.runner.run import DEFAULT_GRACE_S, Runner
-from pipeline.spec import JobSpec, load_job
+from pipeline.spec import JobSpec, check_batch_mode, load_job
 from pipeline.version import __version__
 
 EXIT_OK = 0
@@ -64,6 +65,7 @@ EXIT_TOO_MANY_ERRORS = 3
 EXIT_ABORTED = 4
 EXIT_WRITE_FAILED = 5
 EXIT_BUDGET = 6
+EXIT_PENDING = 7
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -73,6 +75,7 @@ _ENDED_CODES = {
     Ended.TERMINATED: EXIT_TERMINATED,
     Ended.ABORTED: EXIT_ABORTED,
     Ended.BUDGET: EXIT_BUDGET,
+    Ended.PENDING: EXIT_PENDING,
 }
 
 EndpointOpener = Callable[[JobSpec], AbstractAsyncContextManager[str | None]]
@@ -104,6 +107,10 @@ class RunOptions:
     """On stopping, how long in-flight requests may finish."""
     prices: Path | None = None
     """A price file (JSON or TOML) over the job's and the packaged prices."""
+    batch: bool = False
+    """Run in batch mode (the provider's Batch API) as if ``[batch] enabled = true``."""
+    no_wait: bool = False
+    """Batch mode: submit and collect what is ready, then exit 7 while batches still run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +193,10 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
     else:
         spec, job_file = load_job(job), str(Path(job))
         job_sha256 = file_sha256(Path(job))
+    if options.batch and not spec.batch.enabled:
+        spec = _in_batch_mode(spec, job_file)
+    if options.no_wait and not spec.batch.enabled:
+        raise JobError("--no-wait: needs batch mode ([batch] enabled = true or --batch)")
     api_key = api_key_for(spec)
     prices = job_prices(spec, options.prices)
     plan = plan_run(
@@ -205,6 +216,16 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
         options=options,
         api_key=api_key,
     )
+
+
+def _in_batch_mode(spec: JobSpec, job_file: str) -> JobSpec:
+    """The job with ``[batch] enabled`` (``--batch``); a job that cannot run so is a user error."""
+    try:
+        check_batch_mode(spec)
+    except ValueError as exc:
+        raise JobError(f"{job_file}: {exc} (--batch)") from None
+    batch = spec.batch.model_copy(update={"enabled": True})
+    return spec.model_copy(update={"batch": batch})
 
 
 def execute_run(
@@ -297,6 +318,7 @@ async def _run(
             grace_s=options.grace_s,
             handle_signals=handle_signals,
             prices=prepared.prices,
+            batch_wait=not options.no_wait,
         )
         return await runner.run()
 
