@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.policy
 import hashlib
+import math
 import random
 import time
 from collections import Counter
@@ -329,8 +330,8 @@ class BatchService:
             batch.completed = int(len(batch.lines) * share)
 
     def _finish(self, batch: FakeBatch, status: str, share: float) -> None:
-        """Answer the first ``share`` of the lines; the rest are expired or cancelled."""
-        done = int(len(batch.lines) * share)
+        """Answer the first ``share`` of the lines (rounded up); the rest are expired or cancelled."""
+        done = math.ceil(len(batch.lines) * share)
         outputs: list[bytes] = []
         errors: list[bytes] = []
         batch.completed = batch.failed = 0
