@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import polars as pl
+import pytest
 
 from pipeline.cli import main
 from pipeline.fake import FakeServer
-from tests.helpers import FakeFactory, Reviews, make_job, write_job
+from tests.helpers import REPO, FakeFactory, Reviews, make_job, write_job
 
 FAST = {"batch_time_scale": 0.00005}  # an hour of batch time in 0.18 s
 BATCH = {"enabled": True, "poll_interval_s": 0.05, "max_poll_interval_s": 0.2}
@@ -120,3 +122,127 @@ def test_faulty_output_files_are_joined_on_custom_id(
     assert main(["run", str(write_job(tmp_path, live, "live.toml"))]) == 0
     by_id = dict(zip(*pl.read_parquet(live_out).select("id", "content"), strict=True))
     assert all(by_id[i] == c for i, c in zip(*ok.select("id", "content"), strict=True))
+
+
+def test_a_failed_batch_names_the_providers_error_and_leaves_its_lines_for_the_next_run(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(**FAST, batch_fail_rate=0.5, fault_seed=1)
+    output = tmp_path / "out.parquet"
+    job = batch_job(reviews(12), server, output, batch={"max_requests_per_file": 4})
+    codes = [run(tmp_path, job) for _ in range(6)]
+    assert codes[0] == 4
+    assert 0 in codes
+    frame = pl.read_parquet(output)
+    assert frame["status"].to_list() == ["ok"] * 12
+    lines_completed_once(server)
+
+
+def test_token_limit_exceeded_waits_and_splits(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(**FAST, batch_token_limit=700)
+    output = tmp_path / "out.parquet"
+    job = batch_job(reviews(20), server, output, batch={"max_requests_per_file": 10})
+    assert run(tmp_path, job) == 0
+    frame = pl.read_parquet(output)
+    assert frame["status"].to_list() == ["ok"] * 20
+    seen = lines_completed_once(server)
+    assert seen["batches_created"] > 2  # one failed with token_limit_exceeded, then smaller files
+    assert len(seen["lines_by_request"]) == 20
+
+
+def test_json_mode_reasks_go_into_follow_up_batches(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(**FAST, invalid_json_rate=0.4, fault_seed=5)
+    output = tmp_path / "out.parquet"
+    request = {"response_format": "json_object", "json_retries": 2, "max_tokens": 400}
+    job = batch_job(reviews(20), server, output, request=request)
+    assert run(tmp_path, job) == 0
+    frame = pl.read_parquet(output)
+    assert frame.height == 20
+    asked_again = frame.filter(pl.col("json_attempts") > 1)
+    assert asked_again.height > 0
+    assert frame["attempts"].to_list() == frame["json_attempts"].to_list()
+    assert frame.filter(pl.col("status") == "ok")["parsed_json"].null_count() == 0
+    # usage adds up every answer of a row; the seed is the last re-ask's
+    once = frame.filter(pl.col("json_attempts") == 1)
+    assert asked_again["prompt_tokens"].min() > once["prompt_tokens"].max()
+    assert not set(asked_again["seed"]) & set(once["seed"])
+    lines_completed_once(server)
+
+
+def test_no_wait_exits_7_until_the_output_is_complete(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(batch_time_scale=0.0002)  # a batch takes 0.72 s
+    output = tmp_path / "out.parquet"
+    job = batch_job(reviews(10), server, output)
+    assert run(tmp_path, job, "--no-wait") == 7
+    assert not output.exists()
+    assert run(tmp_path, job, "--no-wait") == 7  # still running: nothing submitted again
+    deadline = time.monotonic() + 10
+    code = 7
+    while code == 7 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        code = run(tmp_path, job, "--no-wait")
+    assert code == 0
+    assert pl.read_parquet(output).height == 10
+    assert lines_completed_once(server)["batches_created"] == 1
+    assert run(tmp_path, job, "--no-wait") == 0  # already complete
+
+
+def test_no_wait_needs_batch_mode(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server()
+    job = make_job(reviews(3), server.base_url, tmp_path / "out.parquet")
+    assert run(tmp_path, job, "--no-wait") == 2
+
+
+def test_live_then_batch_then_live_on_one_output(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(**FAST)
+    output = tmp_path / "out.parquet"
+    live = make_job(reviews(30), server.base_url, output)
+    live["batch"] = {**BATCH, "enabled": False}
+    assert run(tmp_path, live, "--limit", "10") == 0
+    assert run(tmp_path, live, "--limit", "20", "--batch") == 0
+    assert run(tmp_path, live) == 0
+    frame = pl.read_parquet(output)
+    assert frame["id"].to_list() == [f"r{i:06d}" for i in range(30)]
+    assert frame["status"].to_list() == ["ok"] * 30
+    batched = frame["batch_id"].is_not_null().to_list()
+    assert batched == [False] * 10 + [True] * 10 + [False] * 10
+    seen = stats(server)
+    live_bodies = set(seen["completions_by_request"])
+    batch_bodies = set(seen["batches"]["lines_by_request"])
+    assert len(live_bodies) == 20
+    assert len(batch_bodies) == 10
+    assert not live_bodies & batch_bodies  # nothing asked twice across modes
+    assert set(frame["request_hash"]) == live_bodies | batch_bodies  # the same hash in both modes
+
+
+def test_demo_gives_the_same_output_live_and_in_batch_mode(tmp_path: Path) -> None:
+    """Apart from batch_id, timestamps, latency, cost and the live retries' attempts."""
+    demo = (REPO / "jobs" / "demo.toml").read_text()
+    demo = demo.replace(
+        'path = "data/reviews.parquet"', f'path = "{REPO / "data/reviews.parquet"}"'
+    )
+    demo += "\n[batch]\npoll_interval_s = 0.05\nmax_poll_interval_s = 0.2\n"
+    path = tmp_path / "demo.toml"
+    path.write_text(demo)
+    live, batch = tmp_path / "live.parquet", tmp_path / "batch.parquet"
+    assert main(["run", str(path), "--limit", "120", "--output", str(live)]) == 0
+    assert main(["run", str(path), "--limit", "120", "--output", str(batch), "--batch"]) == 0
+    same = [
+        "id", "status", "content", "finish_reason", "model", "prompt_tokens",
+        "completion_tokens", "total_tokens", "cached_tokens", "seed", "request_hash",
+        "error_type", "system_fingerprint", "response_id", "product_id", "stars",
+    ]  # fmt: skip
+    live_frame, batch_frame = pl.read_parquet(live), pl.read_parquet(batch)
+    assert live_frame.select(same).equals(batch_frame.select(same))
+    assert batch_frame["batch_id"].null_count() == 0
+    assert batch_frame["cost_usd"].sum() == pytest.approx(live_frame["cost_usd"].sum() / 2)

@@ -205,11 +205,13 @@ class BatchRun:
                 self._failed(shard, batch)
             else:
                 await self._collect_lines(shard, batch)
-            if not any(seq_of(c) in self._rows.pending for c in shard.custom_ids):
-                shard.collected = True
+            # journaled once nothing of it is needed again: a failed batch answered nothing,
+            # others until every row they answered is written (a re-run replays the rest)
+            shard.collected = True
+            if shard.status == "failed" or not any(
+                seq_of(c) in self._rows.pending for c in shard.custom_ids
+            ):
                 await self._journaled("collected", shard)
-            else:
-                shard.collected = True  # for this run: its lines were read
             collected = True
         return collected
 

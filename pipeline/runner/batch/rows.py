@@ -167,7 +167,8 @@ class BatchRows:
 
     def _done(self, made: Outcome, batch_id: str | None) -> Outcome:
         del self.pending[made.seq]
-        return dataclasses.replace(made, batch_id=batch_id)
+        # a batch line has no latency of its own: the batch's time is not the request's
+        return dataclasses.replace(made, batch_id=batch_id, latency_ms=None)
 
     def _json_columns(self, value: object, json_attempts: int) -> dict[str, object]:
         if self._extraction is None:
