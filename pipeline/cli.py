@@ -205,6 +205,9 @@ def _add_estimate(commands: Commands) -> None:
         help="send the first N rows for real and extrapolate",
     )
     estimate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    estimate.add_argument(
+        "--batch", action="store_true", help="also show the cost in batch mode (Batch API prices)"
+    )
 
 
 def _add_report(commands: Commands) -> None:
@@ -277,6 +280,10 @@ def _estimate(args: argparse.Namespace) -> int:
     price = prices.lookup(sample.model if sample else None, job.request.model)
     print(f"{args.job}: {plan.input_path}, model {job.request.model}")
     print(estimate.render(estimate.extrapolate(job, count, price, sample), job))
+    if args.batch or job.batch.enabled:
+        batch_price = price.for_batch() if price is not None else None
+        batched = estimate.extrapolate(job, count, batch_price, sample)
+        print(estimate.batch_cost_line(batched, job))
     return EXIT_OK
 
 
