@@ -51,6 +51,7 @@ from pipeline.runner import (
     plan_run,
     prepare_run,
 )
+from pipeline.runner.batch import BatchLine, batch_status
 from pipeline.spec import JobSpec, load_job
 
 __all__ = [
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(commands)
     _add_estimate(commands)
     _add_report(commands)
+    _add_batch(commands)
     commands.add_parser(
         "fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False
     )
@@ -218,6 +220,39 @@ def _add_report(commands: Commands) -> None:
     report.add_argument(
         "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here"
     )
+
+
+def _add_batch(commands: Commands) -> None:
+    batch = commands.add_parser("batch", help="the provider batches of a job's output (batch mode)")
+    actions = batch.add_subparsers(dest="action", required=True)
+    for action, help_text in (
+        ("status", "print each batch: id, status, counts, created, expires"),
+        ("cancel", "cancel the running batches; the next run collects what they finished"),
+    ):
+        sub = actions.add_parser(action, help=help_text)
+        sub.add_argument("job", type=Path, help="the job file (TOML)")
+        sub.add_argument("--output", type=Path, help="the output, instead of [output] path")
+        sub.add_argument("--date", type=_day, help="fill {date} in the output path (YYYY-MM-DD)")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    api_key = api_key_for(job)
+    plan = plan_run(job, output_path=args.output, day=args.date)
+    configure_logging(secrets=[api_key] if api_key else [], level=logging.WARNING)
+
+    async def look() -> list[BatchLine]:
+        async with open_endpoint(job) as base_url:
+            return await batch_status(
+                plan, api_key=api_key, base_url=base_url, cancel=args.action == "cancel"
+            )
+
+    lines = anyio.run(look, backend="asyncio")
+    if not lines:
+        print(f"no batches submitted for {plan.output_path}")
+    for line in lines:
+        print(line.render())
+    return EXIT_OK
 
 
 def _cost_line(summary: RunSummary) -> str:
@@ -386,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             return _estimate(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "batch":
+            return _batch(args)
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,34 @@ def test_demo_gives_the_same_output_live_and_in_batch_mode(tmp_path: Path) -> No
     assert live_frame.select(same).equals(batch_frame.select(same))
     assert batch_frame["batch_id"].null_count() == 0
     assert batch_frame["cost_usd"].sum() == pytest.approx(live_frame["cost_usd"].sum() / 2)
+
+
+def test_batch_status_and_cancel(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake_server(batch_time_scale=0.002)  # an hour in 7.2 s: running while we look
+    output = tmp_path / "out.parquet"
+    job = batch_job(reviews(10), server, output, batch={"max_requests_per_file": 5})
+    path = write_job(tmp_path, job)
+    assert main(["batch", "status", str(path)]) == 0
+    assert "no batches submitted" in capsys.readouterr().out
+    assert main(["run", str(path), "--no-wait"]) == 7
+    capsys.readouterr()
+    assert main(["batch", "status", str(path)]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert len(status) == 2
+    assert all(
+        re.search(r" (validating|in_progress)  5 lines, \d completed, 0 failed  created ", s)
+        for s in status
+    )
+    time.sleep(1.0)  # some lines done (the fake answers a share by time)
+    assert main(["batch", "cancel", str(path)]) == 0
+    assert all(" cancelling " in line for line in capsys.readouterr().out.splitlines())
+    assert main(["run", str(path)]) == 4  # collects what finished; stops: batches were cancelled
+    assert "was cancelled" in capsys.readouterr().err
+    assert main(["run", str(path)]) == 0  # the rest goes into new batches
+    frame = pl.read_parquet(output)
+    assert frame["status"].to_list() == ["ok"] * 10
+    assert frame["batch_id"].n_unique() == 4
+    seen = lines_completed_once(server)
+    assert seen["batches_cancelled"] == 2

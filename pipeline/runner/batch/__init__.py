@@ -8,8 +8,17 @@ outcome functions as live mode, with the same output and resume.
     commands.py  ``pipeline batch status|cancel``
 """
 
+from pipeline.runner.batch.commands import BatchLine, batch_status
 from pipeline.runner.batch.drive import BatchRun, BatchSettings
 from pipeline.runner.batch.journal import BatchJournal, journal_path
 from pipeline.runner.batch.rows import BatchRows
 
-__all__ = ["BatchJournal", "BatchRows", "BatchRun", "BatchSettings", "journal_path"]
+__all__ = [
+    "BatchJournal",
+    "BatchLine",
+    "BatchRows",
+    "BatchRun",
+    "BatchSettings",
+    "batch_status",
+    "journal_path",
+]

@@ -205,10 +205,15 @@ class BatchRun:
                 self._failed(shard, batch)
             else:
                 await self._collect_lines(shard, batch)
+            if shard.status == "cancelled":  # by ``pipeline batch cancel``: submit no more
+                self._failure = self._failure or (
+                    f"batch {shard.batch_id} was cancelled; run again to resubmit what it did not finish"
+                )
             # journaled once nothing of it is needed again: a failed batch answered nothing,
-            # others until every row they answered is written (a re-run replays the rest)
+            # a cancelled one was stopped on purpose (its lines go into a new batch next run);
+            # others once every row they answered is written (a re-run replays the rest)
             shard.collected = True
-            if shard.status == "failed" or not any(
+            if shard.status in ("failed", "cancelled") or not any(
                 seq_of(c) in self._rows.pending for c in shard.custom_ids
             ):
                 await self._journaled("collected", shard)
