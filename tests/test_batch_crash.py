@@ -94,3 +94,29 @@ def test_kill_9_during_submission_and_polling_then_rerun(
     batch_ids = [r["batch_id"] for r in created if r.get("event") == "created"]
     assert len(batch_ids) == len(set(batch_ids)) == seen["batches_created"]
     assert stats(server)["batches"]["batches_created"] >= 15
+
+
+def test_sigint_while_polling_leaves_the_batches_running(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(batch_time_scale=0.001)  # a batch takes 3.6 s
+    output = tmp_path / "out.parquet"
+    job = batch_job(reviews(10), server, output)
+    path = write_job(tmp_path, job)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while stats(server)["batches"]["batches_created"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 130
+    seen = stats(server)["batches"]
+    assert (seen["batches_created"], seen["batches_cancelled"]) == (1, 0)
+    assert run(tmp_path, job) == 0  # re-attaches to the running batch
+    assert pl.read_parquet(output).height == 10
+    assert lines_completed_once(server)["batches_created"] == 1

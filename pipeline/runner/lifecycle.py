@@ -40,6 +40,7 @@ import anyio
 import structlog
 
 from pipeline.budget import budget_price
+from pipeline.client.batches import BatchRoutes
 from pipeline.errors import JobError, OutputError
 from pipeline.lock import OutputLock
 from pipeline.manifest import (
@@ -197,6 +198,12 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
         spec = _in_batch_mode(spec, job_file)
     if options.no_wait and not spec.batch.enabled:
         raise JobError("--no-wait: needs batch mode ([batch] enabled = true or --batch)")
+    if spec.batch.enabled and not spec.endpoint.is_fake:
+        deployment = BatchRoutes.of(spec.endpoint.base_url).deployment
+        if deployment is not None and spec.request.model != deployment:
+            raise JobError(
+                f"{job_file}: [request] model: batch lines must name the Azure deployment {deployment!r}"
+            )
     api_key = api_key_for(spec)
     prices = job_prices(spec, options.prices)
     plan = plan_run(
