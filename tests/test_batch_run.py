@@ -278,3 +278,21 @@ def test_batch_status_and_cancel(
     assert frame["batch_id"].n_unique() == 4
     seen = lines_completed_once(server)
     assert seen["batches_cancelled"] == 2
+
+
+def test_a_batch_api_refusal_stops_the_run_in_one_line(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Reviews,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = fake_server(**FAST, api_key="sk-right-key-000")
+    monkeypatch.setenv("TEST_KEY", "sk-wrong-key-111")
+    output = tmp_path / "out.parquet"
+    job = batch_job(reviews(4), server, output, endpoint={"api_key_env": "TEST_KEY"})
+    assert run(tmp_path, job) == 4
+    err = capsys.readouterr().err
+    assert "stopped: the Batch API failed: HTTP 401: POST /files: Incorrect API key" in err
+    assert "sk-wrong-key-111" not in err
+    assert "Traceback" not in err

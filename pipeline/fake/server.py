@@ -22,6 +22,10 @@ from contextlib import asynccontextmanager, contextmanager
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 
 from pipeline.fake.batches import BatchService
 from pipeline.fake.config import ContentFault, FakeConfig, Fault
@@ -285,7 +289,12 @@ async def serve(
     """Run a fake server on the running asyncio loop until the block exits."""
     server = FakeServer(config)
     runner = web.ServerRunner(
-        web.Server(server.handle, access_log=None, handler_cancellation=True),
+        web.Server(
+            server.handle,
+            access_log=None,
+            handler_cancellation=True,
+            request_factory=_large_bodies,
+        ),
         shutdown_timeout=config.latency_s + config.latency_jitter_s + 1.0,
     )
     await runner.setup()
@@ -331,6 +340,29 @@ def serve_in_thread(
     finally:
         stop()
         thread.join()
+
+
+_MAX_BODY = 210_000_000
+"""Batch input files go up to 200 MB (aiohttp's default cap is 1 MiB)."""
+
+
+def _large_bodies(
+    message: RawRequestMessage,
+    payload: StreamReader,
+    protocol: RequestHandler,
+    writer: AbstractStreamWriter,
+    task: asyncio.Task[None],
+) -> web.BaseRequest:
+    """Requests that may carry a batch input file."""
+    return web.BaseRequest(
+        message,
+        payload,
+        protocol,
+        writer,
+        task,
+        asyncio.get_running_loop(),
+        client_max_size=_MAX_BODY,
+    )
 
 
 def _json(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:

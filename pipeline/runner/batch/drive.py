@@ -90,7 +90,17 @@ class BatchRun:
         """The batch objects read by the last refresh, by shard number."""
 
     async def run(self) -> None:
-        """Until every row is done, the run stops, or (``--no-wait``) batches are still running."""
+        """Until every row is done, the run stops, or (``--no-wait``) batches are still running.
+
+        A Batch API call that fails for good (after its retries) stops the run (exit 4);
+        the journal has what was done, so the next run goes on from there.
+        """
+        try:
+            await self._run()
+        except AttemptError as exc:
+            self._control.stop(Ended.ABORTED, f"the Batch API failed: {exc.message}")
+
+    async def _run(self) -> None:
         self._shards = await anyio.to_thread.run_sync(self._journal.load)
         await self._reattach([s for s in self._shards if not s.settled and s.batch_id is None])
         interval = self._spec.poll_interval_s
