@@ -18,8 +18,9 @@ def _cost(stats: RunStats) -> str:
     return f"{usd(stats.earlier_cost_usd + stats.cost_usd)}{unknown} ~{total}"
 
 
-def render(stats: RunStats, width: int = 24) -> str:
-    """``[#####.....] 500/1000 ok 498 err 2 | 85.1 req/s | 41,200 tok/min | $0.0123 ~$0.0246 | ETA 00:06``."""
+def render(stats: RunStats, width: int = 24, note: str = "") -> str:
+    """``[#####.....] 500/1000 ok 498 err 2 | 85.1 req/s | 41,200 tok/min | $0.0123 ~$0.0246 | ETA 00:06``,
+    then `` | note`` when given (batch mode: the batches by status)."""
     elapsed = max(stats.elapsed_s, 1e-9)
     fraction = stats.done / stats.total if stats.total else 1.0
     filled = int(width * min(1.0, fraction))
@@ -31,6 +32,7 @@ def render(stats: RunStats, width: int = 24) -> str:
     return (
         f"[{bar}] {stats.done:,}/{stats.total:,} ok {stats.ok:,} err {stats.error:,}"
         f" | {rate:,.1f} req/s | {tokens_per_min:,.0f} tok/min | {_cost(stats)} | ETA {eta}"
+        + (f" | {note}" if note else "")
     )
 
 
@@ -46,10 +48,10 @@ class ProgressLine:
         self.enabled = stream.isatty()
         self.shown = False
 
-    def draw(self, stats: RunStats) -> None:
+    def draw(self, stats: RunStats, note: str = "") -> None:
         """Draw the current state over the previous line."""
         if self.enabled:
-            self.stream.write("\r\x1b[2K" + render(stats))
+            self.stream.write("\r\x1b[2K" + render(stats, note=note))
             self.stream.flush()
             self.shown = True
 

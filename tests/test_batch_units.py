@@ -178,3 +178,12 @@ def test_estimate_batch_shows_live_and_batch_cost(
     assert "cost            ~$" in out
     assert "batch cost      ~$" in out
     assert "$1 in, $1 cached, $3 out per million tokens" in out
+
+
+def test_the_progress_line_shows_batches_by_status() -> None:
+    from pipeline.progress import render
+    from pipeline.records import RunStats
+
+    line = render(RunStats(total=10), note="batches 1 completed, 2 in_progress")
+    assert line.endswith(" | batches 1 completed, 2 in_progress")
+    assert "0/10" in line

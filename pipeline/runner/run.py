@@ -233,7 +233,13 @@ class Runner:
                     f"[request] model: batch lines must name the Azure deployment {deployment!r}"
                 )
             rows = self._batch_rows()
-            await self._admit_rows(rows, earlier)
+            reuse = None
+            if earlier is not None:
+                reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
+            unbuildable = await rows.admit_all(
+                self.plan.source.batches(self.plan.limit), self.models, reuse
+            )
+            await self._write_now(unbuildable)
             settings = BatchSettings(
                 job.name, self.plan.run_id, job.batch, job.retry, wait=self.batch_wait
             )
@@ -268,31 +274,15 @@ class Runner:
             default_model=job.request.model,
         )
 
-    async def _admit_rows(self, rows: BatchRows, earlier: DoneIndex | None) -> None:
-        """Every input row, for every model: an error row, reused, or pending."""
-        reuse = None
-        if earlier is not None:
-            reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
-        batches = self.plan.source.batches(self.plan.limit)
-        unbuildable: list[Outcome] = []
-        while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
-            for row in batch:
-                for index, model in enumerate(self.models):
-                    seq = row.seq * len(self.models) + index
-                    made = await rows.admit(row, seq, model, reuse)
-                    if made is not None:
-                        unbuildable.append(made)
-        await self._write_now(unbuildable)
-
     async def _write_now(self, outcomes: list[Outcome]) -> None:
         """Write outcomes as one part file before going on (batch mode)."""
         for outcome in outcomes:
             self.stats.count_written(outcome)
         await anyio.to_thread.run_sync(self.writer.write_part, outcomes)
 
-    def _draw_once(self) -> None:
+    def _draw_once(self, note: str) -> None:
         if self.progress is not None and self.progress.enabled:
-            self.progress.draw(self.stats)
+            self.progress.draw(self.stats, note)
 
     async def _watch_signals(self) -> None:
         """First SIGINT/SIGTERM: stop gracefully. Second: cancel in-flight requests now."""

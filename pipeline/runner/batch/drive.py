@@ -71,7 +71,7 @@ class BatchRun:
         journal: BatchJournal,
         control: RunControl,
         write: Callable[[list[Outcome]], Awaitable[None]],
-        on_poll: Callable[[], None],
+        on_poll: Callable[[str], None],
     ) -> None:
         self._settings = settings
         self._spec = settings.batch
@@ -318,4 +318,6 @@ class BatchRun:
             running=len(active),
             rows_pending=len(self._rows.pending),
         )
-        self._on_poll()
+        self._on_poll(
+            "batches " + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        )

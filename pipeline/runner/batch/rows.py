@@ -11,7 +11,10 @@ unfinished line (resubmitted up to ``max_resubmits``). Rows end only through
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import anyio
 
 from pipeline.cost import reply_cost
 from pipeline.errors import AnswerError, AttemptError, BadRowError, RequestTimeout
@@ -82,6 +85,20 @@ class BatchRows:
         if reuse is None or not reuse.take(row.id, seq, request.request_hash):
             self.pending[seq] = BatchRow(where, request, request.request_hash)
         return None
+
+    async def admit_all(
+        self, batches: Iterator[list[PromptRow]], models: list[str | None], reuse: Reuse | None
+    ) -> list[Outcome]:
+        """Every input row (batches read off the event loop), for every model; the error
+        rows of those that cannot become requests."""
+        unbuildable: list[Outcome] = []
+        while (batch := await anyio.to_thread.run_sync(next, batches, None)) is not None:
+            for row in batch:
+                for index, model in enumerate(models):
+                    made = await self.admit(row, row.seq * len(models) + index, model, reuse)
+                    if made is not None:
+                        unbuildable.append(made)
+        return unbuildable
 
     def row_of(self, line_id: str, seq: int) -> BatchRow | None:
         """The pending row this line asks for now (None: done, or an older ask)."""
