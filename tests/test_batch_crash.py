@@ -35,7 +35,7 @@ def test_a_batch_created_but_not_journaled_is_found_again(
     assert pl.read_parquet(output).height == 20
     seen = lines_completed_once(server)
     assert seen["batches_created"] == 3
-    assert seen["files_deleted"] == 0
+    assert seen["files_deleted"] == 6  # only after collecting: 3 inputs, 3 outputs
     assert len(seen["lines_by_request"]) == 20
 
 
@@ -55,7 +55,7 @@ def test_a_file_uploaded_but_never_used_is_deleted(
     BatchJournal(output).intent(orphan)  # killed between upload and its journal line
     assert run(tmp_path, job) == 0
     seen = lines_completed_once(server)
-    assert seen["files_deleted"] == 1
+    assert seen["files_deleted"] == 3  # the orphan; then the batch's input and output
     assert seen["batches_created"] == 1
     files = httpx.get(server.base_url + "/files").json()["data"]
     assert upload["id"] not in [f["id"] for f in files]

@@ -52,6 +52,9 @@ def test_batch_run_writes_every_row_once(
     assert seen["batches_created"] == 3
     assert set(seen["lines_by_custom_id"].values()) == {1}
     assert len(seen["lines_by_request"]) == 30
+    # collected batches leave no files behind (providers cap them: Azure at 500)
+    assert httpx.get(server.base_url + "/files").json()["data"] == []
+    assert seen["files_deleted"] == 6  # 3 inputs, 3 outputs
 
 
 def lines_completed_once(server: FakeServer) -> dict[str, Any]:

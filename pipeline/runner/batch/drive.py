@@ -227,8 +227,21 @@ class BatchRun:
                 seq_of(c) in self._rows.pending for c in shard.custom_ids
             ):
                 await self._journaled("collected", shard)
+                await self._delete_files(shard, batch)
             collected = True
         return collected
+
+    async def _delete_files(self, shard: Shard, batch: dict[str, Any]) -> None:
+        """A collected batch's input, output and error files are deleted (best effort):
+        providers cap the files an account holds (Azure: 500)."""
+        ids = [shard.file_id, batch.get("output_file_id"), batch.get("error_file_id")]
+        for file_id in ids:
+            if not file_id:
+                continue
+            try:
+                await self._client.delete_file(str(file_id))
+            except AttemptError as exc:
+                log.warning("batch.file_not_deleted", file_id=file_id, error=exc.message)
 
     def _failed(self, shard: Shard, batch: dict[str, Any]) -> None:
         """A failed batch: its lines are not done; the enqueued-token limit waits and splits."""

@@ -188,6 +188,4 @@ class BatchRows:
         return dataclasses.replace(made, batch_id=batch_id, latency_ms=None)
 
     def _json_columns(self, value: object, json_attempts: int) -> dict[str, object]:
-        if self._extraction is None:
-            return {}
-        return {self._extraction.column.name: value, "json_attempts": json_attempts}
+        return outcome.json_columns(self._extraction, value, json_attempts)
