@@ -95,6 +95,9 @@ def test_the_journal_survives_a_torn_last_line(tmp_path: Path) -> None:
     (shard,) = journal.load()
     assert (shard.file_id, shard.batch_id, shard.collected) == ("file-1", "batch-1", False)
     assert shard.custom_ids == ["0-0-a", "1-0-b"]
+    journal.event("collected", 1)  # appended after the torn line was cut off
+    (shard,) = journal.load()
+    assert shard.collected
 
 
 def test_azure_routes_and_deployment() -> None:

@@ -67,6 +67,11 @@ class BatchJournal:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return []
+        if raw and not raw.endswith(b"\n"):  # torn by a crash mid-append: cut it off, so
+            raw = raw[: raw.rfind(b"\n") + 1]  # the next record starts on a line of its own
+            with self.path.open("r+b") as handle:
+                handle.truncate(len(raw))
+                os.fsync(handle.fileno())
         for line in raw.splitlines():
             try:
                 record = orjson.loads(line)
