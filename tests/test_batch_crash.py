@@ -120,3 +120,27 @@ def test_sigint_while_polling_leaves_the_batches_running(
     assert run(tmp_path, job) == 0  # re-attaches to the running batch
     assert pl.read_parquet(output).height == 10
     assert lines_completed_once(server)["batches_created"] == 1
+
+
+def test_two_outputs_of_one_job_find_only_their_own_batches(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    """Another {date} of the same job and input submits an identical file: the output's
+    digest in the metadata tells them apart when re-attaching."""
+    server = fake_server(batch_time_scale=0.0005)
+    source = reviews(6)
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    job = batch_job(source, server, first)
+    assert run(tmp_path, job, "--no-wait") == 7
+    assert run(tmp_path, job, "--no-wait", "--output", str(second)) == 7
+    journal = journal_path(second)
+    kept = [line for line in journal.read_bytes().splitlines() if b'"created"' not in line]
+    journal.write_bytes(b"\n".join(kept) + b"\n")
+    assert run(tmp_path, job, "--output", str(second)) == 0
+    assert run(tmp_path, job) == 0
+    ids = {pl.read_parquet(p)["batch_id"].unique().item() for p in (first, second)}
+    assert len(ids) == 2
+    # two outputs ask the same lines once each (a new output is new work), in two batches
+    seen = stats(server)["batches"]
+    assert seen["batches_created"] == 2
+    assert set(seen["lines_by_request"].values()) == {2}

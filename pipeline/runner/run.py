@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import time
 from collections.abc import Iterator
@@ -241,7 +242,12 @@ class Runner:
             )
             await self._write_now(unbuildable)
             settings = BatchSettings(
-                job.name, self.plan.run_id, job.batch, job.retry, wait=self.batch_wait
+                job.name,
+                self.plan.run_id,
+                hashlib.sha256(str(self.plan.output_path.resolve()).encode()).hexdigest()[:16],
+                job.batch,
+                job.retry,
+                wait=self.batch_wait,
             )
             run = BatchRun(
                 settings,

@@ -54,6 +54,9 @@ class BatchSettings:
 
     job_name: str
     run_id: str
+    output: str
+    """Which output the batches are for (a digest of its path): two outputs of one job with
+    the same input (another ``{date}``) submit identical files, told apart by this."""
     batch: BatchSpec
     retry: RetrySpec
     wait: bool
@@ -165,7 +168,8 @@ class BatchRun:
             data = [b for b in page.get("data") or [] if isinstance(b, dict)]
             for batch in data:
                 meta = batch.get("metadata") or {}
-                if meta.get("job") == self._settings.job_name:
+                ours = (meta.get("job"), meta.get("output"))
+                if ours == (self._settings.job_name, self._settings.output):
                     found.setdefault((str(meta.get("shard")), str(meta.get("digest"))), batch)
             oldest = min((b.get("created_at") or 0 for b in data), default=0)
             if not page.get("has_more") or not data or oldest < since:
@@ -307,6 +311,7 @@ class BatchRun:
         metadata = {
             "job": self._settings.job_name,
             "run_id": self._settings.run_id,
+            "output": self._settings.output,
             "shard": str(number),
             "digest": digest,
         }
