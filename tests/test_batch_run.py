@@ -299,3 +299,21 @@ def test_a_batch_api_refusal_stops_the_run_in_one_line(
     assert "stopped: the Batch API failed: HTTP 401: POST /files: Incorrect API key" in err
     assert "sk-wrong-key-111" not in err
     assert "Traceback" not in err
+
+
+def test_the_extraction_example_runs_in_batch_mode(tmp_path: Path) -> None:
+    """JSON Schema mode: typed ``parsed`` column; invalid or mismatching answers re-asked."""
+    text = (REPO / "jobs" / "extract_reviews.toml").read_text()
+    text = text.replace('"data/', f'"{REPO}/data/').replace(
+        '"jobs/schemas', f'"{REPO}/jobs/schemas'
+    )
+    path = tmp_path / "extract.toml"
+    path.write_text(text + "\n[batch]\npoll_interval_s = 0.05\nmax_poll_interval_s = 0.2\n")
+    output = tmp_path / "out.parquet"
+    assert main(["run", str(path), "--batch", "--limit", "60", "--output", str(output)]) == 0
+    frame = pl.read_parquet(output)
+    assert frame.height == 60
+    assert isinstance(frame.schema["parsed"], pl.Struct)
+    assert frame.filter(pl.col("status") == "ok")["parsed"].null_count() == 0
+    assert frame["json_attempts"].max() > 1
+    assert frame["batch_id"].n_unique() > 1  # follow-up batches for the re-asks

@@ -89,8 +89,13 @@ class LineEngine:
             )
             return refusal.status, orjson.loads(error)
         fault = None
-        if chat.response_format is not None and self._rng.random() < self.config.invalid_json_rate:
-            fault = ContentFault.INVALID_JSON
+        wanted = chat.response_format
+        if wanted is not None:  # the content faults, as on the live route
+            invalid, mismatch = self._rng.random(), self._rng.random()
+            if invalid < self.config.invalid_json_rate:
+                fault = ContentFault.INVALID_JSON
+            elif wanted.schema is not None and mismatch < self.config.schema_mismatch_rate:
+                fault = ContentFault.SCHEMA_MISMATCH
         digest = hashlib.sha256(orjson.dumps(body)).hexdigest()
         answer = completion(chat, f"chatcmpl-{digest[:24]}", int(time.time()), fault,
                             self.config.cached_share)  # fmt: skip
