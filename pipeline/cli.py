@@ -50,6 +50,7 @@ from pipeline.runner import (
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_OK,
+    EXIT_PENDING,
     EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
     EXIT_USER_ERROR,
@@ -65,6 +66,7 @@ from pipeline.runner import (
     prepare_run,
     resolve_output,
 )
+from pipeline.runner.batch import BatchLine, batch_status
 from pipeline.runner.catchup import unfinished_days
 from pipeline.sources import Shard
 from pipeline.spec import JobSpec, load_job
@@ -77,6 +79,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_LOCKED",
     "EXIT_OK",
+    "EXIT_PENDING",
     "EXIT_SHARDS_MISSING",
     "EXIT_TERMINATED",
     "EXIT_TOO_MANY_ERRORS",
@@ -212,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_cache(commands)
     _add_merge(commands)
+    _add_batch(commands)
     commands.add_parser(
         "fake-server", help="run the built-in OpenAI-compatible fake server", add_help=False
     )
@@ -301,6 +305,16 @@ def _add_run(commands: Commands) -> None:
         metavar="ADDR",
         help="--engine ray: an existing Ray cluster (default: start Ray on this machine)",
     )
+    run.add_argument(
+        "--batch",
+        action="store_true",
+        help="send through the provider's Batch API (as [batch] enabled = true)",
+    )
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="batch mode: submit and collect what is ready, exit 7 while batches still run",
+    )
 
 
 def _add_validate(commands: Commands) -> None:
@@ -326,6 +340,9 @@ def _add_estimate(commands: Commands) -> None:
         help="send the first N rows for real and extrapolate",
     )
     estimate.add_argument("--prices", type=Path, metavar="FILE", help="model prices (JSON or TOML)")
+    estimate.add_argument(
+        "--batch", action="store_true", help="also show the cost in batch mode (Batch API prices)"
+    )
 
 
 def _add_report(commands: Commands) -> None:
@@ -400,6 +417,39 @@ def _merge(args: argparse.Namespace) -> int:
     if result.exit_code != EXIT_OK:
         print(f"finished: {result.reason}", file=sys.stderr)
     return result.exit_code
+
+
+def _add_batch(commands: Commands) -> None:
+    batch = commands.add_parser("batch", help="the provider batches of a job's output (batch mode)")
+    actions = batch.add_subparsers(dest="action", required=True)
+    for action, help_text in (
+        ("status", "print each batch: id, status, counts, created, expires"),
+        ("cancel", "cancel the running batches; the next run collects what they finished"),
+    ):
+        sub = actions.add_parser(action, help=help_text)
+        sub.add_argument("job", type=Path, help="the job file (TOML)")
+        sub.add_argument("--output", type=Path, help="the output, instead of [output] path")
+        sub.add_argument("--date", type=_day, help="fill {date} in the output path (YYYY-MM-DD)")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    api_key = api_key_for(job)
+    plan = plan_run(job, output_path=args.output, day=args.date)
+    configure_logging(secrets=[api_key] if api_key else [], level=logging.WARNING)
+
+    async def look() -> list[BatchLine]:
+        async with open_endpoint(job) as base_url:
+            return await batch_status(
+                plan, api_key=api_key, base_url=base_url, cancel=args.action == "cancel"
+            )
+
+    lines = anyio.run(look, backend="asyncio")
+    if not lines:
+        print(f"no batches submitted for {plan.output_path}")
+    for line in lines:
+        print(line.render())
+    return EXIT_OK
 
 
 def _cost_line(summary: RunSummary) -> str:
@@ -538,6 +588,10 @@ def _estimate(args: argparse.Namespace) -> int:
     price = prices.lookup(sample.model if sample else None, job.request.model)
     print(f"{args.job}: {plan.input_path}, model {job.request.model}")
     print(estimate.render(estimate.extrapolate(job, count, price, sample), job))
+    if args.batch or job.batch.enabled:
+        batch_price = price.for_batch() if price is not None else None
+        batched = estimate.extrapolate(job, count, batch_price, sample)
+        print(estimate.batch_cost_line(batched, job))
     return EXIT_OK
 
 
@@ -595,6 +649,8 @@ def _run(args: argparse.Namespace) -> int:
         no_cache=args.no_cache,
         shard=args.shard,
         rate_share=args.rate_share,
+        batch=args.batch,
+        no_wait=args.no_wait,
     )
     if args.engine == "ray":
         return _run_ray(args, options)
@@ -686,6 +742,8 @@ def _print_result(result: RunResult) -> int:
         again = "raise limits.max_cost_usd and run" if summary.ended is Ended.BUDGET else "run"
         if summary.ended is Ended.INPUT_FAILED:
             again = "repair or replace that part of the input and run"
+        if summary.ended is Ended.PENDING:
+            again = "batches are still running; later, run"
         print(
             f"{summary.rows_total} of {result.rows_planned} rows done; {again} the same command again to resume",
             file=sys.stderr,
@@ -710,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cache(args)
         if args.command == "merge":
             return _merge(args)
+        if args.command == "batch":
+            return _batch(args)
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -38,6 +38,24 @@ class Price:
     as_of: str | None = None
     source: str | None = None
     uncertain: bool = False
+    batch_input: float | None = None
+    """Batch API price of input tokens; None: half of ``input``."""
+    batch_output: float | None = None
+    """Batch API price of output tokens; None: half of ``output``."""
+
+    def for_batch(self) -> Price:
+        """The prices a Batch API answer is billed at (half the live ones unless given;
+        cached input at half its live price, never above batch input)."""
+        batch_input = self.input / 2 if self.batch_input is None else self.batch_input
+        return Price(
+            input=batch_input,
+            cached_input=min(self.cached_input / 2, batch_input),
+            output=self.output / 2 if self.batch_output is None else self.batch_output,
+            model=self.model,
+            as_of=self.as_of,
+            source=self.source,
+            uncertain=self.uncertain,
+        )
 
 
 def tokens_cost(

@@ -351,6 +351,19 @@ def _cost_line(estimate: Estimate, job: JobSpec) -> str:
     )
 
 
+def batch_cost_line(estimate: Estimate, job: JobSpec) -> str:
+    """The cost line of the same job in batch mode (``estimate`` made with batch prices)."""
+    price = estimate.price
+    if price is None or estimate.cost_typical is None:
+        return f"batch cost      unknown: no price for model {job.request.model!r}"
+    high = f" to {usd(estimate.cost_bound)}" if estimate.cost_bound is not None else ""
+    return (
+        f"batch cost      ~{usd(estimate.cost_typical)}{high}  [Batch API: ${price.input:g} in,"
+        f" ${price.cached_input:g} cached, ${price.output:g} out per million tokens;"
+        f" done within the {job.batch.completion_window} completion window]"
+    )
+
+
 def _limits_text(job: JobSpec) -> str:
     """The job's concurrency and rate limits, as the duration line quotes them."""
     limits = job.limits

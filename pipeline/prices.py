@@ -51,6 +51,8 @@ def _price(name: str, spec: PriceSpec) -> Price:
         as_of=spec.as_of,
         source=spec.source,
         uncertain=spec.uncertain,
+        batch_input=spec.batch_input,
+        batch_output=spec.batch_output,
     )
 
 

@@ -18,9 +18,10 @@ def _cost(stats: RunStats) -> str:
     return f"{usd(stats.earlier_cost_usd + stats.cost_usd)}{unknown} ~{total}"
 
 
-def render(stats: RunStats, width: int = 24) -> str:
+def render(stats: RunStats, width: int = 24, note: str = "") -> str:
     """``[#####.....] 500/1000 ok 498 err 2 | 85.1 req/s | 41,200 tok/min | $0.0123 ~$0.0246 | ETA 00:06``
-    (``| limit 12`` after the request rate with ``concurrency = "auto"``)."""
+    (``| limit 12`` after the request rate with ``concurrency = "auto"``), then `` | note``
+    when given (batch mode: the batches by status)."""
     elapsed = max(stats.elapsed_s, 1e-9)
     fraction = stats.done / stats.total if stats.total else 1.0
     filled = int(width * min(1.0, fraction))
@@ -38,6 +39,7 @@ def render(stats: RunStats, width: int = 24) -> str:
     return (
         f"[{bar}] {stats.done:,}/{stats.total:,} ok {stats.ok:,} err {stats.error:,}"
         f" | {rate:,.1f} req/s{limit} | {tokens_per_min:,.0f} tok/min | {_cost(stats)}{cache} | ETA {eta}"
+        + (f" | {note}" if note else "")
     )
 
 
@@ -53,10 +55,10 @@ class ProgressLine:
         self.enabled = stream.isatty()
         self.shown = False
 
-    def draw(self, stats: RunStats) -> None:
+    def draw(self, stats: RunStats, note: str = "") -> None:
         """Draw the current state over the previous line."""
         if self.enabled:
-            self.stream.write("\r\x1b[2K" + render(stats))
+            self.stream.write("\r\x1b[2K" + render(stats, note=note))
             self.stream.flush()
             self.shown = True
 

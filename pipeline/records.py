@@ -177,6 +177,8 @@ class Outcome:
     possibly_billed_attempts: int = 0
     cache_hit: bool = False
     cached_cost_usd: float | None = None
+    batch_id: str | None = None
+    """The provider batch that answered the row (batch mode only)."""
 
 
 @dataclass(slots=True)
@@ -223,6 +225,8 @@ class Ended(StrEnum):
     """``limits.max_cost_usd`` would be passed."""
     INPUT_FAILED = "input_failed"
     """A part of the input could not be read mid-run: checkpointed, the error names it."""
+    PENDING = "pending"
+    """Batch mode with ``--no-wait``: batches are still running; run again later."""
 
 
 @dataclass(frozen=True, slots=True)

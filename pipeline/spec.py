@@ -360,6 +360,26 @@ class PriceSpec(_Section):
     note: str | None = None
     uncertain: bool = False
     aliases: list[str] = Field(default_factory=list)
+    batch_input: NonNegativeFloat | None = None
+    batch_output: NonNegativeFloat | None = None
+
+
+class BatchSpec(_Section):
+    """Batch mode: the job sent through the provider's Batch API (files, batches, polling)."""
+
+    enabled: bool = False
+    completion_window: Literal["24h"] = "24h"
+    max_requests_per_file: int = Field(default=50_000, ge=1, le=50_000)
+    max_bytes_per_file: int = Field(default=190_000_000, ge=1024, le=200_000_000)
+    poll_interval_s: PositiveFloat = 30.0
+    max_poll_interval_s: PositiveFloat = 300.0
+    max_resubmits: NonNegativeInt = 3
+
+    @model_validator(mode="after")
+    def _poll_bounds(self) -> BatchSpec:
+        if self.max_poll_interval_s < self.poll_interval_s:
+            raise ValueError("max_poll_interval_s: must be at least poll_interval_s")
+        return self
 
 
 class CacheSpec(_Section):
@@ -393,6 +413,7 @@ class JobSpec(_Section):
     fake: FakeSpec = FakeSpec()
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
     cache: CacheSpec = CacheSpec()
+    batch: BatchSpec = BatchSpec()
 
     @model_validator(mode="after")
     def _images_need_a_prompt(self) -> JobSpec:
@@ -402,6 +423,30 @@ class JobSpec(_Section):
                 "(a messages_column row carries its own content parts)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _batch_mode_fits(self) -> JobSpec:
+        if self.batch.enabled:
+            check_batch_mode(self)
+        return self
+
+
+def check_batch_mode(job: JobSpec) -> None:
+    """Raise ``ValueError`` when the job cannot run in batch mode (``[batch] enabled`` or ``--batch``)."""
+    if job.request.stream:
+        raise ValueError(
+            "[request] stream: streaming cannot be used in batch mode (set stream = false)"
+        )
+    templated = [name for name, value in job.endpoint.headers.items() if "{" in value]
+    if templated:
+        raise ValueError(
+            f"[endpoint] headers: {templated[0]!r} is filled per row, which a batch file cannot do"
+        )
+    if job.limits.max_cost_usd is not None:
+        raise ValueError(
+            "[limits] max_cost_usd: a budget cannot stop a provider batch once submitted;"
+            " remove it in batch mode (check the cost first with pipeline estimate --batch)"
+        )
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

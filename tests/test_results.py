@@ -107,6 +107,7 @@ def test_output_columns_are_documented() -> None:
             pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
         ),
         "ttft_ms": pa.float64(),
+        "batch_id": pa.string(),
     } == OPTIONAL_COLUMNS
 
 

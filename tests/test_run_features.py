@@ -288,4 +288,4 @@ def test_header_values_from_the_row(tmp_path: Path, fake_server: FakeFactory) ->
 
 
 def test_optional_column_names_are_reserved() -> None:
-    assert set(OPTIONAL_COLUMNS) == {"choices", "tool_calls", "ttft_ms"}
+    assert set(OPTIONAL_COLUMNS) == {"choices", "tool_calls", "ttft_ms", "batch_id"}

@@ -271,6 +271,50 @@ class FakeConfig:
         ),
     )
 
+    batch_time_scale: float = field(
+        default=0.0002,
+        metadata=_about(
+            "real seconds per simulated second of a batch (0.0002: an hour in 0.72 s)",
+            bounds=_AT_LEAST_0,
+        ),
+    )
+    batch_duration_s: float = field(
+        default=3600.0,
+        metadata=_about("simulated seconds a batch takes to complete", bounds=_AT_LEAST_0),
+    )
+    batch_fail_rate: float = field(
+        default=0.0, metadata=_rate("a batch failing validation (status failed)")
+    )
+    batch_expire_share: float = field(
+        default=0.0,
+        metadata=_about(
+            "batches expire after this share of their lines (0: never)",
+            bounds=_SHARE,
+            metavar="S",
+        ),
+    )
+    batch_token_limit: int | None = field(
+        default=None,
+        metadata=_about(
+            "enqueued-token limit: a batch beyond it fails with token_limit_exceeded",
+            bounds=_AT_LEAST_1,
+        ),
+    )
+    batch_error_line_rate: float = field(default=0.0, metadata=_rate("a batch line answered 500"))
+    batch_timeout_line_rate: float = field(
+        default=0.0, metadata=_rate("a batch line failing with request_timeout")
+    )
+    batch_drop_line_rate: float = field(
+        default=0.0, metadata=_rate("a batch line missing from the output")
+    )
+    batch_string_body_rate: float = field(
+        default=0.0, metadata=_rate("a batch output line whose response.body is a JSON string")
+    )
+    batch_shuffle: bool = field(
+        default=False,
+        metadata=_about("write batch output lines in shuffled order", cli=False),
+    )
+
     def __post_init__(self) -> None:
         """Reject settings the server cannot honour."""
         for setting in fields(self):

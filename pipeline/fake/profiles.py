@@ -31,6 +31,8 @@ class HeaderRule:
 
     names: tuple[str, ...]
     values: tuple[str, ...] | None = None
+    per_request: bool = False
+    """Checked on chat requests only (a per-row header that Batch API calls cannot carry)."""
 
     def __post_init__(self) -> None:
         """Header names are matched lower-case."""
@@ -77,6 +79,10 @@ class Profile:
     """Body fields that must be present (a test's proof that ``extra_body`` went through)."""
     models: tuple[str, ...] | None = None
     """Served models; any other is 404 ``model_not_found``. None serves every model."""
+    batch_path: str | None = None
+    """Where the files and batches routes live; None: beside the chat endpoint (``base_path``)."""
+    batch_endpoint: str = "/v1/chat/completions"
+    """The ``endpoint`` a batch must name and the ``url`` of each of its lines."""
 
     def __post_init__(self) -> None:
         """Reject profiles the server cannot enforce."""
@@ -110,6 +116,34 @@ class Profile:
             problem = rule.missing(headers)
             if problem is not None:
                 return Refusal(400, problem, "missing_header")
+        return None
+
+    def check_batch_route(
+        self, query: Mapping[str, str], headers: Mapping[str, str]
+    ) -> Refusal | None:
+        """404 for a wrong query; 400 for a missing header (per-request ones aside)."""
+        for name, value in self.query.items():
+            if query.get(name) != value:
+                return Refusal(
+                    404, f"Resource not found: query parameter {name}={value} is required", "404"
+                )
+        for rule in self.headers:
+            problem = None if rule.per_request else rule.missing(headers)
+            if problem is not None:
+                return Refusal(400, problem, "missing_header")
+        return None
+
+    @property
+    def batch_root(self) -> str:
+        """The path prefix of the files and batches routes."""
+        return self.base_path if self.batch_path is None else self.batch_path
+
+    @property
+    def deployment(self) -> str | None:
+        """Azure: the deployment the chat path names (batch lines must name it in ``model``)."""
+        parts = (self.chat_path or "").split("/")
+        if "deployments" in parts:
+            return parts[parts.index("deployments") + 1]
         return None
 
     def check_body(self, fields: Collection[str], model: str) -> Refusal | None:
@@ -148,6 +182,8 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             chat_path="/openai/deployments/gpt-4o-mini/chat/completions",
             query={"api-version": "2024-10-21"},
             auth_styles=("api-key",),
+            batch_path="/openai/v1",
+            batch_endpoint="/chat/completions",
         ),
         "vectara": Profile(
             name="vectara",
@@ -177,7 +213,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             headers=(
                 HeaderRule(("x-portkey-provider", "x-portkey-virtual-key", "x-portkey-config")),
                 # optional at Portkey; required here so a test proves per-row headers arrive
-                HeaderRule(("x-portkey-trace-id",)),
+                HeaderRule(("x-portkey-trace-id",), per_request=True),
             ),
         ),
         "router": Profile(

@@ -22,7 +22,12 @@ from contextlib import asynccontextmanager, contextmanager
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 
+from pipeline.fake.batches import BatchService
 from pipeline.fake.capacity import Capacity, parse_schedule
 from pipeline.fake.config import ContentFault, FakeConfig, Fault
 from pipeline.fake.content import (
@@ -55,6 +60,7 @@ class FakeServer:
         self.config = config
         self.stats = FakeStats()
         self._started = time.monotonic()
+        self.batches = BatchService(config)
         self._base_url: str | None = None
         self._bearer = None if config.api_key is None else f"Bearer {config.api_key}"
         self._profile = config.profile
@@ -101,7 +107,8 @@ class FakeServer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one HTTP request."""
         if request.method == "GET" and request.path == "/stats":
-            return _json(200, orjson.dumps(self.stats.to_dict()))
+            stats = self.stats.to_dict() | {"batches": self.batches.stats.to_dict()}
+            return _json(200, orjson.dumps(stats))
         if request.method == "GET" and request.path == "/health":
             return _json(200, _HEALTH)
         body = await request.read()
@@ -122,6 +129,11 @@ class FakeServer:
             return _error(
                 401, "Incorrect API key provided", "invalid_request_error", code="invalid_api_key"
             )
+        if self.batches.owns(request.path):
+            refusal = self._profile.check_batch_route(request.query, request.headers)
+            if refusal is not None:
+                return _refuse(refusal)
+            return await self.batches.handle(request, body)
         refusal = self._profile.check_route(
             request.method, request.path, request.query, request.headers
         )
@@ -330,7 +342,12 @@ async def serve(
     """Run a fake server on the running asyncio loop until the block exits."""
     server = FakeServer(config)
     runner = web.ServerRunner(
-        web.Server(server.handle, access_log=None, handler_cancellation=True),
+        web.Server(
+            server.handle,
+            access_log=None,
+            handler_cancellation=True,
+            request_factory=_large_bodies,
+        ),
         shutdown_timeout=config.latency_s + config.latency_jitter_s + 1.0,
     )
     await runner.setup()
@@ -376,6 +393,29 @@ def serve_in_thread(
     finally:
         stop()
         thread.join()
+
+
+_MAX_BODY = 210_000_000
+"""Batch input files go up to 200 MB (aiohttp's default cap is 1 MiB)."""
+
+
+def _large_bodies(
+    message: RawRequestMessage,
+    payload: StreamReader,
+    protocol: RequestHandler,
+    writer: AbstractStreamWriter,
+    task: asyncio.Task[None],
+) -> web.BaseRequest:
+    """Requests that may carry a batch input file."""
+    return web.BaseRequest(
+        message,
+        payload,
+        protocol,
+        writer,
+        task,
+        asyncio.get_running_loop(),
+        client_max_size=_MAX_BODY,
+    )
 
 
 def _json(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:

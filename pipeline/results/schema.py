@@ -51,6 +51,7 @@ OPTIONAL_COLUMNS: dict[str, pa.DataType] = {
     "choices": pa.list_(pa.string()),
     "tool_calls": pa.list_(TOOL_CALL),
     "ttft_ms": pa.float64(),
+    "batch_id": pa.string(),
 }
 """Columns present only when the job asks for them; their names are reserved either way."""
 

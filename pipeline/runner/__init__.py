@@ -21,6 +21,9 @@ the order the models are listed.
     reuse.py      Reuse: results an earlier run of the same output already has
     send.py       Sender protocol; LiveSender: slot, budget, limiter, client, retries, settle
     outcome.py    the only place a reply, a ledger or an error becomes an output row
+    batch/        batch mode: the same rows (RequestPreparer, Reuse, outcome.py, PartWriter)
+                  through a provider's Batch API: journal, lines, row state, the
+                  submit/poll/collect loop, ``pipeline batch status|cancel``
 """
 
 from pipeline.runner.lifecycle import (
@@ -31,6 +34,7 @@ from pipeline.runner.lifecycle import (
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_OK,
+    EXIT_PENDING,
     EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
     EXIT_USER_ERROR,
@@ -57,6 +61,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_LOCKED",
     "EXIT_OK",
+    "EXIT_PENDING",
     "EXIT_TERMINATED",
     "EXIT_TOO_MANY_ERRORS",
     "EXIT_USER_ERROR",

@@ -211,9 +211,7 @@ class RowJourney:
 
     def _json_columns(self, value: object, json_attempts: int) -> dict[str, object]:
         """The JSON-mode columns of one outcome (none without JSON mode)."""
-        if self._extraction is None:
-            return {}
-        return {self._extraction.column.name: value, "json_attempts": json_attempts}
+        return outcome.json_columns(self._extraction, value, json_attempts)
 
 
 def _row_total(reply: Reply, ledger: Ledger, hit: Hit | None) -> tuple[Reply, float | None]:

@@ -10,6 +10,7 @@ Exit codes (stable, documented in the README):
         the first rows all failed with the same fatal error (a parameter it rejects)
     5   results could not be written mid-run (disk full?); what was written is kept
     6   budget reached: ``limits.max_cost_usd`` would be passed; checkpointed, resume with a higher one
+    7   pending (batch mode, ``--no-wait``): batches are still running; run the same command later
     8   a part of the input could not be read once sending had started (a corrupt row group);
         everything answered is checkpointed (2 when nothing had been sent yet)
     9   ``pipeline merge``: a shard has no complete output yet; nothing was written
@@ -44,6 +45,7 @@ import structlog
 
 from pipeline.budget import budget_price
 from pipeline.cache import cache_path
+from pipeline.client.batches import BatchRoutes
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.lock import OutputLock
 from pipeline.manifest import (
@@ -62,7 +64,7 @@ from pipeline.results import NOT_DONE_ERRORS
 from pipeline.runner.plan import RunPlan, models_of, plan_run, shared_limits
 from pipeline.runner.run import DEFAULT_GRACE_S, LimiterFactory, Runner
 from pipeline.sources import Shard
-from pipeline.spec import JobSpec, load_job
+from pipeline.spec import JobSpec, check_batch_mode, load_job
 from pipeline.version import __version__
 
 EXIT_OK = 0
@@ -72,6 +74,7 @@ EXIT_TOO_MANY_ERRORS = 3
 EXIT_ABORTED = 4
 EXIT_WRITE_FAILED = 5
 EXIT_BUDGET = 6
+EXIT_PENDING = 7
 EXIT_INPUT_FAILED = 8
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
@@ -83,6 +86,7 @@ _ENDED_CODES = {
     Ended.ABORTED: EXIT_ABORTED,
     Ended.BUDGET: EXIT_BUDGET,
     Ended.INPUT_FAILED: EXIT_INPUT_FAILED,
+    Ended.PENDING: EXIT_PENDING,
 }
 
 EndpointOpener = Callable[[JobSpec], AbstractAsyncContextManager[str | None]]
@@ -122,6 +126,10 @@ class RunOptions:
     """Run only this shard of the input, into its own output beside the job's."""
     rate_share: float | None = None
     """A shard's part of the job's requests/min, tokens/min and budget (default 1/N)."""
+    batch: bool = False
+    """Run in batch mode (the provider's Batch API) as if ``[batch] enabled = true``."""
+    no_wait: bool = False
+    """Batch mode: submit and collect what is ready, then exit 7 while batches still run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +218,16 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
     else:
         spec, job_file = load_job(job), str(Path(job))
         job_sha256 = file_sha256(Path(job))
+    if options.batch and not spec.batch.enabled:
+        spec = _in_batch_mode(spec, job_file)
+    if options.no_wait and not spec.batch.enabled:
+        raise JobError("--no-wait: needs batch mode ([batch] enabled = true or --batch)")
+    if spec.batch.enabled and not spec.endpoint.is_fake:
+        deployment = BatchRoutes.of(spec.endpoint.base_url).deployment
+        if deployment is not None and spec.request.model != deployment:
+            raise JobError(
+                f"{job_file}: [request] model: batch lines must name the Azure deployment {deployment!r}"
+            )
     api_key = api_key_for(spec)
     prices = job_prices(spec, options.prices)
     if options.shard is not None:
@@ -233,6 +251,16 @@ def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) ->
         options=options,
         api_key=api_key,
     )
+
+
+def _in_batch_mode(spec: JobSpec, job_file: str) -> JobSpec:
+    """The job with ``[batch] enabled`` (``--batch``); a job that cannot run so is a user error."""
+    try:
+        check_batch_mode(spec)
+    except ValueError as exc:
+        raise JobError(f"{job_file}: {exc} (--batch)") from None
+    batch = spec.batch.model_copy(update={"enabled": True})
+    return spec.model_copy(update={"batch": batch})
 
 
 def execute_run(
@@ -333,6 +361,7 @@ async def _run(
             prices=prepared.prices,
             cache_path=run_cache_path(prepared),
             limiter=limiter,
+            batch_wait=not options.no_wait,
         )
         return await runner.run()
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from pipeline.errors import AnswerError, AttemptError, BadRowError
 from pipeline.records import ChatRequest, Ledger, Outcome, PromptRow, Reply
+from pipeline.structured import Extraction
 
 
 def now() -> datetime:
@@ -35,6 +36,15 @@ class Answer:
 
     columns: dict[str, object] = field(default_factory=dict)
     error: AnswerError | None = None
+
+
+def json_columns(
+    extraction: Extraction | None, value: object, json_attempts: int
+) -> dict[str, object]:
+    """The JSON-mode columns of one outcome (none without JSON mode)."""
+    if extraction is None:
+        return {}
+    return {extraction.column.name: value, "json_attempts": json_attempts}
 
 
 def unbuildable(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pipeline.budget import Budget
 from pipeline.cache import ResponseCache, endpoint_identity, uncached_reason
 from pipeline.client import ChatClient
+from pipeline.client.batches import BatchClient
 from pipeline.concurrency import AdaptiveLimit, Change, GradientController
 from pipeline.errors import InputError, JobError, OutputError
 from pipeline.limits import RateLimiter
@@ -25,6 +27,7 @@ from pipeline.progress import ProgressLine
 from pipeline.records import Ended, Outcome, PromptRow, RunStats, RunSummary
 from pipeline.requests import RequestBuilder, split_headers
 from pipeline.results import DoneIndex, PartWriter, recorded_cost
+from pipeline.runner.batch import BatchJournal, BatchRows, BatchRun, BatchSettings, journal_path
 from pipeline.runner.control import RunControl, Stopped
 from pipeline.runner.journey import RowJourney
 from pipeline.runner.plan import RunPlan, models_of, optional_columns
@@ -67,6 +70,7 @@ class Runner:
         cache_path: Path | None = None,
         merge: bool = True,
         limiter: LimiterFactory | None = None,
+        batch_wait: bool = True,
     ) -> None:
         job = plan.job
         if job.endpoint.is_fake and base_url is None:
@@ -80,13 +84,15 @@ class Runner:
         self.stats = RunStats(total=plan.rows * len(self.models))
         self.control = RunControl(grace_s)
         self.prices = prices if prices is not None else PriceTable.for_job(job.prices)
+        batched = job.batch.enabled or journal_path(plan.output_path).exists()
         self.writer = PartWriter(
             plan.output_path,
             plan.source.keep_schema(),
             plan.extraction.output_schema if plan.extraction else None,
-            optional_columns(job),
+            optional_columns(job) + (["batch_id"] if batched else []),
             keep_seq=plan.shard is not None,
         )
+        self.batch_wait = batch_wait
         self.progress = progress
         self._limiter = limiter
         self.source_name = str(plan.input_path)
@@ -129,7 +135,10 @@ class Runner:
         )
         cache = await self._open_cache()
         try:
-            await self._run_stages(earlier, cache)
+            if job.batch.enabled:
+                await self._run_batch(earlier)
+            else:
+                await self._run_stages(earlier, cache)
         except BaseExceptionGroup as group:
             output_errors = group.subgroup(OutputError)
             if output_errors is not None and output_errors.exceptions:
@@ -293,6 +302,78 @@ class Runner:
                             )
                 await writer_done.wait()
                 tg.cancel_scope.cancel()
+
+    async def _run_batch(self, earlier: DoneIndex | None) -> None:
+        """Batch mode: every row not done through provider batches (``pipeline.runner.batch``)."""
+        job = self.plan.job
+        async with BatchClient(
+            job.endpoint,
+            api_key=self.api_key,
+            headers=split_headers(job.endpoint.headers)[0],
+            base_url=self.base_url,
+            transport=self._transport,
+        ) as client:
+            deployment = client.routes.deployment
+            if deployment is not None and job.request.model != deployment:
+                raise JobError(
+                    f"[request] model: batch lines must name the Azure deployment {deployment!r}"
+                )
+            rows = self._batch_rows()
+            reuse = None
+            if earlier is not None:
+                reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
+            unbuildable = await rows.admit_all(
+                self.plan.source.batches(self.plan.limit), self.models, reuse
+            )
+            await self._write_now(unbuildable)
+            settings = BatchSettings(
+                job.name,
+                self.plan.run_id,
+                hashlib.sha256(str(self.plan.output_path.resolve()).encode()).hexdigest()[:16],
+                job.batch,
+                job.retry,
+                wait=self.batch_wait,
+            )
+            run = BatchRun(
+                settings,
+                client=client,
+                rows=rows,
+                journal=BatchJournal(self.plan.output_path),
+                control=self.control,
+                write=self._write_now,
+                on_poll=self._draw_once,
+            )
+            async with anyio.create_task_group() as tg:
+                if self.handle_signals:
+                    tg.start_soon(self._watch_signals)
+                await run.run()
+                tg.cancel_scope.cancel()
+
+    def _batch_rows(self) -> BatchRows:
+        job, extraction = self.plan.job, self.plan.extraction
+        response_format = extraction.response_format() if extraction else None
+        return BatchRows(
+            prepare=RequestPreparer(
+                RequestBuilder.for_job(job, response_format=response_format), extraction
+            ),
+            extraction=extraction,
+            json_retries=job.request.json_retries,
+            max_resubmits=job.batch.max_resubmits,
+            prices=self.prices,
+            stats=self.stats,
+            source_name=self.source_name,
+            default_model=job.request.model,
+        )
+
+    async def _write_now(self, outcomes: list[Outcome]) -> None:
+        """Write outcomes as one part file before going on (batch mode)."""
+        for outcome in outcomes:
+            self.stats.count_written(outcome)
+        await anyio.to_thread.run_sync(self.writer.write_part, outcomes)
+
+    def _draw_once(self, note: str) -> None:
+        if self.progress is not None and self.progress.enabled:
+            self.progress.draw(self.stats, note)
 
     async def _watch_signals(self) -> None:
         """First SIGINT/SIGTERM: stop gracefully. Second: cancel in-flight requests now."""

@@ -6,8 +6,9 @@ it one HTTP request at a time::
 
     retry( in-flight slot ▸ budget ▸ limiter ▸ client ▸ settle )
 
-The batch sender (later) sends through a provider's Batch API under the same
-``Sender`` protocol, so the per-row script and the outcome functions stay one.
+Batch mode (``pipeline.runner.batch``) sends whole files through a provider's Batch
+API instead; it builds rows with the same ``RequestPreparer`` and ends them through the
+same ``outcome`` functions, so both ways write the same rows.
 """
 
 from __future__ import annotations
