@@ -261,6 +261,13 @@ def _add_run(commands: Commands) -> None:
         metavar="FILE",
         help="model prices (JSON or TOML) over the job's and the packaged ones",
     )
+    _add_run_cache_flags(run)
+    _add_run_shard_flags(run)
+    _add_run_batch_flags(run)
+
+
+def _add_run_cache_flags(run: argparse.ArgumentParser) -> None:
+    """``run``: the response cache, and catching up on unfinished nights."""
     cache_flags = run.add_mutually_exclusive_group()
     cache_flags.add_argument(
         "--cache",
@@ -276,6 +283,10 @@ def _add_run(commands: Commands) -> None:
         action="store_true",
         help="first resume every earlier {date} output left unfinished, oldest first",
     )
+
+
+def _add_run_shard_flags(run: argparse.ArgumentParser) -> None:
+    """``run``: shards and the Ray engine."""
     run.add_argument(
         "--shard",
         type=_shard,
@@ -305,6 +316,10 @@ def _add_run(commands: Commands) -> None:
         metavar="ADDR",
         help="--engine ray: an existing Ray cluster (default: start Ray on this machine)",
     )
+
+
+def _add_run_batch_flags(run: argparse.ArgumentParser) -> None:
+    """``run``: batch mode."""
     run.add_argument(
         "--batch",
         action="store_true",

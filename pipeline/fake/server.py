@@ -162,24 +162,9 @@ class FakeServer:
                 code="rate_limit_exceeded",
                 headers={"retry-after": "1"},
             )
-        headers: dict[str, str] = {}
-        if self._quota is not None:
-            now = time.monotonic()
-            admission = self._quota.admit(chat.cost_tokens, now)
-            headers = admission.headers
-            if admission.refused is None:
-                self.stats.count_admitted(now - self._started, chat.cost_tokens)
-            if admission.refused is not None:
-                unit = "RPM" if admission.refused == "requests" else "TPM"
-                return _error(
-                    429,
-                    f"Rate limit reached for {admission.refused} per min ({unit}) on {chat.model}: "
-                    f"Limit {admission.limit}, Requested {admission.requested}. "
-                    f"Please try again in {format_duration(admission.wait_ms / 1000)}.",
-                    admission.refused,
-                    code="rate_limit_exceeded",
-                    headers=headers | _retry_headers(admission.wait_ms),
-                )
+        headers, refused = self._admit(chat)
+        if refused is not None:
+            return refused
         fault = self._draw_fault() if self._faults_on else None
         content_fault = self._draw_content_fault() if self._content_faults_on else None
         if fault is Fault.DROP:
@@ -191,6 +176,28 @@ class FakeServer:
             return await self._respond(request, chat, body, fault, headers, content_fault)
         finally:
             self._in_flight -= 1
+
+    def _admit(self, chat: IncomingChat) -> tuple[dict[str, str], web.StreamResponse | None]:
+        """The quota's headers, and its 429 when it refuses the request (None: admitted)."""
+        if self._quota is None:
+            return {}, None
+        now = time.monotonic()
+        admission = self._quota.admit(chat.cost_tokens, now)
+        headers = admission.headers
+        if admission.refused is None:
+            self.stats.count_admitted(now - self._started, chat.cost_tokens)
+            return headers, None
+        unit = "RPM" if admission.refused == "requests" else "TPM"
+        refusal = _error(
+            429,
+            f"Rate limit reached for {admission.refused} per min ({unit}) on {chat.model}: "
+            f"Limit {admission.limit}, Requested {admission.requested}. "
+            f"Please try again in {format_duration(admission.wait_ms / 1000)}.",
+            admission.refused,
+            code="rate_limit_exceeded",
+            headers=headers | _retry_headers(admission.wait_ms),
+        )
+        return headers, refusal
 
     async def _respond(
         self,
@@ -210,21 +217,9 @@ class FakeServer:
         if fault is Fault.HANG:
             await self._hang()
             return None
-        if fault is Fault.RATE_LIMIT:
-            return _error(
-                429,
-                "Rate limit reached (injected fault).",
-                "requests",
-                code="rate_limit_exceeded",
-                headers=headers | _retry_headers(round(self.config.retry_after_s * 1000)),
-            )
-        leaked = _credential(request.headers) if self.config.leak_key else ""
-        if fault in _SERVER_ERRORS:
-            status, message = _SERVER_ERRORS[fault]
-            return _error(status, leak_message(message, leaked), "server_error", headers=headers)
-        if fault is Fault.BAD_REQUEST:
-            message = leak_message("Invalid request (injected fault).", leaked)
-            return _error(400, message, "invalid_request_error", headers=headers)
+        injected = self._injected(fault, request, headers)
+        if injected is not None:
+            return injected
         digest = hashlib.sha256(body).hexdigest()
         if chat.response_format is None or (
             content_fault is ContentFault.SCHEMA_MISMATCH and chat.response_format.schema is None
@@ -255,6 +250,27 @@ class FakeServer:
         self._count_content_fault(content_fault)
         self._count_completion(chat, digest)
         return _json(200, encoded, headers)
+
+    def _injected(
+        self, fault: Fault | None, request: web.BaseRequest, headers: dict[str, str]
+    ) -> web.StreamResponse | None:
+        """The error answer of an injected HTTP fault (None: no such fault drawn)."""
+        if fault is Fault.RATE_LIMIT:
+            return _error(
+                429,
+                "Rate limit reached (injected fault).",
+                "requests",
+                code="rate_limit_exceeded",
+                headers=headers | _retry_headers(round(self.config.retry_after_s * 1000)),
+            )
+        leaked = _credential(request.headers) if self.config.leak_key else ""
+        if fault in _SERVER_ERRORS:
+            status, message = _SERVER_ERRORS[fault]
+            return _error(status, leak_message(message, leaked), "server_error", headers=headers)
+        if fault is Fault.BAD_REQUEST:
+            message = leak_message("Invalid request (injected fault).", leaked)
+            return _error(400, message, "invalid_request_error", headers=headers)
+        return None
 
     async def _overflow(self, headers: dict[str, str]) -> web.StreamResponse | None:
         """The capacity model's queue is full: a 503, or hang like an overloaded server."""
