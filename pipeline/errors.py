@@ -31,7 +31,8 @@ unwritable output), which stop a run before anything is sent, and errors of
         └── FatalError            the server said no; sending again cannot help
             ├── BadRequest        400, 422, other 4xx         bad_request
             ├── AuthFailed        401, 403                    auth
-            └── NotFound          404                         not_found
+            ├── NotFound          404                         not_found
+            └── QuotaExhausted    429 insufficient_quota: no credit left  insufficient_quota
 
 Retry policy keys on ``RetryableError`` alone: a bug is never retried. An
 ``AnswerError`` is never a transport retry: the runner re-asks with a new seed.
@@ -160,6 +161,13 @@ class NotFound(FatalError):
     error_type = "not_found"
 
 
+class QuotaExhausted(FatalError):
+    """A 429 whose code is ``insufficient_quota``: the account has no credit left, so
+    waiting cannot help (OpenAI answers it so); the run stops like on a refused key."""
+
+    error_type = "insufficient_quota"
+
+
 ERROR_TYPES: tuple[str, ...] = (
     "rate_limited",
     "server_error",
@@ -173,5 +181,6 @@ ERROR_TYPES: tuple[str, ...] = (
     "invalid_json",
     "schema_mismatch",
     "truncated",
+    "insufficient_quota",
 )
 """Every stable ``error_type`` an output row can carry."""

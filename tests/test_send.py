@@ -14,7 +14,13 @@ from pipeline.budget import Budget
 from pipeline.client import ChatClient
 from pipeline.concurrency import AdaptiveLimit, Change, GradientController
 from pipeline.cost import Price
-from pipeline.errors import AuthFailed, BadRequest, ConnectionFailed, ServerError
+from pipeline.errors import (
+    AuthFailed,
+    BadRequest,
+    ConnectionFailed,
+    QuotaExhausted,
+    ServerError,
+)
 from pipeline.limits import RateLimiter
 from pipeline.prices import PriceTable
 from pipeline.records import ChatRequest, Ended, Ledger, Reply, RunStats, Usage
@@ -77,6 +83,7 @@ async def live_sender(
     budget: Budget | None = None,
     stats: RunStats | None = None,
     control: RunControl | None = None,
+    limiter: RateLimiter | None = None,
 ) -> AsyncIterator[LiveSender]:
     spec = EndpointSpec(base_url="https://llm.example.test/v1")
     transport = httpx.MockTransport(handler)
@@ -84,7 +91,7 @@ async def live_sender(
         yield LiveSender(
             client,
             concurrency=2,
-            limiter=RateLimiter(None, None),
+            limiter=limiter or RateLimiter(None, None),
             budget=budget,
             prices=PRICES,
             retry=RETRY,
@@ -239,3 +246,60 @@ async def test_an_adaptive_limit_hears_every_attempt_and_a_503_cuts_it() -> None
     assert changes == [Change(8, 4, "overloaded")]
     assert limit.limit == 4
     assert limit.sending()[1] == 1  # nothing left counted on the wire
+
+
+def rate_limited(**headers: str) -> httpx.Response:
+    body = {
+        "error": {
+            "message": "Rate limit reached",
+            "type": "requests",
+            "code": "rate_limit_exceeded",
+        }
+    }
+    return httpx.Response(429, json=body, headers={"retry-after-ms": "1", **headers})
+
+
+@pytest.mark.anyio
+async def test_a_429_whose_headers_show_capacity_left_pauses_nobody() -> None:
+    limiter = RateLimiter(None, None)
+    left = {"x-ratelimit-remaining-requests": "500", "x-ratelimit-remaining-tokens": "90000"}
+    handler, _ = answers(rate_limited(**left), answer())
+    await send(handler, Ledger(), limiter=limiter)
+    assert limiter.paused_until == 0.0
+
+
+@pytest.mark.anyio
+async def test_a_429_whose_headers_show_a_spent_limit_pauses_everyone() -> None:
+    limiter = RateLimiter(None, None)
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "90000"}
+    handler, _ = answers(rate_limited(**spent), answer())
+    await send(handler, Ledger(), limiter=limiter)
+    assert limiter.paused_until > 0.0
+
+
+@pytest.mark.anyio
+async def test_a_stray_429_without_headers_pauses_nobody_but_a_storm_does() -> None:
+    limiter = RateLimiter(None, None)
+    stray = [answer()] * 20 + [rate_limited(), answer()]
+    storm = [rate_limited(), rate_limited(), answer()] * 4
+    handler, _ = answers(*stray, *storm)
+    async with live_sender(handler, limiter=limiter) as sender:
+        for _ in range(21):
+            await sender.send("r", request(), Ledger())
+        assert limiter.paused_until == 0.0  # one 429 in 21 answers: stray
+        for _ in range(4):
+            await sender.send("r", request(), Ledger())
+    assert limiter.paused_until > 0.0  # 9 of the last 34 answers: the limit is spent
+
+
+@pytest.mark.anyio
+async def test_insufficient_quota_is_not_retried_and_stops_the_run() -> None:
+    body = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    handler, seen = answers(httpx.Response(429, json=body))
+    control = RunControl(grace_s=1.0)
+    with pytest.raises(QuotaExhausted):
+        await send(handler, Ledger(), control=control)
+    assert len(seen) == 1
+    assert control.ended is Ended.ABORTED
+    assert control.reason is not None
+    assert "no credit left" in control.reason

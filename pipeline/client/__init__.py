@@ -41,6 +41,7 @@ from pipeline.client.parse import (
     parse_retry_after,
     reply_from,
     scrubbed_reply,
+    server_code,
     server_message,
 )
 from pipeline.client.stream import StreamAssembler
@@ -267,6 +268,7 @@ class ChatClient:
             ],
             parse_retry_after(response.headers),
             parse_rate_limits(response.headers),
+            server_code(response.content),
         )
 
     async def _send_streamed(self, request: ChatRequest, reused: list[bool]) -> Reply:

@@ -20,6 +20,7 @@ from pipeline.errors import (
     BadRequest,
     BadResponse,
     NotFound,
+    QuotaExhausted,
     RateLimited,
     RequestTimeout,
     ServerError,
@@ -125,16 +126,34 @@ def server_message(body: bytes) -> str:
     return body[:MAX_MESSAGE].decode("utf-8", "replace").strip()
 
 
+def server_code(body: bytes) -> str | None:
+    """The ``error.code`` (else ``error.type``) of an OpenAI-style error body, if any."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None
+    for key in ("code", "type"):
+        if isinstance(error.get(key), str):
+            return str(error[key])
+    return None
+
+
 def error_for_status(
     status: int,
     message: str,
     retry_after_s: float | None,
     rate_limits: RateLimitInfo | None = None,
+    code: str | None = None,
 ) -> AttemptError:
-    """The error class for a non-200 status."""
+    """The error class for a non-200 status (``code``: the body's ``error.code``)."""
     text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
     kind: type[AttemptError]
-    if status == 429:
+    if status == 429 and code == "insufficient_quota":
+        kind = QuotaExhausted
+    elif status == 429:
         kind = RateLimited
     elif status == 408:
         kind = RequestTimeout

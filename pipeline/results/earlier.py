@@ -29,7 +29,16 @@ from pipeline.errors import ERROR_TYPES
 from pipeline.results.schema import SEQ
 
 NOT_DONE_ERRORS = frozenset(
-    {"auth", "not_found", "rate_limited", "server_error", "timeout", "connection", "bad_response"}
+    {
+        "auth",
+        "not_found",
+        "insufficient_quota",
+        "rate_limited",
+        "server_error",
+        "timeout",
+        "connection",
+        "bad_response",
+    }
 )
 """Error types a plain re-run sends again (the rest need ``--retry-errors``)."""
 HINT_MIN_ROWS = 10

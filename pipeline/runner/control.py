@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from pipeline.errors import AttemptError, AuthFailed, FatalError, NotFound
+from pipeline.errors import AttemptError, AuthFailed, FatalError, NotFound, QuotaExhausted
 from pipeline.records import Ended
 
 log = structlog.get_logger("pipeline")
@@ -52,7 +52,8 @@ class RunControl:
 class RefusalWatch:
     """Stops the run when the endpoint refuses everything (bad key, unknown model or path).
 
-    A 404 naming the model stops at once; otherwise ``FATAL_STREAK`` rows in a row
+    A 404 naming the model, or a 429 ``insufficient_quota`` (no credit left), stops at
+    once; otherwise ``FATAL_STREAK`` rows in a row
     failing with 401/403/404 do. Any answer, or any other failure, resets the streak.
     And when the run's first ``FIRST_ROWS`` rows all fail with the same fatal error
     (same class, same HTTP status) before any answer arrived, the job itself is wrong
@@ -74,6 +75,12 @@ class RefusalWatch:
 
     def failed(self, exc: AttemptError) -> None:
         """A request failed for good (after its retries)."""
+        if isinstance(exc, QuotaExhausted):
+            self._control.stop(
+                Ended.ABORTED,
+                f"the account has no credit left (insufficient_quota): {exc.message}",
+            )
+            return
         self._watch_first(exc)
         if not isinstance(exc, AuthFailed | NotFound):
             self._streak = 0

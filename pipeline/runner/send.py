@@ -13,6 +13,7 @@ same ``outcome`` functions, so both ways write the same rows.
 
 from __future__ import annotations
 
+from collections import deque
 from functools import partial
 from typing import Protocol
 
@@ -33,6 +34,13 @@ from pipeline.runner.control import RefusalWatch, RunControl, Stopped
 from pipeline.spec import RetrySpec
 
 log = structlog.get_logger("pipeline")
+
+STORM_WINDOW = 50
+"""Answers looked back on to tell a spent limit from a stray 429 (no headers to say)."""
+STORM_SHARE = 0.2
+"""Share of 429s among them from which every worker pauses."""
+STORM_MIN = 3
+"""Fewest 429s among them that pause every worker."""
 
 RESEND_UNSENT = 3
 """Times a request that never left the client is sent again at once, within one attempt."""
@@ -84,6 +92,8 @@ class LiveSender:
         self._stats = stats
         self._control = control
         self._refusals = RefusalWatch(control)
+        self._recent: deque[bool] = deque(maxlen=STORM_WINDOW)
+        """Whether each of the last answers was a 429 without rate-limit headers."""
 
     async def send(self, row_id: str, request: ChatRequest, ledger: Ledger) -> Reply:
         """One request through retry, slot, budget, limiter and client."""
@@ -196,16 +206,37 @@ class LiveSender:
             ledger.lost()
         self._limiter.answered(exc.rate_limits)
         self._limiter.settle(tokens, 0)
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited) and self._pauses_everyone(exc, tokens):
             pause = min(
                 exc.retry_after_s or self._retry.initial_backoff_s, self._retry.max_backoff_s
             )
             self._limiter.cooldown(pause)
 
+    def _pauses_everyone(self, exc: RateLimited, tokens: int) -> bool:
+        """Whether a 429 means the shared limit is spent (every worker pauses) or is a stray
+        one (only this request backs off, honouring its Retry-After).
+
+        With ``x-ratelimit-remaining-*`` headers the server says which: everyone pauses
+        only when a reported bucket cannot take this request. Without them, everyone pauses
+        when 429s are at least ``STORM_SHARE`` of the last ``STORM_WINDOW`` answers (a
+        spent limit refuses most requests; a stray 429 is one among many answers).
+        """
+        info = exc.rate_limits
+        if info is not None and (
+            info.remaining_requests is not None or info.remaining_tokens is not None
+        ):
+            requests_out = info.remaining_requests is not None and info.remaining_requests < 1
+            tokens_out = info.remaining_tokens is not None and info.remaining_tokens < tokens
+            return requests_out or tokens_out
+        self._recent.append(True)
+        refused = sum(self._recent)
+        return refused >= STORM_MIN and refused >= STORM_SHARE * len(self._recent)
+
     def _settle_answer(
         self, request: ChatRequest, reply: Reply, tokens: int, reserved: float, ledger: Ledger
     ) -> None:
         """An answer: correct the limiter and the estimate from its usage, price it."""
+        self._recent.append(False)
         self._limiter.answered(reply.rate_limits)
         self._refusals.answered()
         usage = reply.usage

@@ -99,6 +99,7 @@ def write_job(
     concurrency: int | str,
     max_tokens: int,
     limits: str = "",
+    timeout_s: float = 60,
 ) -> Path:
     """A benchmark job file."""
     path = folder / f"{name}.toml"
@@ -114,7 +115,7 @@ max_tokens = {max_tokens}
 seed = 1
 [endpoint]
 base_url = "{base_url}"
-timeout_s = 60
+timeout_s = {timeout_s}
 [limits]
 concurrency = {json.dumps(concurrency)}
 {limits}
@@ -422,6 +423,29 @@ def bench_g(folder: Path) -> None:
     print(f"    limit over time (s: limit): {_condensed(history)}")
 
 
+FAULT_MIX = (
+    "--latency-ms", "100", "--error-500-rate", "0.05", "--rate-limit-rate", "0.02",
+    "--retry-after-s", "1", "--drop-rate", "0.01", "--hang-rate", "0.01", "--fault-seed", "7",
+)  # fmt: skip
+
+
+def bench_h(folder: Path) -> None:
+    print(
+        "(h) stray faults: 5% 500, 2% 429 (Retry-After 1), 1% drops, 1% hangs; 100 ms, timeout 5 s"
+    )
+    rows = 2_000
+    with fake_server(*FAULT_MIX) as url:
+        job = write_job(folder, "h", url, concurrency=128, max_tokens=16, timeout_s=5)
+        r = run_client(job, make_input(folder, rows), folder)
+        stats = server_stats(url)
+    done = pl.read_parquet(r["output"])
+    print(
+        f"    wall {r['wall_s']:.1f} s, {done.height:,} rows ({done['id'].n_unique():,} ids),"
+        f" {(done['status'] == 'ok').sum():,} ok, {stats['received']:,} requests received,"
+        f" 429s sent {stats['by_status'].get('429', 0)}"
+    )
+
+
 SCENARIOS = {
     "a": bench_a,
     "b": bench_b,
@@ -432,6 +456,7 @@ SCENARIOS = {
     "e": bench_e,
     "f": bench_f,
     "g": bench_g,
+    "h": bench_h,
 }
 
 
