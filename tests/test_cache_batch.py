@@ -10,10 +10,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipeline.cache import cache_stats
+from pipeline.cache import ResponseCache, cache_stats, endpoint_identity
 from pipeline.cli import main
 from pipeline.fake import FakeServer, profile
 from pipeline.manifest import read_manifest
+from pipeline.records import ChatRequest, Reply
+from pipeline.spec import EndpointSpec
 from tests.helpers import FakeFactory, Reviews, make_job, run_job, write_job, write_parquet
 from tests.test_batch_servers import batch_ready
 from tests.test_servers import KEY, example_job, in_repo, pointed_at
@@ -309,3 +311,33 @@ def test_a_submitted_batch_is_collected_even_when_the_cache_has_its_rows_by_then
     assert not out["cache_hit"].any()
     assert out["batch_id"].null_count() == 0
     assert _batches(server)["batches_created"] == 1
+
+
+def test_a_cached_answer_json_mode_cannot_use_is_asked_again_in_the_batch(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
+) -> None:
+    server = fake_server(**FAST)
+    cache, source = tmp_path / "cache.sqlite", reviews(5)
+    job = _job(source, server, tmp_path / "a.parquet", cache, request=JSON)
+    # the first requests' hashes, from a run without the cache
+    hashes = _live(tmp_path, {**job, "cache": {}}, tmp_path / "plain.parquet")["request_hash"]
+    # an entry JSON mode cannot use under each first request (as another job could leave)
+    stored = ResponseCache(cache, endpoint_identity(EndpointSpec(base_url=server.base_url)))
+    for request_hash in hashes:
+        request = ChatRequest(b"{}", 1, request_hash, 3, 200, "gpt-4o-mini")
+        stored.store(request, Reply("not json", "stop", "gpt-4o-mini", 200, 1.0), 0.5)
+    assert stored.flush() == 5
+    stored.close()
+
+    batch = _batch(tmp_path, job, tmp_path / "a.parquet")
+
+    assert batch["status"].to_list() == ["ok"] * 5
+    assert batch["json_attempts"].to_list() == [2] * 5
+    assert not batch["cache_hit"].any()  # the row's answer was bought, at its re-ask
+    assert _lines(server) == 5  # the re-asks only: the first requests were never submitted
+    assert batch["request_hash"].to_list() == hashes.to_list()
+    received = server.stats.received
+    again = _live(tmp_path, job, tmp_path / "b.parquet")
+    assert server.stats.received == received
+    assert again["cache_hit"].all()
+    assert again["parsed_json"].to_list() == batch["parsed_json"].to_list()

@@ -48,8 +48,8 @@ ACTIVE = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
 _LIST_SLACK_S = 300.0
 CACHE_FLUSH_ANSWERS = 10_000
-"""Answers a batch's collection stores in the response cache before writing them (the
-cache buffers at most ``pipeline.cache.MAX_PENDING``)."""
+"""While collecting a batch, the response cache's buffered answers are written once this
+many are waiting (it buffers at most ``pipeline.cache.MAX_PENDING``), and at the end."""
 T = TypeVar("T")
 
 
