@@ -136,7 +136,7 @@ class Runner:
         cache = await self._open_cache()
         try:
             if job.batch.enabled:
-                await self._run_batch(earlier)
+                await self._run_batch(earlier, cache)
             else:
                 await self._run_stages(earlier, cache)
         except BaseExceptionGroup as group:
@@ -303,7 +303,7 @@ class Runner:
                 await writer_done.wait()
                 tg.cancel_scope.cancel()
 
-    async def _run_batch(self, earlier: DoneIndex | None) -> None:
+    async def _run_batch(self, earlier: DoneIndex | None, cache: ResponseCache | None) -> None:
         """Batch mode: every row not done through provider batches (``pipeline.runner.batch``)."""
         job = self.plan.job
         async with BatchClient(
@@ -318,7 +318,7 @@ class Runner:
                 raise JobError(
                     f"[request] model: batch lines must name the Azure deployment {deployment!r}"
                 )
-            rows = self._batch_rows()
+            rows = self._batch_rows(cache)
             reuse = None
             if earlier is not None:
                 reuse = Reuse(earlier, retry_errors=self.retry_errors, stats=self.stats)
@@ -349,7 +349,7 @@ class Runner:
                 await run.run()
                 tg.cancel_scope.cancel()
 
-    def _batch_rows(self) -> BatchRows:
+    def _batch_rows(self, cache: ResponseCache | None) -> BatchRows:
         job, extraction = self.plan.job, self.plan.extraction
         response_format = extraction.response_format() if extraction else None
         return BatchRows(
@@ -363,6 +363,7 @@ class Runner:
             stats=self.stats,
             source_name=self.source_name,
             default_model=job.request.model,
+            cache=cache,
         )
 
     async def _write_now(self, outcomes: list[Outcome]) -> None:

@@ -7,7 +7,9 @@ Submitting one file: journal the intent (lines, digest) ▸ upload ▸ journal t
 create the batch (metadata: job, run id, shard, digest) ▸ journal the batch. A crash at
 any point leaves a journal from which the next run finds the batch again (``GET
 /batches``, newest first, back to the intent's time) or deletes the unused file; lines are
-submitted again only when no batch holds them.
+submitted again only when no batch holds them. With a response cache, a row the cache
+answers is written as a cache hit instead of going into a file (``BatchRows.take_cached``);
+answers a collection stores are flushed to the cache file once it is written.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ log = structlog.get_logger("pipeline")
 ACTIVE = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
 _LIST_SLACK_S = 300.0
+CACHE_FLUSH_ANSWERS = 10_000
+"""While collecting a batch, the response cache's buffered answers are written once this
+many are waiting (it buffers at most ``pipeline.cache.MAX_PENDING``), and at the end."""
 T = TypeVar("T")
 
 
@@ -276,13 +281,20 @@ class BatchRun:
             made = await self._rows.settle(row, results.get(line_id, missing), str(shard.batch_id))
             if made is not None:
                 done.append(made)
+            await self._rows.flush_cache(CACHE_FLUSH_ANSWERS)
         if done:
             await self._write(done)
+        await self._rows.flush_cache()
         log.info("batch.collected", batch_id=shard.batch_id, status=shard.status, rows=len(done))
 
     async def _submit(self) -> bool:
         """Submit every pending row no batch holds, one file per model, split to fit."""
         covered = {c for s in self._shards if not s.settled for c in s.custom_ids}
+        cached = await self._rows.take_cached(
+            [row for row in self._rows.pending.values() if row.line_id not in covered]
+        )
+        if cached:
+            await self._write(cached)
         by_model: dict[str, list[tuple[str, bytes]]] = {}
         url = self._client.routes.endpoint
         for row in self._rows.pending.values():

@@ -6,6 +6,11 @@ resubmitted. ``BatchRows.settle`` applies one line's result: an answer (parsed a
 re-asked in JSON mode), an HTTP error (an error row, classified like live ones), or an
 unfinished line (resubmitted up to ``max_resubmits``). Rows end only through
 ``pipeline.runner.outcome``.
+
+With a response cache, ``take_cached`` runs before a row goes into a batch file: a row
+whose request the cache answers is a cache-hit row and never submitted (a JSON re-ask
+the cache answers too, as in live mode). An answered line that makes an ok row (JSON-valid
+in JSON mode) is stored with the batch price it cost, so live and batch runs share entries.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from pipeline.cache import Hit, ResponseCache
 from pipeline.cost import reply_cost
 from pipeline.errors import AnswerError, AttemptError, BadRowError, RequestTimeout
 from pipeline.prices import PriceTable
@@ -34,7 +40,8 @@ class BatchRow:
 
     where: Where
     request: ChatRequest
-    first_hash: str
+    first: ChatRequest
+    """The row's first request: its hash is the row's identity (what resume looks up)."""
     reask: int = 0
     resubmits: int = 0
     ledger: Ledger = field(default_factory=Ledger)
@@ -58,6 +65,7 @@ class BatchRows:
         stats: RunStats,
         source_name: str,
         default_model: str | None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.pending: dict[int, BatchRow] = {}
         self._source_name = source_name
@@ -68,6 +76,7 @@ class BatchRows:
         self._max_resubmits = max_resubmits
         self._prices = prices
         self._stats = stats
+        self._cache = cache
 
     async def admit(
         self, row: PromptRow, seq: int, model: str | None, reuse: Reuse | None
@@ -83,7 +92,7 @@ class BatchRows:
                 where, model or self._default_model, place, exc, self._json_columns(None, 0)
             )
         if reuse is None or not reuse.take(row.id, seq, request.request_hash):
-            self.pending[seq] = BatchRow(where, request, request.request_hash)
+            self.pending[seq] = BatchRow(where, request, request)
         return None
 
     async def admit_all(
@@ -122,7 +131,7 @@ class BatchRows:
                     row.request,
                     row.ledger,
                     result,
-                    request_hash=row.first_hash,
+                    request_hash=row.first.request_hash,
                     columns=self._json_columns(None, row.reask),
                 ),
                 batch_id,
@@ -130,9 +139,11 @@ class BatchRows:
         price = self._prices.lookup(result.model, row.request.model)
         usd = reply_cost(price.for_batch() if price is not None else None, result.usage)
         row.ledger.answered(result.usage, usd)
-        return await self._answered(row, result, batch_id)
+        return await self._answered(row, result, batch_id, usd)
 
-    async def _answered(self, row: BatchRow, reply: Reply, batch_id: str) -> Outcome | None:
+    async def _answered(
+        self, row: BatchRow, reply: Reply, batch_id: str, usd: float | None
+    ) -> Outcome | None:
         answer = Answer()
         if self._extraction is not None:
             try:
@@ -144,17 +155,102 @@ class BatchRows:
                 answer = Answer(self._json_columns(None, row.reask + 1), exc)
             else:
                 answer = Answer(self._json_columns(value, row.reask + 1))
+        if answer.error is None:
+            self._remember(row, reply, usd, None)
         return self._done(
             outcome.answered(
                 row.where,
                 row.request,
                 reply,
                 row.ledger,
-                request_hash=row.first_hash,
+                request_hash=row.first.request_hash,
                 answer=answer,
             ),
             batch_id,
         )
+
+    async def take_cached(self, rows: list[BatchRow]) -> list[Outcome]:
+        """Before ``rows`` go into a batch file: the outcomes of those the response cache
+        answers (no longer pending); the others stay pending, maybe at a JSON re-ask."""
+        taken: list[Outcome] = []
+        if self._cache is None:
+            return taken
+        for row in rows:
+            made = await self._from_cache(row, self._cache)
+            if made is not None:
+                taken.append(made)
+        return taken
+
+    async def _from_cache(self, row: BatchRow, cache: ResponseCache) -> Outcome | None:
+        """The row's outcome when the cache answers its request, else None (live mode's
+        rules: a cached answer JSON mode cannot use is asked again with the next seed)."""
+        if row.reask == 0:
+            chained = await self._reasked_before(row, cache)
+            if chained is not None:
+                return chained
+        while (hit := cache.lookup(row.request)) is not None:
+            self._stats.count_cache_hit(hit.cost_usd)
+            answer = Answer()
+            if self._extraction is not None:
+                try:
+                    value = self._extraction.parse(hit.reply.content, hit.reply.finish_reason)
+                except AnswerError as exc:
+                    if row.reask < self._json_retries:
+                        await self._reask(row)
+                        continue
+                    answer = Answer(self._json_columns(None, row.reask + 1), exc)
+                else:
+                    answer = Answer(self._json_columns(value, row.reask + 1))
+            if answer.error is None:
+                self._remember(row, hit.reply, None, hit)
+            return self._done(self._cached(row, row.request, hit, answer), None)
+        return None
+
+    async def _reasked_before(self, row: BatchRow, cache: ResponseCache) -> Outcome | None:
+        """The row from the cache when an earlier run re-asked its first request and stored
+        the valid answer it reached (None when the first request's own answer is cached)."""
+        if self._extraction is None or not self._json_retries:
+            return None
+        if cache.lookup(row.first) is not None:
+            return None
+        hit = cache.lookup_reask(row.first, self._json_retries)
+        if hit is None:
+            return None
+        try:
+            value = self._extraction.parse(hit.reply.content, hit.reply.finish_reason)
+        except AnswerError:
+            return None
+        request = await self._prepare.build(row.where.row, row.first.model, hit.reask)
+        self._stats.count_cache_hit(hit.cost_usd)
+        answer = Answer(self._json_columns(value, hit.reask + 1))
+        return self._done(self._cached(row, request, hit, answer), None)
+
+    @staticmethod
+    def _cached(row: BatchRow, request: ChatRequest, hit: Hit, answer: Answer) -> Outcome:
+        return outcome.cached(
+            row.where,
+            request,
+            hit.reply,
+            row.ledger,
+            cached_cost_usd=hit.cost_usd,
+            request_hash=row.first.request_hash,
+            answer=answer,
+        )
+
+    def _remember(self, row: BatchRow, reply: Reply, usd: float | None, hit: Hit | None) -> None:
+        """Store an answer that made an ok row: bought now (``usd``, at the batch price), or
+        a cached one reached after re-asks (then only the chain from the first request)."""
+        if self._cache is None:
+            return
+        if hit is None:
+            self._cache.store(row.request, reply, usd)
+        if row.reask:
+            self._cache.store_reask(row.first, row.reask, *_row_total(reply, row.ledger, hit))
+
+    async def flush_cache(self, at_least: int = 1) -> None:
+        """Write the answers the cache buffers (in a thread) once there are ``at_least``."""
+        if self._cache is not None and self._cache.pending >= at_least:
+            await anyio.to_thread.run_sync(self._cache.flush)
 
     async def _reask(self, row: BatchRow) -> None:
         """The row goes into a follow-up batch, asked again with the next re-ask seed."""
@@ -176,7 +272,7 @@ class BatchRows:
                 row.request,
                 row.ledger,
                 error,
-                request_hash=row.first_hash,
+                request_hash=row.first.request_hash,
                 columns=self._json_columns(None, row.reask),
             ),
             None,
@@ -189,3 +285,13 @@ class BatchRows:
 
     def _json_columns(self, value: object, json_attempts: int) -> dict[str, object]:
         return outcome.json_columns(self._extraction, value, json_attempts)
+
+
+def _row_total(reply: Reply, ledger: Ledger, hit: Hit | None) -> tuple[Reply, float | None]:
+    """``reply`` with the usage of all the row's answers, and what they all cost (the
+    ledger's, plus the cached last answer's when it came from the cache); as live mode."""
+    if hit is None:
+        return dataclasses.replace(reply, usage=ledger.usage), ledger.cost_usd
+    paid, cached = ledger.cost_usd, hit.cost_usd
+    total = None if paid is None or cached is None else paid + cached
+    return dataclasses.replace(reply, usage=ledger.usage + reply.usage), total
