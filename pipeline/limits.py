@@ -118,6 +118,21 @@ class Bucket:
         return bucket
 
 
+def follow(
+    bucket: Bucket | None, limit: int | None, remaining: int | None, burst_s: float, now: float
+) -> Bucket | None:
+    """The bucket after what the server said: its limit adopted when lower (or none was
+    known), never more left than it says remain."""
+    if limit is not None and limit > 0:
+        if bucket is None:
+            bucket = Bucket(limit, burst_s, now)
+        elif limit < bucket.per_minute:
+            bucket = bucket.replaced(limit, burst_s)
+    if bucket is not None and remaining is not None:
+        bucket.clamp(remaining, now)
+    return bucket
+
+
 class TokenEstimator:
     """Tokens a request will be charged for, learnt from the usage the server reports.
 
@@ -233,22 +248,12 @@ class RateLimiter:
     def observe(self, info: RateLimitInfo) -> None:
         """Follow the server's own view of its limits."""
         now = self._clock()
-        self.requests = self._follow(
-            self.requests, info.limit_requests, info.remaining_requests, now
+        self.requests = follow(
+            self.requests, info.limit_requests, info.remaining_requests, self._burst_s, now
         )
-        self.tokens = self._follow(self.tokens, info.limit_tokens, info.remaining_tokens, now)
-
-    def _follow(
-        self, bucket: Bucket | None, limit: int | None, remaining: int | None, now: float
-    ) -> Bucket | None:
-        if limit is not None and limit > 0:
-            if bucket is None:
-                bucket = Bucket(limit, self._burst_s, now)
-            elif limit < bucket.per_minute:
-                bucket = bucket.replaced(limit, self._burst_s)
-        if bucket is not None and remaining is not None:
-            bucket.clamp(remaining, now)
-        return bucket
+        self.tokens = follow(
+            self.tokens, info.limit_tokens, info.remaining_tokens, self._burst_s, now
+        )
 
     def cooldown(self, seconds: float) -> None:
         """The server said 429: everyone waits ``seconds``; the refill restarts after the pause

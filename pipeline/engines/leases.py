@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from pipeline.limits import DEFAULT_BURST_S, Bucket, Clock, RateLimiter, Sleep
+from pipeline.limits import DEFAULT_BURST_S, Bucket, Clock, RateLimiter, Sleep, follow
 from pipeline.records import RateLimitInfo
 
 GRANT_S = 0.05
@@ -100,23 +100,12 @@ class GlobalBuckets:
         if self.tokens is not None and tokens_back:
             self.tokens.adjust(tokens_back, now)
         if info is not None:
-            self.requests = self._follow(
-                self.requests, info.limit_requests, info.remaining_requests, now
+            self.requests = follow(
+                self.requests, info.limit_requests, info.remaining_requests, self._burst_s, now
             )
-            self.tokens = self._follow(self.tokens, info.limit_tokens, info.remaining_tokens, now)
-
-    def _follow(
-        self, bucket: Bucket | None, limit: int | None, remaining: int | None, now: float
-    ) -> Bucket | None:
-        """Adopt the server's limit when lower (or none was known); never believe more is left."""
-        if limit is not None and limit > 0:
-            if bucket is None:
-                bucket = Bucket(limit, self._burst_s, now)
-            elif limit < bucket.per_minute:
-                bucket = bucket.replaced(limit, self._burst_s)
-        if bucket is not None and remaining is not None:
-            bucket.clamp(remaining, now)
-        return bucket
+            self.tokens = follow(
+                self.tokens, info.limit_tokens, info.remaining_tokens, self._burst_s, now
+            )
 
     def cooldown(self, seconds: float) -> None:
         """A worker got a 429: no grant starts for ``seconds``, refill restarts after."""
