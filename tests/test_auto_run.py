@@ -129,12 +129,12 @@ def test_it_stays_under_the_rate_limits_and_does_not_grow_what_it_cannot_use(
 def test_it_follows_a_capacity_drop_and_recovers(
     tmp_path: Path, fake_server: FakeFactory, reviews: Reviews
 ) -> None:
-    server = fake_server(slots=8, token_s=0.005, batch_slowdown=0.05, slots_schedule="2:2,5:8")
-    record, _ = run_auto(tmp_path, server, reviews(600), {})
+    server = fake_server(slots=8, token_s=0.005, batch_slowdown=0.05, slots_schedule="2:2,7:8")
+    record, _ = run_auto(tmp_path, server, reviews(800), {})
     history = [(at, limit) for at, limit in record["history"]]
     before = [limit for at, limit in history if at < 2.0]
-    during = [limit for at, limit in history if 2.0 <= at < 5.0]
-    after = [limit for at, limit in history if at >= 5.0]
+    during = [limit for at, limit in history if 2.0 <= at < 7.0]
+    after = [limit for at, limit in history if at >= 7.0]
     assert max(before) >= 6, history
     assert min(during) <= 5, history  # followed the drop...
     assert max([*after, record["limit"]]) >= 6, history  # ...and came back (by the end at least)
