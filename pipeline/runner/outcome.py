@@ -7,6 +7,7 @@ outcomes of one (row, model) share; ``Answer`` the JSON-mode result of an answer
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -156,30 +157,13 @@ def cached(
     row, in JSON mode), ``cost_usd`` what this run paid (the ledger: 0 when nothing was
     sent), ``cached_cost_usd`` what the cached answer cost when it was bought. No latency
     or HTTP status: nothing was sent for it."""
-    error = answer.error
-    return Outcome(
-        seq=where.seq,
-        id=where.row.id,
-        status="ok" if error is None else "error",
-        started_at=where.started,
-        finished_at=now(),
-        attempts=ledger.attempts,
-        seed=request.seed,
-        request_hash=request_hash,
-        content=reply.content,
-        finish_reason=reply.finish_reason,
-        model=reply.model,
+    row = answered(where, request, reply, ledger, request_hash=request_hash, answer=answer)
+    return dataclasses.replace(
+        row,
         usage=ledger.usage + reply.usage,
-        error_type=error.error_type if error else None,
-        error_message=error.message if error else None,
-        system_fingerprint=reply.system_fingerprint,
-        response_id=reply.response_id,
-        choices=reply.choices,
-        tool_calls=reply.tool_calls,
-        keep=where.row.keep,
-        extra=answer.columns,
-        cost_usd=ledger.cost_usd,
-        possibly_billed_attempts=ledger.possibly_billed,
+        latency_ms=None,
+        http_status=None,
+        ttft_ms=None,
         cache_hit=True,
         cached_cost_usd=cached_cost_usd,
     )
