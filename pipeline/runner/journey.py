@@ -12,8 +12,6 @@ times, each re-ask a new request through the same sender.
 
 from __future__ import annotations
 
-import dataclasses
-
 import structlog
 
 from pipeline.cache import Hit, ResponseCache
@@ -163,7 +161,7 @@ class RowJourney:
                 answer = Answer(self._json_columns(value, reask + 1))
                 self._remember(request, reply, hit, cost)
                 if reask and self._cache is not None:
-                    self._cache.store_reask(first, reask, *_row_total(reply, ledger, hit))
+                    self._cache.store_reask(first, reask, *outcome.row_total(reply, ledger, hit))
             return self._finish(where, request, reply, ledger, hit, first_hash, answer)
 
     async def _reasked_before(
@@ -212,13 +210,3 @@ class RowJourney:
     def _json_columns(self, value: object, json_attempts: int) -> dict[str, object]:
         """The JSON-mode columns of one outcome (none without JSON mode)."""
         return outcome.json_columns(self._extraction, value, json_attempts)
-
-
-def _row_total(reply: Reply, ledger: Ledger, hit: Hit | None) -> tuple[Reply, float | None]:
-    """``reply`` with the usage of all the row's answers, and what they all cost (the
-    ledger's, plus the cached last answer's when it came from the cache)."""
-    if hit is None:
-        return dataclasses.replace(reply, usage=ledger.usage), ledger.cost_usd
-    paid, cached = ledger.cost_usd, hit.cost_usd
-    total = None if paid is None or cached is None else paid + cached
-    return dataclasses.replace(reply, usage=ledger.usage + reply.usage), total

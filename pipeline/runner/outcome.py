@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pipeline.cache import Hit
 from pipeline.errors import AnswerError, AttemptError, BadRowError
 from pipeline.records import ChatRequest, Ledger, Outcome, PromptRow, Reply
 from pipeline.structured import Extraction
@@ -167,3 +168,14 @@ def cached(
         cache_hit=True,
         cached_cost_usd=cached_cost_usd,
     )
+
+
+def row_total(reply: Reply, ledger: Ledger, hit: Hit | None) -> tuple[Reply, float | None]:
+    """``reply`` with the usage of all the row's answers, and what they all cost (the
+    ledger's, plus the cached last answer's when it came from the cache): what the response
+    cache stores for a row that needed JSON re-asks, in live and batch mode alike."""
+    if hit is None:
+        return dataclasses.replace(reply, usage=ledger.usage), ledger.cost_usd
+    paid, cached = ledger.cost_usd, hit.cost_usd
+    total = None if paid is None or cached is None else paid + cached
+    return dataclasses.replace(reply, usage=ledger.usage + reply.usage), total

@@ -245,7 +245,9 @@ class BatchRows:
         if hit is None:
             self._cache.store(row.request, reply, usd)
         if row.reask:
-            self._cache.store_reask(row.first, row.reask, *_row_total(reply, row.ledger, hit))
+            self._cache.store_reask(
+                row.first, row.reask, *outcome.row_total(reply, row.ledger, hit)
+            )
 
     async def flush_cache(self, at_least: int = 1) -> None:
         """Write the answers the cache buffers (in a thread) once there are ``at_least``."""
@@ -285,13 +287,3 @@ class BatchRows:
 
     def _json_columns(self, value: object, json_attempts: int) -> dict[str, object]:
         return outcome.json_columns(self._extraction, value, json_attempts)
-
-
-def _row_total(reply: Reply, ledger: Ledger, hit: Hit | None) -> tuple[Reply, float | None]:
-    """``reply`` with the usage of all the row's answers, and what they all cost (the
-    ledger's, plus the cached last answer's when it came from the cache); as live mode."""
-    if hit is None:
-        return dataclasses.replace(reply, usage=ledger.usage), ledger.cost_usd
-    paid, cached = ledger.cost_usd, hit.cost_usd
-    total = None if paid is None or cached is None else paid + cached
-    return dataclasses.replace(reply, usage=ledger.usage + reply.usage), total
