@@ -3,6 +3,13 @@
 ``run`` is ``pipeline.runner.lifecycle`` (lock, skip-if-complete, exit code, manifest) with
 the progress line, logging and the fake server added; the exit codes are documented
 there and in the README, and re-exported here. ``run_job`` is the same, as a function.
+
+Imports: at module level only the standard library and the light vocabulary (errors,
+exit codes, the lock's error, records, the progress line, the version), so building the
+parser (``pipeline --help``) loads no third-party package. Everything else (polars,
+pyarrow, pydantic, the HTTP stack, the fake server, Ray) is imported in the first lines
+of the function that uses it: a command loads only its own machinery.
+``tests/test_startup.py`` holds this.
 """
 
 from __future__ import annotations
@@ -18,32 +25,10 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias, cast
 
-import anyio
-import structlog
-
-from pipeline import estimate, fake, validate
-from pipeline.cache import (
-    CacheStats,
-    cache_path,
-    cache_stats,
-    parse_age,
-    prune,
-    uncached_reason,
-)
-from pipeline.engines import EXIT_SHARDS_MISSING, ShardsMissing, merge_shards
-from pipeline.engines.ray import RayRun
 from pipeline.errors import JobError, OutputError, UserError
-from pipeline.lock import LockedError
-from pipeline.log import configure_logging
-from pipeline.prices import PriceTable
-from pipeline.progress import ProgressLine, usd
-from pipeline.records import Ended, RunSummary
-from pipeline.requests import RequestBuilder
-from pipeline.results import resend_hint
-from pipeline.runner import (
-    DEFAULT_GRACE_S,
+from pipeline.exits import (
     EXIT_ABORTED,
     EXIT_BUDGET,
     EXIT_BUG,
@@ -51,26 +36,25 @@ from pipeline.runner import (
     EXIT_LOCKED,
     EXIT_OK,
     EXIT_PENDING,
+    EXIT_SHARDS_MISSING,
     EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
     EXIT_USER_ERROR,
     EXIT_WRITE_FAILED,
-    RunOptions,
-    RunPlan,
-    RunResult,
-    api_key_for,
-    execute_run,
-    job_prices,
-    lifecycle,
-    plan_run,
-    prepare_run,
-    resolve_output,
 )
-from pipeline.runner.batch import BatchLine, batch_status
-from pipeline.runner.catchup import unfinished_days
-from pipeline.sources import Shard
-from pipeline.spec import JobSpec, load_job
+from pipeline.lock import LockedError
+from pipeline.progress import ProgressLine, usd
+from pipeline.records import Ended, RunSummary
 from pipeline.version import __version__
+
+if TYPE_CHECKING:
+    from pipeline.cache import CacheStats
+    from pipeline.engines.ray import RayRun
+    from pipeline.estimate import Sample
+    from pipeline.prices import PriceTable
+    from pipeline.runner import RunOptions, RunPlan, RunResult
+    from pipeline.sources import Shard
+    from pipeline.spec import JobSpec
 
 __all__ = [
     "EXIT_ABORTED",
@@ -92,8 +76,6 @@ __all__ = [
     "run_on_ray",
 ]
 
-log = structlog.get_logger("pipeline")
-
 
 @contextlib.asynccontextmanager
 async def open_endpoint(job: JobSpec) -> AsyncIterator[str | None]:
@@ -102,9 +84,13 @@ async def open_endpoint(job: JobSpec) -> AsyncIterator[str | None]:
     if not job.endpoint.is_fake:
         yield None
         return
+    import structlog
+
+    from pipeline import fake
+
     config = fake.FakeConfig.from_options(**job.fake.model_dump())
     async with fake.serve(config) as server:
-        log.info("fake_server.started", base_url=server.base_url)
+        structlog.get_logger("pipeline").info("fake_server.started", base_url=server.base_url)
         yield server.base_url
 
 
@@ -116,6 +102,8 @@ def run_job(job: str | Path | JobSpec, options: RunOptions | None = None) -> Run
     up (``pipeline.log.configure_logging`` is the command's). Raises ``UserError`` (a bad
     job, input or key: exit code 2) and ``LockedError`` (another run holds the output: 75).
     """
+    from pipeline.runner import lifecycle
+
     return lifecycle.run_job(job, options, open_endpoint=open_endpoint)
 
 
@@ -136,7 +124,10 @@ def run_on_ray(
     all are complete, the merge (``merged.summary``, the manifest, the exit code). The
     built-in fake server is started for ``base_url = "fake"``.
     """
-    from pipeline.engines import ray as ray_engine  # the optional extra, imported when asked for
+    from pipeline import fake
+    from pipeline.engines import ray as ray_engine
+    from pipeline.runner import RunOptions
+    from pipeline.spec import load_job
 
     options = options or RunOptions()
     dataset = None
@@ -183,6 +174,8 @@ def _day(text: str) -> date:
 
 
 def _shard(text: str) -> Shard:
+    from pipeline.sources import Shard
+
     try:
         return Shard.parse(text)
     except JobError as exc:
@@ -252,8 +245,7 @@ def _add_run(commands: Commands) -> None:
     run.add_argument(
         "--grace-s",
         type=_seconds,
-        default=DEFAULT_GRACE_S,
-        help="on SIGINT/SIGTERM, how long in-flight requests may finish",
+        help="on SIGINT/SIGTERM, how long in-flight requests may finish (default 30)",
     )
     run.add_argument(
         "--prices",
@@ -389,6 +381,8 @@ def _add_cache(commands: Commands) -> None:
 
 
 def _age(text: str) -> float:
+    from pipeline.cache import parse_age
+
     try:
         return parse_age(text)
     except ValueError as exc:
@@ -396,6 +390,8 @@ def _age(text: str) -> float:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    from pipeline.cache import cache_stats, prune
+
     if args.cache_command == "prune":
         removed = prune(args.path, args.older_than)
         print(
@@ -424,9 +420,16 @@ def _add_merge(commands: Commands) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from pipeline.engines import ShardsMissing, merge_shards
+    from pipeline.runner import resolve_output
+    from pipeline.spec import load_job
+
     job = load_job(args.job)
     output = args.output or resolve_output(job.output.path, job.name, run_id="", day=args.date)
-    result = merge_shards(args.job, output, count=args.shards, job=job)
+    try:
+        result = merge_shards(args.job, output, count=args.shards, job=job)
+    except ShardsMissing as exc:
+        return _shards_missing(exc)
     print(f"merged {len(result.shards)} shards")
     _print_summary(result.summary)
     if result.exit_code != EXIT_OK:
@@ -448,6 +451,13 @@ def _add_batch(commands: Commands) -> None:
 
 
 def _batch(args: argparse.Namespace) -> int:
+    import anyio
+
+    from pipeline.log import configure_logging
+    from pipeline.runner import api_key_for, plan_run
+    from pipeline.runner.batch import BatchLine, batch_status
+    from pipeline.spec import load_job
+
     job = load_job(args.job)
     api_key = api_key_for(job)
     plan = plan_run(job, output_path=args.output, day=args.date)
@@ -525,6 +535,8 @@ def _print_summary(summary: RunSummary) -> None:
         print(_concurrency_line(summary))
     if summary.complete:
         print(f"output: {summary.output_path}")
+    from pipeline.results import resend_hint
+
     hint = resend_hint(summary.errors_by_type, summary.rows_total)
     if hint is not None:
         print(hint, file=sys.stderr)
@@ -536,6 +548,12 @@ def _print_warnings(plan: RunPlan) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from pipeline import validate
+    from pipeline.cache import cache_path, uncached_reason
+    from pipeline.requests import RequestBuilder
+    from pipeline.runner import job_prices, plan_run
+    from pipeline.spec import load_job
+
     job = load_job(args.job)
     _key_note(job)
     job_prices(job, args.prices)
@@ -573,6 +591,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _key_note(job: JobSpec) -> None:
     """``validate`` sends nothing, so a missing key is a note, not an error."""
+    from pipeline.runner import api_key_for
+
     try:
         api_key_for(job)
     except UserError as exc:
@@ -581,12 +601,23 @@ def _key_note(job: JobSpec) -> None:
 
 def _warn_oversize(plan: RunPlan) -> None:
     """Warn (stderr) about rows too large for ``limits.tokens_per_minute``."""
-    warning = estimate.oversize_warning(plan, RequestBuilder.for_job(plan.job))
+    from pipeline import validate
+    from pipeline.requests import RequestBuilder
+
+    warning = validate.oversize_warning(plan, RequestBuilder.for_job(plan.job))
     if warning is not None:
         print(warning, file=sys.stderr)
 
 
 def _estimate(args: argparse.Namespace) -> int:
+    import anyio
+
+    from pipeline import estimate
+    from pipeline.log import configure_logging
+    from pipeline.requests import RequestBuilder
+    from pipeline.runner import api_key_for, job_prices, plan_run
+    from pipeline.spec import load_job
+
     job = load_job(args.job)
     prices = job_prices(job, args.prices)
     api_key = api_key_for(job) if args.sample else None
@@ -610,15 +641,15 @@ def _estimate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _sample(
-    plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable
-) -> estimate.Sample:
+async def _sample(plan: RunPlan, n: int, *, api_key: str | None, prices: PriceTable) -> Sample:
+    from pipeline import estimate
+
     async with open_endpoint(plan.job) as base_url:
         return await estimate.run_sample(plan, n, api_key=api_key, prices=prices, base_url=base_url)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline import report  # polars-heavy: only for this command
+    from pipeline import report
 
     summary = report.summarize(args.output)
     print(report.render_text(summary))
@@ -633,9 +664,17 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run_ray(args: argparse.Namespace, options: RunOptions) -> int:
+    from pipeline.engines import ShardsMissing
+    from pipeline.log import configure_logging
+    from pipeline.runner import api_key_for
+    from pipeline.spec import load_job
+
     key = api_key_for(load_job(args.job))
     configure_logging(secrets=[key] if key else [])
-    run = run_on_ray(args.job, None, options, workers=args.workers, address=args.address)
+    try:
+        run = run_on_ray(args.job, None, options, workers=args.workers, address=args.address)
+    except ShardsMissing as exc:
+        return _shards_missing(exc)
     if run.merged is None:
         for result in run.shards:
             state = "complete" if result.exit_code == EXIT_OK else result.reason
@@ -650,6 +689,8 @@ def _run_ray(args: argparse.Namespace, options: RunOptions) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipeline.runner import DEFAULT_GRACE_S, RunOptions
+
     options = RunOptions(
         input=args.input,
         output=args.output,
@@ -658,7 +699,7 @@ def _run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         retry_errors=args.retry_errors,
         force=args.force,
-        grace_s=args.grace_s,
+        grace_s=DEFAULT_GRACE_S if args.grace_s is None else args.grace_s,
         prices=args.prices,
         cache=args.cache,
         no_cache=args.no_cache,
@@ -681,6 +722,9 @@ def _catch_up(args: argparse.Namespace, options: RunOptions) -> int:
 
     The exit code is today's when it is not 0, else the first failing earlier night's; a
     night stopped by a signal stops the catch-up there."""
+    from pipeline.runner.catchup import unfinished_days
+    from pipeline.spec import load_job
+
     if args.output is not None or args.date is not None:
         raise JobError("--catch-up runs every unfinished night: it takes no --output or --date")
     today = datetime.now(UTC).date()
@@ -703,6 +747,9 @@ def _catch_up(args: argparse.Namespace, options: RunOptions) -> int:
 
 
 def _run_once(args: argparse.Namespace, options: RunOptions) -> int:
+    from pipeline.log import configure_logging
+    from pipeline.runner import execute_run, prepare_run
+
     prepared = prepare_run(args.job, options)
     _print_warnings(prepared.plan)
     progress = ProgressLine(sys.stderr)
@@ -770,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pipeline`` and ``python -m pipeline``."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["fake-server"]:
+        from pipeline import fake
+
         return fake.main(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
@@ -792,9 +841,6 @@ def main(argv: list[str] | None = None) -> int:
     except LockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except ShardsMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_SHARDS_MISSING
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -803,6 +849,12 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         print("error: standard output was closed early (broken pipe)", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _shards_missing(exc: Exception) -> int:
+    """``merge`` (or a Ray run's merge) found a shard without a complete output."""
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_SHARDS_MISSING
 
 
 def _silence_stdout() -> None:

@@ -33,7 +33,6 @@ import polars as pl
 from pipeline.cost import Price, attempt_ceiling, tokens_cost
 from pipeline.errors import BadRowError
 from pipeline.humanize import clock, usd
-from pipeline.limits import too_large
 from pipeline.lock import OutputLock
 from pipeline.prices import PriceTable
 from pipeline.requests import RequestBuilder, estimate_prompt_tokens
@@ -128,33 +127,6 @@ def count_prompts(plan: RunPlan, builder: RequestBuilder, *, keep_ids: int = 0) 
             if len(by_id) < keep_ids:
                 by_id[row.id] = count
     return PromptCount(rows, bad, tokens, by_id)
-
-
-def oversize_warning(plan: RunPlan, builder: RequestBuilder) -> str | None:
-    """A warning when some rows need more tokens than ``limits.tokens_per_minute`` allows
-    (the run makes each an error row at once); None when all fit or there is no limit."""
-    job = plan.job
-    per_minute = job.limits.tokens_per_minute
-    if per_minute is None:
-        return None
-    count, first = 0, None
-    for batch in plan.source.batches(plan.limit):
-        for row in batch:
-            if row.problem is not None:
-                continue
-            try:
-                tokens = estimate_prompt_tokens(builder.messages(row)) + (
-                    job.request.max_tokens or 0
-                )
-            except BadRowError:
-                continue
-            reason = too_large(tokens, per_minute)
-            if reason is not None:
-                count += 1
-                first = first or f"{row.where(str(plan.input_path))}: {reason}"
-    if not count:
-        return None
-    return f"warning: {count:,} rows too large to send, each will be an error row; first: {first}"
 
 
 async def run_sample(

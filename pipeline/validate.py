@@ -14,8 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline.errors import BadRowError
+from pipeline.limits import too_large
 from pipeline.records import PromptRow
-from pipeline.requests import RequestBuilder
+from pipeline.requests import RequestBuilder, estimate_prompt_tokens
 from pipeline.runner.plan import RunPlan, models_of
 
 _DETAIL = re.compile(r"\s*\(.*\)\s*$|, got .*$")
@@ -94,3 +95,30 @@ def _check_row(
             check.bad.add(reason_of(str(exc)), where)
             return
         check.requests += 1
+
+
+def oversize_warning(plan: RunPlan, builder: RequestBuilder) -> str | None:
+    """A warning when some rows need more tokens than ``limits.tokens_per_minute`` allows
+    (the run makes each an error row at once); None when all fit or there is no limit."""
+    job = plan.job
+    per_minute = job.limits.tokens_per_minute
+    if per_minute is None:
+        return None
+    count, first = 0, None
+    for batch in plan.source.batches(plan.limit):
+        for row in batch:
+            if row.problem is not None:
+                continue
+            try:
+                tokens = estimate_prompt_tokens(builder.messages(row)) + (
+                    job.request.max_tokens or 0
+                )
+            except BadRowError:
+                continue
+            reason = too_large(tokens, per_minute)
+            if reason is not None:
+                count += 1
+                first = first or f"{row.where(str(plan.input_path))}: {reason}"
+    if not count:
+        return None
+    return f"warning: {count:,} rows too large to send, each will be an error row; first: {first}"

@@ -9,6 +9,7 @@ resumes like any run. ``merge`` joins complete shards into the one output.
     leases.py    the limiter actor's buckets, and the worker's limiter that leases from them
 """
 
-from pipeline.engines.merge import EXIT_SHARDS_MISSING, MergeResult, ShardsMissing, merge_shards
+from pipeline.engines.merge import MergeResult, ShardsMissing, merge_shards
+from pipeline.exits import EXIT_SHARDS_MISSING
 
 __all__ = ["EXIT_SHARDS_MISSING", "MergeResult", "ShardsMissing", "merge_shards"]

@@ -29,9 +29,6 @@ from pipeline.runner.lifecycle import exit_code
 from pipeline.spec import JobSpec, load_job
 from pipeline.version import __version__
 
-EXIT_SHARDS_MISSING = 9
-"""``pipeline merge``: a shard has not finished (or never ran); nothing was written."""
-
 
 class ShardsMissing(PipelineError):
     """Some shards have no complete output yet: the merge writes nothing (exit code 9)."""

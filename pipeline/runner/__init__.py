@@ -26,31 +26,84 @@ the order the models are listed.
                   submit/poll/collect loop, ``pipeline batch status|cancel``
 """
 
-from pipeline.runner.lifecycle import (
-    EXIT_ABORTED,
-    EXIT_BUDGET,
-    EXIT_BUG,
-    EXIT_INPUT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_LOCKED,
-    EXIT_OK,
-    EXIT_PENDING,
-    EXIT_TERMINATED,
-    EXIT_TOO_MANY_ERRORS,
-    EXIT_USER_ERROR,
-    EXIT_WRITE_FAILED,
-    EndpointOpener,
-    PreparedRun,
-    RunOptions,
-    RunResult,
-    api_key_for,
-    execute_run,
-    job_prices,
-    prepare_run,
-    run_job,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from pipeline.exits import (
+        EXIT_ABORTED,
+        EXIT_BUDGET,
+        EXIT_BUG,
+        EXIT_INPUT_FAILED,
+        EXIT_INTERRUPTED,
+        EXIT_LOCKED,
+        EXIT_OK,
+        EXIT_PENDING,
+        EXIT_TERMINATED,
+        EXIT_TOO_MANY_ERRORS,
+        EXIT_USER_ERROR,
+        EXIT_WRITE_FAILED,
+    )
+    from pipeline.runner.lifecycle import (
+        EndpointOpener,
+        PreparedRun,
+        RunOptions,
+        RunResult,
+        execute_run,
+        prepare_run,
+        run_job,
+    )
+    from pipeline.runner.plan import (
+        RunPlan,
+        api_key_for,
+        job_prices,
+        new_run_id,
+        plan_run,
+        resolve_output,
+    )
+    from pipeline.runner.run import DEFAULT_GRACE_S, Runner
+
+# imported on first use: ``pipeline.runner.plan`` (validate) must not load the HTTP stack
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "pipeline.exits": (
+            "EXIT_ABORTED",
+            "EXIT_BUDGET",
+            "EXIT_BUG",
+            "EXIT_INPUT_FAILED",
+            "EXIT_INTERRUPTED",
+            "EXIT_LOCKED",
+            "EXIT_OK",
+            "EXIT_PENDING",
+            "EXIT_TERMINATED",
+            "EXIT_TOO_MANY_ERRORS",
+            "EXIT_USER_ERROR",
+            "EXIT_WRITE_FAILED",
+        ),
+        "pipeline.runner.lifecycle": (
+            "EndpointOpener",
+            "PreparedRun",
+            "RunOptions",
+            "RunResult",
+            "execute_run",
+            "prepare_run",
+            "run_job",
+        ),
+        "pipeline.runner.plan": (
+            "RunPlan",
+            "api_key_for",
+            "job_prices",
+            "new_run_id",
+            "plan_run",
+            "resolve_output",
+        ),
+        "pipeline.runner.run": ("DEFAULT_GRACE_S", "Runner"),
+    },
 )
-from pipeline.runner.plan import RunPlan, new_run_id, plan_run, resolve_output
-from pipeline.runner.run import DEFAULT_GRACE_S, Runner
 
 __all__ = [
     "DEFAULT_GRACE_S",

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import os
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -43,10 +42,22 @@ from typing import Any
 import anyio
 import structlog
 
-from pipeline.budget import budget_price
 from pipeline.cache import cache_path
 from pipeline.client.batches import BatchRoutes
 from pipeline.errors import JobError, OutputError, UserError
+from pipeline.exits import (
+    EXIT_ABORTED,
+    EXIT_BUDGET,
+    EXIT_BUG,
+    EXIT_INPUT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_TERMINATED,
+    EXIT_TOO_MANY_ERRORS,
+    EXIT_USER_ERROR,
+    EXIT_WRITE_FAILED,
+)
 from pipeline.lock import OutputLock
 from pipeline.manifest import (
     Manifest,
@@ -61,24 +72,18 @@ from pipeline.progress import ProgressLine
 from pipeline.records import Ended, RunSummary
 from pipeline.redact import Scrubber
 from pipeline.results import NOT_DONE_ERRORS
-from pipeline.runner.plan import RunPlan, models_of, plan_run, shared_limits
+from pipeline.runner.plan import (
+    RunPlan,
+    api_key_for,
+    job_prices,
+    models_of,
+    plan_run,
+    shared_limits,
+)
 from pipeline.runner.run import DEFAULT_GRACE_S, LimiterFactory, Runner
 from pipeline.sources import Shard
 from pipeline.spec import JobSpec, check_batch_mode, load_job
 from pipeline.version import __version__
-
-EXIT_OK = 0
-EXIT_BUG = 1
-EXIT_USER_ERROR = 2
-EXIT_TOO_MANY_ERRORS = 3
-EXIT_ABORTED = 4
-EXIT_WRITE_FAILED = 5
-EXIT_BUDGET = 6
-EXIT_PENDING = 7
-EXIT_INPUT_FAILED = 8
-EXIT_LOCKED = 75
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 
 _ENDED_CODES = {
     Ended.INTERRUPTED: EXIT_INTERRUPTED,
@@ -174,35 +179,6 @@ class RunResult:
     def ok(self) -> bool:
         """Whether the exit code is 0."""
         return self.exit_code == EXIT_OK
-
-
-def api_key_for(job: JobSpec) -> str | None:
-    """The API key from the variable the job names; a missing variable is a user error."""
-    name = job.endpoint.api_key_env
-    if name is None:
-        return None
-    value = os.environ.get(name)
-    if not value:
-        raise JobError(f"environment variable {name} (named by [endpoint] api_key_env) is not set")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise JobError(
-            f"environment variable {name} holds a control character (a line ending from an env file?)"
-        )
-    odd = next((char for char in value if not char.isascii()), None)
-    if odd is not None:
-        raise JobError(
-            f"environment variable {name} holds a non-ASCII character U+{ord(odd):04X}"
-            " (pasted from a web page?); API keys are plain ASCII"
-        )
-    return value
-
-
-def job_prices(job: JobSpec, price_file: Path | None) -> PriceTable:
-    """The run's price table; a budget for a model without a price is a user error."""
-    prices = PriceTable.for_job(job.prices, price_file)
-    for model in [job.request.model] if job.request.model else job.request.models or []:
-        budget_price(job.limits.max_cost_usd, model, prices)
-    return prices
 
 
 def prepare_run(job: str | Path | JobSpec, options: RunOptions | None = None) -> PreparedRun:

@@ -1,7 +1,9 @@
-"""Everything resolved before the first request: the input checked, the output path filled in."""
+"""Everything resolved before the first request: the input checked, the output path filled in,
+the API key and the price table looked up."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -10,7 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.budget import budget_price
 from pipeline.errors import JobError, OutputError
+from pipeline.prices import PriceTable
 from pipeline.requests import split_headers, template_fields
 from pipeline.results import RESERVED_COLUMNS, shard_output
 from pipeline.sources import DatasetSource, Shard, Source, open_source
@@ -207,3 +211,32 @@ def shared_limits(job: JobSpec, share: float) -> JobSpec:
 def models_of(job: JobSpec) -> list[str | None]:
     """The models each row is sent to: ``models``, else one (``model``, or per row: None)."""
     return [*job.request.models] if job.request.models else [None]
+
+
+def api_key_for(job: JobSpec) -> str | None:
+    """The API key from the variable the job names; a missing variable is a user error."""
+    name = job.endpoint.api_key_env
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise JobError(f"environment variable {name} (named by [endpoint] api_key_env) is not set")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise JobError(
+            f"environment variable {name} holds a control character (a line ending from an env file?)"
+        )
+    odd = next((char for char in value if not char.isascii()), None)
+    if odd is not None:
+        raise JobError(
+            f"environment variable {name} holds a non-ASCII character U+{ord(odd):04X}"
+            " (pasted from a web page?); API keys are plain ASCII"
+        )
+    return value
+
+
+def job_prices(job: JobSpec, price_file: Path | None) -> PriceTable:
+    """The run's price table; a budget for a model without a price is a user error."""
+    prices = PriceTable.for_job(job.prices, price_file)
+    for model in [job.request.model] if job.request.model else job.request.models or []:
+        budget_price(job.limits.max_cost_usd, model, prices)
+    return prices
