@@ -4,7 +4,8 @@ Each row goes through the same ``RequestBuilder`` a run uses (for each of ``mode
 every row that a run would turn into a ``bad_input`` error row without sending it is
 found here, counted by reason, with the first place each reason occurs. Rows that will be
 sent but deserve a look (``RowCheck.warn``, e.g. a prompt too large for the limits) are
-counted the same way, apart from the bad ones.
+counted the same way, apart from the bad ones. ``oversize_warning`` names the rows too
+large for ``limits.tokens_per_minute`` (``validate`` and ``estimate`` print it).
 """
 
 from __future__ import annotations

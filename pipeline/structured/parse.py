@@ -9,7 +9,9 @@ without a schema, the normalised JSON text of the ``parsed_json`` column.
 
 Validation uses ``jsonschema`` with the dialect the schema's ``$schema`` names
 (Draft 2020-12 by default). ``format`` is an annotation, not asserted: a
-``date-time`` string is checked to be a string, and stays one.
+``date-time`` string is checked to be a string, and stays one. ``jsonschema`` is imported
+by the functions that use it (about 45 ms): a run or ``validate`` without a schema never
+loads it.
 """
 
 from __future__ import annotations
@@ -19,17 +21,17 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import SchemaError, best_match
-from jsonschema.protocols import Validator
 
 from pipeline.errors import InvalidJson, JobError, SchemaMismatch, Truncated
 from pipeline.spec import RequestSpec
 from pipeline.structured.schema_arrow import Node, NotFit, resolve_pointer, schema_node
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 _KEY = "[request] json_schema"
 _MAX_MESSAGE = 300
@@ -60,6 +62,8 @@ def _refs(schema: Any) -> list[str]:
 
 def load_schema(value: str | dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The schema and its name for OpenAI (file stem, or ``response`` inline); ``JobError`` if unusable."""
+    from jsonschema import Draft202012Validator, SchemaError, validators
+
     if isinstance(value, dict):
         schema: Any = value
         name = "response"
@@ -122,6 +126,8 @@ class Extraction:
         """Build the mapping and the validator for an already-checked schema."""
         if schema is None:
             return cls(mode)
+        from jsonschema import Draft202012Validator, validators
+
         validator_class = validators.validator_for(schema, default=Draft202012Validator)
         return cls(mode, schema, name, strict, schema_node(schema), validator_class(schema))
 
@@ -155,6 +161,8 @@ class Extraction:
             if not isinstance(value, dict):
                 raise InvalidJson("the answer is JSON but not an object")
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        from jsonschema.exceptions import best_match
+
         error = best_match(self.validator.iter_errors(value))
         if error is not None:
             at = "/".join(str(p) for p in error.absolute_path)
