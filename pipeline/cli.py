@@ -9,7 +9,7 @@ exit codes, the lock's error, records, the progress line, the version), so build
 parser (``pipeline --help``) loads no third-party package. Everything else (polars,
 pyarrow, pydantic, the HTTP stack, the fake server, Ray) is imported in the first lines
 of the function that uses it: a command loads only its own machinery.
-``tests/test_startup.py`` holds this.
+``tests/test_cli_startup.py`` holds this.
 """
 
 from __future__ import annotations

@@ -1,0 +1,163 @@
+"""Start-up: each command imports only the machinery it needs (no timing: which modules).
+
+``pipeline --help`` must not load polars, pyarrow, pydantic or the HTTP stack (it took
+about a second when ``import pipeline`` imported everything); ``validate`` sends nothing,
+so it must not load the HTTP stack or the fake server; a plain run must not load Ray or
+``jsonschema``. Each check runs the CLI in a fresh interpreter and lists what it loaded.
+The wall times are ``tests/bench/startup.py``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import pipeline
+import pipeline.runner
+from tests.helpers import make_job, write_job
+
+HEAVY = (
+    "aiohttp",
+    "anyio",
+    "httpx",
+    "jsonschema",
+    "numpy",
+    "pipeline.client",
+    "pipeline.fake",
+    "pipeline.runner.lifecycle",
+    "pipeline.runner.run",
+    "polars",
+    "pyarrow",
+    "pydantic",
+    "ray",
+    "structlog",
+    "tenacity",
+)
+"""What ``pipeline --help`` must not import."""
+
+HTTP_STACK = (
+    "aiohttp",
+    "httpx",
+    "jsonschema",
+    "pipeline.client",
+    "pipeline.fake",
+    "pipeline.runner.run",
+    "ray",
+    "tenacity",
+)
+"""What ``pipeline validate`` (of a job without a JSON schema) must not import."""
+
+_PROBE = """
+import json, sys
+from pipeline.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "loaded": sorted(m for m in %r if m in sys.modules)}))
+"""
+
+
+def _loaded(cwd: Path, *argv: str) -> tuple[int, list[str]]:
+    """Run ``pipeline ARGV`` in a fresh interpreter: its exit code and the HEAVY modules
+    (and the HTTP stack's) it imported."""
+    probe = _PROBE % (tuple(sorted({*HEAVY, *HTTP_STACK})),)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    return result["code"], result["loaded"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--version"], ["run", "--help"], ["validate", "--help"], ["cache", "--help"]],
+)
+def test_help_loads_no_heavy_module(tmp_path: Path, argv: list[str]) -> None:
+    code, loaded = _loaded(tmp_path, *argv)
+
+    assert code == 0
+    assert [m for m in loaded if m in HEAVY] == []
+
+
+def test_a_bad_flag_is_rejected_before_anything_heavy_is_loaded(tmp_path: Path) -> None:
+    code, loaded = _loaded(tmp_path, "run", "job.toml", "--limit", "0")
+
+    assert code == 2
+    assert [m for m in loaded if m in HEAVY] == []
+
+
+def test_validate_loads_no_http_stack_and_starts_no_fake(
+    tmp_path: Path, reviews: Callable[[int], Path]
+) -> None:
+    job = write_job(tmp_path, make_job(reviews(5), "fake", tmp_path / "out.parquet"))
+
+    code, loaded = _loaded(tmp_path, "validate", str(job))
+
+    assert code == 0
+    assert "polars" in loaded  # it did read the input: the probe sees what is imported
+    assert [m for m in loaded if m in HTTP_STACK] == []
+
+
+def test_a_run_loads_no_ray_and_no_jsonschema_without_a_schema(
+    tmp_path: Path, reviews: Callable[[int], Path]
+) -> None:
+    output = tmp_path / "out.parquet"
+    job = write_job(tmp_path, make_job(reviews(1), "fake", output))
+
+    code, loaded = _loaded(tmp_path, "run", str(job))
+
+    assert code == 0
+    assert output.exists()
+    assert {"aiohttp", "httpx", "pipeline.fake"} <= set(loaded)
+    assert "ray" not in loaded
+    assert "jsonschema" not in loaded
+
+
+def test_import_pipeline_loads_nothing_heavy() -> None:
+    probe = f"import pipeline, sys; print([m for m in {HEAVY!r} if m in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("package", [pipeline, pipeline.runner])
+def test_every_lazy_public_name_resolves(package: ModuleType) -> None:
+    names: list[str] = package.__all__
+
+    for name in names:
+        assert getattr(package, name) is not None, name
+    assert set(names) <= set(dir(package))
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        _ = pipeline.no_such_name  # type: ignore[attr-defined]
+    from pipeline import fake  # a submodule is still found as one
+
+    assert fake.__name__ == "pipeline.fake"
+
+
+def test_the_lazy_names_are_the_modules_objects() -> None:
+    from pipeline.cli import run_job
+    from pipeline.runner.lifecycle import RunOptions
+    from pipeline.spec import JobSpec
+
+    assert pipeline.run_job is run_job
+    assert pipeline.JobSpec is JobSpec
+    assert pipeline.runner.RunOptions is RunOptions
+    assert pipeline.RunOptions is RunOptions
