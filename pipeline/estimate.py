@@ -36,7 +36,7 @@ from pipeline.humanize import clock, usd
 from pipeline.lock import OutputLock
 from pipeline.prices import PriceTable
 from pipeline.requests import RequestBuilder, estimate_prompt_tokens
-from pipeline.runner import Runner, RunPlan, plan_run
+from pipeline.runner import RunPlan, plan_run
 from pipeline.spec import JobSpec
 
 _GUESS_WITHOUT_MAX_TOKENS = 256
@@ -138,6 +138,8 @@ async def run_sample(
     output location, under its lock, as part files (not merged), which the real run
     reuses like those of an interrupted run; results already there are reused, not sent.
     """
+    from pipeline.runner import Runner  # the HTTP stack: only when a sample is sent
+
     job = plan.job
     builder = RequestBuilder.for_job(job)
     limit = min(n, plan.limit) if plan.limit is not None else n

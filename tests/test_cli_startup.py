@@ -1,10 +1,11 @@
 """Start-up: each command imports only the machinery it needs (no timing: which modules).
 
 ``pipeline --help`` must not load polars, pyarrow, pydantic or the HTTP stack (it took
-about a second when ``import pipeline`` imported everything); ``validate`` sends nothing,
-so it must not load the HTTP stack or the fake server; a plain run must not load Ray or
-``jsonschema``. Each check runs the CLI in a fresh interpreter and lists what it loaded.
-The wall times are ``tests/bench/startup.py``'s.
+about a second when ``import pipeline`` imported everything); ``validate`` and
+``estimate`` without ``--sample`` send nothing, so they must not load the HTTP stack or
+the fake server; a plain run must not load Ray or ``jsonschema``. Each check runs the
+CLI in a fresh interpreter and lists what it loaded. The wall times are
+``tests/bench/startup.py``'s.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ HTTP_STACK = (
     "ray",
     "tenacity",
 )
-"""What ``pipeline validate`` (of a job without a JSON schema) must not import."""
+"""What ``validate`` and ``estimate`` (a job without a JSON schema, no sample) must not import."""
 
 _PROBE = """
 import json, sys
@@ -108,6 +109,17 @@ def test_validate_loads_no_http_stack_and_starts_no_fake(
 
     assert code == 0
     assert "polars" in loaded  # it did read the input: the probe sees what is imported
+    assert [m for m in loaded if m in HTTP_STACK] == []
+
+
+def test_estimate_without_a_sample_loads_no_http_stack(
+    tmp_path: Path, reviews: Callable[[int], Path]
+) -> None:
+    job = write_job(tmp_path, make_job(reviews(5), "fake", tmp_path / "out.parquet"))
+
+    code, loaded = _loaded(tmp_path, "estimate", str(job))
+
+    assert code == 0
     assert [m for m in loaded if m in HTTP_STACK] == []
 
 
