@@ -245,7 +245,7 @@ def _add_run(commands: Commands) -> None:
     run.add_argument(
         "--grace-s",
         type=_seconds,
-        help="on SIGINT/SIGTERM, how long in-flight requests may finish (default 30)",
+        help="on SIGINT/SIGTERM, how long in-flight requests may finish",
     )
     run.add_argument(
         "--prices",
@@ -521,6 +521,8 @@ def _concurrency_line(summary: RunSummary) -> str:
 
 
 def _print_summary(summary: RunSummary) -> None:
+    from pipeline.results import resend_hint
+
     errors = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
     reused = f" ({summary.rows_reused} from earlier runs)" if summary.rows_reused else ""
     print(
@@ -535,8 +537,6 @@ def _print_summary(summary: RunSummary) -> None:
         print(_concurrency_line(summary))
     if summary.complete:
         print(f"output: {summary.output_path}")
-    from pipeline.results import resend_hint
-
     hint = resend_hint(summary.errors_by_type, summary.rows_total)
     if hint is not None:
         print(hint, file=sys.stderr)
