@@ -171,6 +171,15 @@ class FakeConfig:
     retry_after_s: float = field(
         default=1.0, metadata=_about("retry-after of an injected 429, in s", bounds=_AT_LEAST_0)
     )
+    credit_requests: int | None = field(
+        default=None,
+        metadata=_about(
+            "the account's credit runs out after this many chat requests: every later one is "
+            "a 429 insufficient_quota",
+            bounds=_AT_LEAST_0,
+            metavar="N",
+        ),
+    )
     drop_rate: float = field(default=0.0, metadata=_rate("closing the connection unanswered"))
     hang_rate: float = field(default=0.0, metadata=_rate("hanging unanswered for hang_s"))
     hang_s: float = field(

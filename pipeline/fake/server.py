@@ -1,11 +1,11 @@
 """The HTTP side: one low-level aiohttp handler, run on the caller's loop or in a thread.
 
 Order of checks per request: auth (401), path and query (404), required headers (400),
-body (400), required body fields (400), model (404), concurrency (429), rate limits (429,
-at arrival), fault draw (a drop closes at once), latency, then the drawn fault or the
-completion: one JSON body, or server-sent events when the request asks to stream. The
-profile (``FakeConfig.profile``) decides the path, query, auth styles, headers, body
-fields and models.
+body (400), required body fields (400), model (404), credit (429 insufficient_quota),
+concurrency (429), rate limits (429, at arrival), fault draw (a drop closes at once),
+latency, then the drawn fault or the completion: one JSON body, or server-sent events
+when the request asks to stream. The profile (``FakeConfig.profile``) decides the path,
+query, auth styles, headers, body fields and models.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class FakeServer:
         self._jitter_rng = random.Random(f"{config.fault_seed}:jitter")
         self._upstream_rng = random.Random(f"{config.fault_seed}:upstream")
         self._in_flight = 0
+        self._chats = 0  # chat requests paid from the account's credit (``credit_requests``)
         self._closing = asyncio.Event()
         self.capacity = (
             None
@@ -153,6 +154,13 @@ class FakeServer:
         refusal = self._profile.check_body(chat.fields, chat.model)
         if refusal is not None:
             return _refuse(refusal)
+        if self.config.credit_requests is not None and not self._pay_credit():
+            return _error(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                code="insufficient_quota",
+            )
         limit = self.config.max_concurrency
         if limit is not None and self._in_flight >= limit:
             return _error(
@@ -176,6 +184,13 @@ class FakeServer:
             return await self._respond(request, chat, body, fault, headers, content_fault)
         finally:
             self._in_flight -= 1
+
+    def _pay_credit(self) -> bool:
+        """Whether the account's credit (``credit_requests``) still pays for a chat request."""
+        if self._chats >= (self.config.credit_requests or 0):
+            return False
+        self._chats += 1
+        return True
 
     def _admit(self, chat: IncomingChat) -> tuple[dict[str, str], web.StreamResponse | None]:
         """The quota's headers, and its 429 when it refuses the request (None: admitted)."""
