@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.limits import FIRST_WAVE, RAMP_S, Bucket, RateLimiter, TokenEstimator
+from pipeline.limits import FIRST_WAVE, RAMP_S, Bucket, RateLimiter, SlowStart, TokenEstimator
 from pipeline.records import ChatRequest, RateLimitInfo
 
 EPS = 1e-9
@@ -652,3 +652,22 @@ def test_a_pause_gives_back_what_sleeping_callers_had_reserved() -> None:
     bucket.pause_until(1.0, now=0.1, waiting=4)
     assert bucket.level == pytest.approx(0.0)
     assert bucket.reserve(1, now=0.1) == pytest.approx(1.0)  # first after the pause: 1.1 s
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=0.5), min_size=1, max_size=300))
+def test_slow_start_never_lets_out_more_than_the_ramp(gaps: list[float]) -> None:
+    ramp = SlowStart()
+    now, let_out = 0.0, 0
+    first = gaps[0]
+    for gap in gaps:
+        now += gap
+        wait = ramp.wait_s(now)
+        if wait == 0.0:
+            let_out += 1
+        else:
+            next_step = now + wait  # lands on the next doubling
+            assert math.isclose((next_step - first) / RAMP_S, round((next_step - first) / RAMP_S))
+        allowed = FIRST_WAVE * 2 ** math.floor((now - first) / RAMP_S + 1e-9)
+        assert let_out <= allowed
+    assert let_out >= min(len(gaps), FIRST_WAVE)  # the first wave goes at once
