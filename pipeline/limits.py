@@ -144,9 +144,10 @@ class SlowStart:
     A first wave of ``FIRST_WAVE`` goes at once, and the number let out doubles every
     ``RAMP_S`` (8, 16, 32, ... in 0, 50, 100 ms ...) until the first answer, whose
     ``x-ratelimit-*`` headers set the limits. A server answering within the ramp is heard
-    before most of the run's concurrency goes; sending one request alone and waiting for its
-    answer would cost every run a whole latency (at 256 in flight and 500 ms, 5% of a
-    5,000-request run), the ramp about a quarter of one.
+    before most of the run's concurrency goes. Sending one request alone and waiting for its
+    answer cost every run a whole latency (at 256 in flight and 500 ms, 5% of a
+    5,000-request run; a first request that hung held every other one until its timeout);
+    the ramp reaches 256 after 250 ms and costs about 0.2-0.25 s, whatever the latency.
     """
 
     def __init__(self) -> None:
