@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.limits import Bucket, RateLimiter, TokenEstimator
+from pipeline.limits import FIRST_WAVE, RAMP_S, Bucket, RateLimiter, SlowStart, TokenEstimator
 from pipeline.records import ChatRequest, RateLimitInfo
 
 EPS = 1e-9
@@ -440,27 +440,61 @@ async def test_cooldown_without_limits_still_pauses() -> None:
 
 
 @pytest.mark.anyio
-async def test_without_limits_the_first_request_goes_alone_to_learn_them() -> None:
-    time = SteppingClock()
+async def test_without_limits_a_first_wave_goes_then_doubles_until_an_answer() -> None:
+    time = FakeTime()
     limiter = RateLimiter(None, None, clock=time.clock, sleep=time.sleep)
-    started: list[float] = []
+    starts: list[float] = []
 
     async def caller() -> None:
         await limiter.acquire(100)
-        started.append(time.now)
+        starts.append(time.now)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(5):
-            tg.start_soon(caller)
-        await anyio.wait_all_tasks_blocked()
-        assert len(started) == 1  # the probe; the others wait for its answer
-        await time.sleep(0.3)
+    await time.drive(*[caller] * 100)
+
+    def by(t: float) -> int:
+        return sum(1 for s in starts if s <= t + EPS)
+
+    assert by(0.0) == FIRST_WAVE
+    assert [by(k * RAMP_S) for k in range(1, 5)] == [16, 32, 64, 100]
+    assert by(RAMP_S - 0.001) == FIRST_WAVE
+
+
+@pytest.mark.anyio
+async def test_the_first_answer_ends_the_ramp_and_its_headers_set_the_limits() -> None:
+    time = FakeTime()
+    limiter = RateLimiter(None, None, clock=time.clock, sleep=time.sleep)
+    starts: list[float] = []
+    answer_at = RAMP_S * 1.5
+
+    async def caller() -> None:
+        await limiter.acquire(100)
+        starts.append(time.now)
+
+    async def server() -> None:
+        await time.sleep(answer_at)
         limiter.answered(RateLimitInfo(limit_requests=600, remaining_requests=1))
+
+    await time.drive(server, *[caller] * 40)
 
     assert limiter.requests is not None
     assert limiter.requests.per_minute == 600
-    assert started[1] == pytest.approx(0.3)  # the one request the server said was left
-    assert started[-1] > started[1]  # then paced at 10/s
+    ordered = sorted(starts)
+    assert ordered[: 2 * FIRST_WAVE] == [0.0] * FIRST_WAVE + [RAMP_S] * FIRST_WAVE
+    after = ordered[2 * FIRST_WAVE :]
+    assert after[0] == pytest.approx(answer_at)  # the one request the server said was left
+    assert all(b - a >= 0.1 - EPS for a, b in itertools.pairwise(after))  # then 10/s
+
+
+@pytest.mark.anyio
+async def test_an_answer_without_headers_lets_everyone_go() -> None:
+    time = SteppingClock()
+    limiter = RateLimiter(None, None, clock=time.clock, sleep=time.sleep)
+    for _ in range(FIRST_WAVE):
+        await limiter.acquire(100)
+    limiter.answered(None)
+    for _ in range(100):
+        await limiter.acquire(100)
+    assert time.now == 0.0
 
 
 def test_shorter_cooldown_does_not_shorten_a_pause() -> None:
@@ -618,3 +652,22 @@ def test_a_pause_gives_back_what_sleeping_callers_had_reserved() -> None:
     bucket.pause_until(1.0, now=0.1, waiting=4)
     assert bucket.level == pytest.approx(0.0)
     assert bucket.reserve(1, now=0.1) == pytest.approx(1.0)  # first after the pause: 1.1 s
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=0.5), min_size=1, max_size=300))
+def test_slow_start_never_lets_out_more_than_the_ramp(gaps: list[float]) -> None:
+    ramp = SlowStart()
+    now, let_out = 0.0, 0
+    first = gaps[0]
+    for gap in gaps:
+        now += gap
+        wait = ramp.wait_s(now)
+        if wait == 0.0:
+            let_out += 1
+        else:
+            next_step = now + wait  # lands on the next doubling
+            assert math.isclose((next_step - first) / RAMP_S, round((next_step - first) / RAMP_S))
+        allowed = FIRST_WAVE * 2 ** math.floor((now - first) / RAMP_S + 1e-9)
+        assert let_out <= allowed
+    assert let_out >= min(len(gaps), FIRST_WAVE)  # the first wave goes at once

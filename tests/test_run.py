@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -368,3 +369,44 @@ def test_demo_job_runs_as_a_subprocess(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert f"output: {out}" in done.stdout
     assert read(out)["status"].unique().to_list() == ["ok"]
+
+
+def test_no_credit_left_stops_the_run_at_once_with_exit_4(
+    tmp_path: Path,
+    fake_server: FakeFactory,
+    reviews: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = fake_server(credit_requests=30, latency_s=0.01)
+    out = tmp_path / "out.parquet"
+    job = make_job(reviews(400), server.base_url, out, limits={"concurrency": 4})
+
+    assert run_cli("run", str(write_job(tmp_path, job))) == 4
+
+    assert "no credit left (insufficient_quota)" in capsys.readouterr().err
+    assert server.stats.by_status[429] <= 4  # not retried: at most the requests in flight
+    assert server.stats.received <= 30 + 4
+    parts = pl.read_parquet(out.with_name(out.name + ".parts"))
+    assert (parts["status"] == "ok").sum() == 30  # what was paid for is kept
+
+
+def test_a_429_with_capacity_left_backs_off_alone_and_a_spent_limit_pauses_everyone(
+    tmp_path: Path, fake_server: FakeFactory, reviews: Callable[[int], Path]
+) -> None:
+    def pauses(server_config: dict[str, Any], name: str, rows: int) -> int:
+        server = fake_server(**server_config)
+        out = tmp_path / f"{name}.parquet"
+        log_file = tmp_path / f"{name}.jsonl"
+        job = write_job(tmp_path, make_job(reviews(rows), server.base_url, out), f"{name}.toml")
+        assert run_cli("run", str(job), "--log-file", str(log_file)) == 0
+        assert read(out)["status"].unique().to_list() == ["ok"]
+        assert server.stats.by_status[429] > 0
+        events = [json.loads(line) for line in log_file.read_text().splitlines()]
+        return sum(e["event"] == "rate_limit.pause" for e in events)
+
+    # injected 429s while the quota's headers show plenty left: nobody else waits
+    stray = {"requests_per_minute": 600_000, "rate_limit_rate": 0.3, "retry_after_s": 0.0}
+    assert pauses(stray, "stray", 80) == 0
+    # the quota itself spent (no limits in the job; a bucket of 10 requests, 16 sent in the
+    # first 50 ms, long before the first admitted answer brings the headers): everyone pauses
+    assert pauses({"requests_per_minute": 600, "latency_s": 0.3}, "spent", 30) > 0

@@ -117,6 +117,8 @@ class FakeConfig:
     ``json_object`` answers are left whole.
     ``cached_share`` of every prompt's tokens is reported as cached.
 
+    ``realistic`` dresses chat completions as OpenAI's (``pipeline.fake.realistic``).
+
     ``slots`` turns on the capacity model of a continuous-batching server
     (``pipeline.fake.capacity``): after ``latency_s``, an answer waits for a slot and takes
     ``token_s`` per completion token, times ``1 + batch_slowdown * (batch - 1)``.
@@ -170,6 +172,15 @@ class FakeConfig:
     )
     retry_after_s: float = field(
         default=1.0, metadata=_about("retry-after of an injected 429, in s", bounds=_AT_LEAST_0)
+    )
+    credit_requests: int | None = field(
+        default=None,
+        metadata=_about(
+            "the account's credit runs out after this many chat requests: every later one is "
+            "a 429 insufficient_quota",
+            bounds=_AT_LEAST_0,
+            metavar="N",
+        ),
     )
     drop_rate: float = field(default=0.0, metadata=_rate("closing the connection unanswered"))
     hang_rate: float = field(default=0.0, metadata=_rate("hanging unanswered for hang_s"))
@@ -313,6 +324,15 @@ class FakeConfig:
     batch_shuffle: bool = field(
         default=False,
         metadata=_about("write batch output lines in shuffled order", cli=False),
+    )
+
+    realistic: bool = field(
+        default=False,
+        metadata=_about(
+            "answer chat completions as api.openai.com does: its full header set (plausible"
+            " x-ratelimit-* unless the rate limits are on), every usage detail and message"
+            " field, contents of 100-300 tokens"
+        ),
     )
 
     def __post_init__(self) -> None:

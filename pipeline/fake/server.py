@@ -1,11 +1,11 @@
 """The HTTP side: one low-level aiohttp handler, run on the caller's loop or in a thread.
 
 Order of checks per request: auth (401), path and query (404), required headers (400),
-body (400), required body fields (400), model (404), concurrency (429), rate limits (429,
-at arrival), fault draw (a drop closes at once), latency, then the drawn fault or the
-completion: one JSON body, or server-sent events when the request asks to stream. The
-profile (``FakeConfig.profile``) decides the path, query, auth styles, headers, body
-fields and models.
+body (400), required body fields (400), model (404), credit (429 insufficient_quota),
+concurrency (429), rate limits (429, at arrival), fault draw (a drop closes at once),
+latency, then the drawn fault or the completion: one JSON body, or server-sent events
+when the request asks to stream. The profile (``FakeConfig.profile``) decides the path,
+query, auth styles, headers, body fields and models.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from pipeline.fake.content import (
 from pipeline.fake.leak import leak_credential, leak_message
 from pipeline.fake.profiles import Refusal
 from pipeline.fake.ratelimit import ServerQuota, format_duration
+from pipeline.fake.realistic import OpenAIHeaders, dress
 from pipeline.fake.stats import FakeStats, RecordedRequest
 from pipeline.fake.stream import events as stream_events
 from pipeline.fake.stream import write_events
@@ -84,7 +85,9 @@ class FakeServer:
         self._jitter_rng = random.Random(f"{config.fault_seed}:jitter")
         self._upstream_rng = random.Random(f"{config.fault_seed}:upstream")
         self._in_flight = 0
+        self._chats = 0  # chat requests paid from the account's credit (``credit_requests``)
         self._closing = asyncio.Event()
+        self._openai = OpenAIHeaders(config.fault_seed) if config.realistic else None
         self.capacity = (
             None
             if config.slots is None
@@ -121,6 +124,12 @@ class FakeServer:
                 request.transport.close()
             return web.Response()  # never sent: the transport is closed
         self.stats.by_status[response.status] += 1
+        if (
+            self._openai is not None
+            and not response.prepared
+            and "x-request-id" in response.headers
+        ):
+            response.headers.extend(self._openai.cookies())
         return response
 
     async def _answer(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse | None:
@@ -153,6 +162,13 @@ class FakeServer:
         refusal = self._profile.check_body(chat.fields, chat.model)
         if refusal is not None:
             return _refuse(refusal)
+        if self.config.credit_requests is not None and not self._pay_credit():
+            return _error(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                code="insufficient_quota",
+            )
         limit = self.config.max_concurrency
         if limit is not None and self._in_flight >= limit:
             return _error(
@@ -177,13 +193,24 @@ class FakeServer:
         finally:
             self._in_flight -= 1
 
+    def _pay_credit(self) -> bool:
+        """Whether the account's credit (``credit_requests``) still pays for a chat request."""
+        if self._chats >= (self.config.credit_requests or 0):
+            return False
+        self._chats += 1
+        return True
+
     def _admit(self, chat: IncomingChat) -> tuple[dict[str, str], web.StreamResponse | None]:
-        """The quota's headers, and its 429 when it refuses the request (None: admitted)."""
+        """The answer's headers (the quota's; in realistic mode, OpenAI's with the quota's
+        winning), and the quota's 429 when it refuses the request (None: admitted)."""
+        headers: dict[str, str] = {}
+        if self._openai is not None:
+            headers = self._openai.headers(chat.cost_tokens, self.config.latency_s * 1000)
         if self._quota is None:
-            return {}, None
+            return headers, None
         now = time.monotonic()
         admission = self._quota.admit(chat.cost_tokens, now)
-        headers = admission.headers
+        headers |= admission.headers
         if admission.refused is None:
             self.stats.count_admitted(now - self._started, chat.cost_tokens)
             return headers, None
@@ -231,7 +258,10 @@ class FakeServer:
             int(time.time()),
             content_fault,
             self.config.cached_share,
+            prose=self.config.realistic,
         )
+        if self.config.realistic:
+            answer = dress(answer)
         rate = self.config.upstream_error_rate
         if rate and self._upstream_rng.random() < rate:
             self.stats.lost_upstream += 1  # generated upstream, then lost by the gateway
@@ -297,7 +327,10 @@ class FakeServer:
         events = stream_events(answer, chat.include_usage)
         if fault is Fault.MALFORMED:
             events[len(events) // 2] = b"data: {not json\n\n"
-        response = await write_events(request, events, headers, cut=fault is Fault.STREAM_CUT)
+        cookies = () if self._openai is None else self._openai.cookies()
+        response = await write_events(
+            request, events, headers, cut=fault is Fault.STREAM_CUT, more=cookies
+        )
         if response is not None and self.config.close_after_stream:
             await response.write_eof()  # the answer is complete; then the connection goes
             if request.transport is not None:

@@ -211,6 +211,7 @@ class LiveSender:
                 exc.retry_after_s or self._retry.initial_backoff_s, self._retry.max_backoff_s
             )
             self._limiter.cooldown(pause)
+            log.info("rate_limit.pause", seconds=pause, error=exc.message)
 
     def _pauses_everyone(self, exc: RateLimited, tokens: int) -> bool:
         """Whether a 429 means the shared limit is spent (every worker pauses) or is a stray
