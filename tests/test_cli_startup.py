@@ -5,7 +5,7 @@ about a second when ``import pipeline`` imported everything); ``validate`` and
 ``estimate`` without ``--sample`` send nothing, so they must not load the HTTP stack or
 the fake server; a plain run must not load Ray or ``jsonschema``. Each check runs the
 CLI in a fresh interpreter and lists what it loaded. The wall times are
-``tests/bench/startup.py``'s.
+``python -m tests.bench i``'s.
 """
 
 from __future__ import annotations
