@@ -7,11 +7,10 @@ import dataclasses
 import email.utils
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 
 from pipeline.errors import (
@@ -46,7 +45,7 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def parse_retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
@@ -82,7 +81,7 @@ def parse_duration(value: str | None) -> float | None:
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
 
 
-def _int_header(headers: httpx.Headers, name: str) -> int | None:
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     value = headers.get(name)
     if value is None:
         return None
@@ -92,7 +91,7 @@ def _int_header(headers: httpx.Headers, name: str) -> int | None:
         return None
 
 
-def parse_rate_limits(headers: httpx.Headers) -> RateLimitInfo | None:
+def parse_rate_limits(headers: Mapping[str, str]) -> RateLimitInfo | None:
     """The ``x-ratelimit-*`` headers, when the server sends any."""
     if (
         "x-ratelimit-remaining-requests" not in headers
