@@ -341,6 +341,7 @@ class FakeSpec(_Section):
     slots_schedule: str | None = Field(
         default=None, pattern=r"^\s*\d+(\.\d+)?:[1-9]\d*\s*(,\s*\d+(\.\d+)?:[1-9]\d*\s*)*$"
     )
+    realistic: bool = False
 
     @model_validator(mode="after")
     def _schedule_needs_slots(self) -> FakeSpec:

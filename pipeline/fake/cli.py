@@ -82,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
         help=OPTIONS["profile"].help,
     )
     for flag, option in _FLAGGED.items():
+        if option.kind is bool:  # --realistic / --no-realistic
+            parser.add_argument(
+                flag,
+                dest=option.name,
+                action=argparse.BooleanOptionalAction,
+                default=option.default,
+                help=option.help,
+            )
+            continue
         parser.add_argument(
             flag,
             dest=option.name,

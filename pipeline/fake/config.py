@@ -117,6 +117,8 @@ class FakeConfig:
     ``json_object`` answers are left whole.
     ``cached_share`` of every prompt's tokens is reported as cached.
 
+    ``realistic`` dresses chat completions as OpenAI's (``pipeline.fake.realistic``).
+
     ``slots`` turns on the capacity model of a continuous-batching server
     (``pipeline.fake.capacity``): after ``latency_s``, an answer waits for a slot and takes
     ``token_s`` per completion token, times ``1 + batch_slowdown * (batch - 1)``.
@@ -313,6 +315,15 @@ class FakeConfig:
     batch_shuffle: bool = field(
         default=False,
         metadata=_about("write batch output lines in shuffled order", cli=False),
+    )
+
+    realistic: bool = field(
+        default=False,
+        metadata=_about(
+            "answer chat completions as api.openai.com does: its full header set (plausible"
+            " x-ratelimit-* unless the rate limits are on), every usage detail and message"
+            " field, contents of 100-300 tokens"
+        ),
     )
 
     def __post_init__(self) -> None:

@@ -204,9 +204,10 @@ def completion(
     created: int,
     fault: ContentFault | None = None,
     cached_share: float = 0.0,
+    prose: bool = False,
 ) -> dict[str, Any]:
     """The answer to ``chat`` as a ``chat.completion`` object; ``fault`` spoils the content
-    of a JSON-mode answer."""
+    of a JSON-mode answer; ``prose``: text answers of 100 to 300 tokens (``generate_prose``)."""
     choices = []
     completion_tokens = 0
     for index in range(chat.n):
@@ -216,7 +217,8 @@ def completion(
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
             finish_reason = "tool_calls"
         elif chat.response_format is None:
-            content, tokens, finish_reason = generate_content(
+            generate = generate_prose if prose else generate_content
+            content, tokens, finish_reason = generate(
                 chat.messages_key, chat.seed, index, chat.max_tokens
             )
             message = {"role": "assistant", "content": content}
@@ -302,6 +304,32 @@ def generate_content(
     if max_tokens is not None and max_tokens <= len(words):  # the period is one more token
         return " ".join(words[:max_tokens]), max_tokens, "length"
     return " ".join(words) + ".", len(words) + 1, "stop"
+
+
+PROSE_TOKENS = (100, 300)
+"""How many tokens a prose answer has before ``max_tokens`` cuts it."""
+
+
+def generate_prose(
+    messages_key: bytes, seed: int | None, index: int, max_tokens: int | None
+) -> tuple[str, int, str]:
+    """Return (content, completion tokens, finish reason) for one choice of a realistic
+    answer: sentences of 6 to 20 words, ``PROSE_TOKENS`` tokens in all (each word and each
+    period is one), cut to ``max_tokens`` tokens ("length") if longer."""
+    rng = _rng(messages_key, seed, index)
+    total = rng.randint(*PROSE_TOKENS)
+    tokens: list[str] = []
+    while len(tokens) < total:
+        left, words = total - len(tokens), rng.randint(6, 20)
+        if left - words - 1 < 7:  # the last sentence takes what is left
+            words = left - 1
+        sentence = rng.choices(_VOCABULARY, k=words)
+        sentence[0] = sentence[0].capitalize()
+        tokens += [*sentence, "."]
+    finish = "stop"
+    if max_tokens is not None and max_tokens < total:
+        tokens, finish = tokens[:max_tokens], "length"
+    return " ".join(tokens).replace(" .", "."), len(tokens), finish
 
 
 def generate_json_content(

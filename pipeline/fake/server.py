@@ -40,6 +40,7 @@ from pipeline.fake.content import (
 from pipeline.fake.leak import leak_credential, leak_message
 from pipeline.fake.profiles import Refusal
 from pipeline.fake.ratelimit import ServerQuota, format_duration
+from pipeline.fake.realistic import OpenAIHeaders, dress
 from pipeline.fake.stats import FakeStats, RecordedRequest
 from pipeline.fake.stream import events as stream_events
 from pipeline.fake.stream import write_events
@@ -85,6 +86,7 @@ class FakeServer:
         self._upstream_rng = random.Random(f"{config.fault_seed}:upstream")
         self._in_flight = 0
         self._closing = asyncio.Event()
+        self._openai = OpenAIHeaders(config.fault_seed) if config.realistic else None
         self.capacity = (
             None
             if config.slots is None
@@ -121,6 +123,12 @@ class FakeServer:
                 request.transport.close()
             return web.Response()  # never sent: the transport is closed
         self.stats.by_status[response.status] += 1
+        if (
+            self._openai is not None
+            and not response.prepared
+            and "x-request-id" in response.headers
+        ):
+            response.headers.extend(self._openai.cookies())
         return response
 
     async def _answer(self, request: web.BaseRequest, body: bytes) -> web.StreamResponse | None:
@@ -178,12 +186,16 @@ class FakeServer:
             self._in_flight -= 1
 
     def _admit(self, chat: IncomingChat) -> tuple[dict[str, str], web.StreamResponse | None]:
-        """The quota's headers, and its 429 when it refuses the request (None: admitted)."""
+        """The answer's headers (the quota's; in realistic mode, OpenAI's with the quota's
+        winning), and the quota's 429 when it refuses the request (None: admitted)."""
+        headers: dict[str, str] = {}
+        if self._openai is not None:
+            headers = self._openai.headers(chat.cost_tokens, self.config.latency_s * 1000)
         if self._quota is None:
-            return {}, None
+            return headers, None
         now = time.monotonic()
         admission = self._quota.admit(chat.cost_tokens, now)
-        headers = admission.headers
+        headers |= admission.headers
         if admission.refused is None:
             self.stats.count_admitted(now - self._started, chat.cost_tokens)
             return headers, None
@@ -231,7 +243,10 @@ class FakeServer:
             int(time.time()),
             content_fault,
             self.config.cached_share,
+            prose=self.config.realistic,
         )
+        if self.config.realistic:
+            answer = dress(answer)
         rate = self.config.upstream_error_rate
         if rate and self._upstream_rng.random() < rate:
             self.stats.lost_upstream += 1  # generated upstream, then lost by the gateway
@@ -297,7 +312,10 @@ class FakeServer:
         events = stream_events(answer, chat.include_usage)
         if fault is Fault.MALFORMED:
             events[len(events) // 2] = b"data: {not json\n\n"
-        response = await write_events(request, events, headers, cut=fault is Fault.STREAM_CUT)
+        cookies = () if self._openai is None else self._openai.cookies()
+        response = await write_events(
+            request, events, headers, cut=fault is Fault.STREAM_CUT, more=cookies
+        )
         if response is not None and self.config.close_after_stream:
             await response.write_eof()  # the answer is complete; then the connection goes
             if request.transport is not None:

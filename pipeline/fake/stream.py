@@ -13,7 +13,7 @@ system_fingerprint; ``usage`` is null on all but the usage chunk when it is aske
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -89,14 +89,21 @@ def events(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
 
 
 async def write_events(
-    request: web.BaseRequest, events: list[bytes], headers: Mapping[str, str], *, cut: bool
+    request: web.BaseRequest,
+    events: list[bytes],
+    headers: Mapping[str, str],
+    *,
+    cut: bool,
+    more: Iterable[tuple[str, str]] = (),
 ) -> web.StreamResponse | None:
-    """Send ``events`` as a ``text/event-stream`` response. With ``cut``, stop half-way,
-    in the middle of an event, and return None (the caller closes the connection)."""
+    """Send ``events`` as a ``text/event-stream`` response with ``headers`` and the
+    repeatable ``more`` (``set-cookie``). With ``cut``, stop half-way, in the middle of an
+    event, and return None (the caller closes the connection)."""
     response = web.StreamResponse(
         status=200,
         headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
     )
+    response.headers.extend(more)
     await response.prepare(request)
     if cut:
         half = len(events) // 2
