@@ -23,6 +23,7 @@ every attempt through httpx instead.
 from __future__ import annotations
 
 import errno
+import ssl
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -101,23 +102,21 @@ async def _on_reuse(*_: object) -> None:
 
 
 def _open_session(
-    max_connections: int, timeout_s: float, headers: Mapping[str, str]
+    max_connections: int, timeout_s: float, headers: Mapping[str, str], tls: ssl.SSLContext
 ) -> aiohttp.ClientSession:
-    """The run's connection pool: a trace of reused connections, httpx's per-phase timeouts
-    (connect, read, waiting for a pooled connection; no total), no cookie jar (an API
+    """The run's connection pool: a trace of reused connections, ``timeout_s`` for the whole
+    attempt and for each phase (connect, read, waiting for a pooled connection), no cookie jar (an API
     client keeps no session, and parsing OpenAI's two ``Set-Cookie`` headers per answer
     cost more than the rest of the headers)."""
     trace = aiohttp.TraceConfig()
     trace.on_connection_reuseconn.append(_on_reuse)
-    connector = aiohttp.TCPConnector(
-        limit=max_connections, keepalive_timeout=5.0, ssl=httpx.create_ssl_context()
-    )
+    connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=5.0, ssl=tls)
     return aiohttp.ClientSession(
         connector=connector,
         trace_configs=[trace],
         headers=headers,
         timeout=aiohttp.ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+            total=timeout_s, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
         ),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=True,
@@ -220,14 +219,18 @@ class ChatClient:
         self._session: aiohttp.ClientSession | None = None
         self._direct = transport is None
         """Plain attempts straight on aiohttp (else through httpx on the given transport)."""
-        self._http = httpx.AsyncClient(
-            transport=transport
-            or AiohttpTransport(
+        self._tls: ssl.SSLContext | None = None
+        if transport is None:  # streamed attempts: httpx over the same aiohttp session
+            self._tls = httpx.create_ssl_context()
+            transport = AiohttpTransport(
+                verify=self._tls,  # unused with a session given, but built if not passed
                 limits=httpx.Limits(
                     max_connections=max_connections, max_keepalive_connections=max_connections
                 ),
                 client=self._pool,
-            ),
+            )
+        self._http = httpx.AsyncClient(
+            transport=transport,
             headers=self._default_headers,
             params=endpoint.query or None,
             timeout=httpx.Timeout(endpoint.timeout_s),
@@ -239,8 +242,9 @@ class ChatClient:
     def _pool(self) -> aiohttp.ClientSession:
         """The aiohttp session, opened on first use (inside the event loop)."""
         if self._session is None:
+            tls = self._tls or httpx.create_ssl_context()
             self._session = _open_session(
-                self._max_connections, self._timeout_s, self._default_headers
+                self._max_connections, self._timeout_s, self._default_headers, tls
             )
         return self._session
 
@@ -289,8 +293,7 @@ class ChatClient:
         """One plain attempt: one ``post``, read whole."""
         started = time.perf_counter()
         try:
-            with anyio.fail_after(self._timeout_s):
-                status, headers, body = await self._post(request)
+            status, headers, body = await self._post(request)
         except (
             httpx.TransportError,
             httpx.DecodingError,
@@ -310,7 +313,8 @@ class ChatClient:
         return self._reply(parse_reply(body, 200, latency_ms, rate_limits))
 
     async def _post(self, request: ChatRequest) -> tuple[int, Mapping[str, str], bytes]:
-        """Status, headers and body of one POST: on aiohttp, or through httpx's transport."""
+        """Status, headers and body of one POST: on aiohttp (its ``total`` timeout is
+        ``endpoint.timeout_s``), or through httpx's transport within the same deadline."""
         if self._direct:
             async with self._pool().post(
                 self._wire_url,
@@ -319,9 +323,10 @@ class ChatClient:
                 allow_redirects=False,
             ) as response:
                 return response.status, response.headers, await response.read()
-        answer = await self._http.post(
-            self.url, content=request.body, headers=self._headers(request)
-        )
+        with anyio.fail_after(self._timeout_s):
+            answer = await self._http.post(
+                self.url, content=request.body, headers=self._headers(request)
+            )
         return answer.status_code, answer.headers, answer.content
 
     def _status_error(
