@@ -60,6 +60,16 @@ class LeanRetrying(AsyncRetrying):
     async def __call__(  # type: ignore[override]
         self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
+        return await self.attempts(self.before_sleep, fn, *args, **kwargs)
+
+    async def attempts(
+        self,
+        on_retry: Callable[[RetryCallState], object] | None,
+        fn: Callable[P, Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``fn``'s result, with ``on_retry`` in place of ``before_sleep`` (no copy per call)."""
         started = time.monotonic()
         state: RetryCallState | None = None
         while True:
@@ -76,15 +86,15 @@ class LeanRetrying(AsyncRetrying):
                 seconds = float(self.wait(state))
             state.next_action = RetryAction(seconds)
             state.idle_for += seconds
-            if self.before_sleep is not None:
-                self.before_sleep(state)
+            if on_retry is not None:
+                on_retry(state)
             await cast("Sleep", self.sleep)(seconds)
             state.prepare_for_next_attempt()
 
 
 def make_retrying(
     spec: RetrySpec, *, on_retry: OnRetry | None = None, sleep: Sleep = anyio.sleep
-) -> AsyncRetrying:
+) -> LeanRetrying:
     """A retry policy for one row's attempts (``.copy()`` it per row)."""
     return LeanRetrying(
         stop=stop_after_attempt(spec.max_attempts),

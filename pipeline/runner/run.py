@@ -13,7 +13,7 @@ import anyio
 import httpx
 import structlog
 from anyio.abc import ObjectReceiveStream
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from pipeline.budget import Budget
 from pipeline.cache import ResponseCache, endpoint_identity, uncached_reason
@@ -432,13 +432,13 @@ class Runner:
     async def _work(
         self,
         journey: RowJourney,
-        rows: ObjectReceiveStream[PromptRow],
+        rows: MemoryObjectReceiveStream[PromptRow],
         out: MemoryObjectSendStream[Outcome],
     ) -> None:
         """One worker: take a row, produce its outcomes (one per model), repeat, until the
         rows run out or the run stops."""
         async with rows, out:
-            async for row in rows:
+            while (row := await _take(rows)) is not None:
                 for index, model in enumerate(self.models):
                     if self.control.is_stopping:
                         return
@@ -491,6 +491,21 @@ async def _put(send: MemoryObjectSendStream[T], item: T) -> None:
         send.send_nowait(item)
     except anyio.WouldBlock:
         await send.send(item)
+
+
+async def _take(receive: MemoryObjectReceiveStream[T]) -> T | None:
+    """The next item, without yielding to the loop when one is waiting (the common case);
+    None once the stream has ended."""
+    try:
+        return receive.receive_nowait()
+    except anyio.WouldBlock:
+        pass
+    except anyio.EndOfStream:
+        return None
+    try:
+        return await receive.receive()
+    except anyio.EndOfStream:
+        return None
 
 
 def _close_cache(cache: ResponseCache) -> None:
