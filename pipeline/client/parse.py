@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -67,8 +68,10 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_duration(value: str | None) -> float | None:
-    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"120ms"``, ``"1.5s"``; plain numbers are seconds."""
+    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"120ms"``, ``"1.5s"``; plain numbers are
+    seconds. Cached: a server repeats a few values in every answer."""
     if value is None:
         return None
     try:
