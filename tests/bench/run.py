@@ -1,20 +1,36 @@
 """Benchmarks of the pipeline against the fake server (loopback only). Prints numbers.
 
-    python -m tests.bench              # all scenarios
-    python -m tests.bench a b          # some of them
+    python -m tests.bench                          # all scenarios
+    python -m tests.bench a b                      # some of them
+    python -m tests.bench --client-root DIR a b    # the pipeline of another checkout
+    PEER_SCRIPT=/path/to/api_request_parallel_processor.py python -m tests.bench a
 
 Each client run is its own process (tests/bench/client.py) so that its CPU time and
-peak RSS are its own; the fake server runs in another process on the other core.
+peak RSS are its own; the fake server runs in another process on the other core. With
+``--client-root``, client processes (``tests.bench.client``, ``python -m pipeline``) run
+from that checkout (their working directory and ``PYTHONPATH``, this interpreter), while
+the fake server, the inputs and the peer come from this one: before and after, side by
+side in one sitting. Job files use only keys the pipeline has long known.
 
-(a) 20,000 requests at zero latency: requests/s and client CPU ms per request,
-    on the aiohttp transport (the one the pipeline uses) and on httpx's default
-    httpcore transport for comparison (fewer requests: it is ten times slower).
-(b) 5,000 requests at 500 ms latency, concurrency 256: wall time vs N x latency / concurrency.
+The CPU, latency and memory scenarios (a, b, d, e, h, i) send realistic prompts: product
+reviews of 200-400 words (``tests/bench/inputs.py``, 250-450 tokens); all but (d) ask for
+``max_tokens = 300`` from a fake answering as api.openai.com does (``--realistic``: its
+full header set, usage details, 100-300-token contents). Scenarios a, b, h and i run the
+pipeline and a peer back to back (``tests/bench/side.py``): ``tests/bench/peer.py``, our
+re-implementation of the OpenAI cookbook's ``api_request_parallel_processor.py`` design,
+or the real script named by ``PEER_SCRIPT``, measured the same way (its own process).
+
+(a) 20,000 requests at zero latency: requests/s, client CPU-ms per request, peak RSS,
+    pipeline vs peer (targets: <= 0.40 CPU-ms/request, >= 2x the peer's requests/s);
+    (a2) the same on httpx's default httpcore transport (5,000: it is ten times slower).
+(b) 5,000 requests at 500 ms latency, concurrency 256: wall time vs N x latency /
+    concurrency (target <= 1.10x), with limits in the job (set high enough not to bind)
+    and without; the peer beside it.
 (c) 4,000 requests, server enforcing 3,000 requests/min and 600,000 tokens/min at
     300 ms latency: steady-state throughput vs the binding limit, 429s, failed rows;
     (c2) the same with no limits in the job, following the server's x-ratelimit headers;
     (c3) the same limits with ``concurrency = "auto"``.
-(d) peak RSS for 200,000 input rows vs 20,000.
+(d) peak RSS for 200,000 input rows vs 20,000 (realistic inputs, plain fake).
 (e) the response cache, 20,000 rows at zero latency: a cold cache on a live run (every
     answer stored) vs no cache, client CPU per request, runs alternated; then a warm
     cache into a new output (nothing sent): rows/s and CPU per row; and the cache's own
@@ -25,10 +41,21 @@ peak RSS are its own; the fake server runs in another process on the other core.
     throughput, then ``auto``: its throughput vs the best, p50 latency vs unloaded, timeouts.
 (g) the same server halving its slots mid-run: how fast the limit follows, timeouts,
     and the limit over time.
+(h) 2,000 rows, stray faults (5% 500s, 2% 429s with Retry-After 1, 1% drops, 1% hangs),
+    100 ms latency, 5 s timeout, no limits binding: wall time, rows ok, rows lost or
+    duplicated, pipeline vs peer (target: wall <= the peer's, 0 lost or duplicated).
+(i) start-up: a one-row ``pipeline run`` against the fake, from spawn to exit, vs the peer
+    on one request; ``pipeline --help`` and ``pipeline validate jobs/demo.toml``
+    (medians of 5; targets 1.0 s, 0.3 s and 1.0 s).
+(c4) binding limits: the fake enforcing requests/min and tokens/min as token buckets
+    holding 1 s of quota, charging prompt tokens as it counts them plus ``max_tokens``
+    (what a client can know before sending); the job's limits equal the server's: wall
+    vs the limiter's ideal (target <= 1.03x), 429s per request (target <= 0.5%).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -41,7 +68,11 @@ from typing import Any
 
 import polars as pl
 
+from tests.bench.inputs import review
+
 ROOT = Path(__file__).resolve().parents[2]
+CLIENT_ROOT = ROOT
+"""The checkout client processes run from (``--client-root``)."""
 SERVER_START_TIMEOUT_S = 30
 RUN_TIMEOUT_S = 900
 
@@ -75,15 +106,23 @@ def server_stats(base_url: str) -> dict[str, Any]:
     return data
 
 
-def make_input(folder: Path, rows: int) -> Path:
-    """A Parquet input of ``rows`` short reviews."""
-    path = folder / f"input-{rows}.parquet"
+def client_env() -> dict[str, str]:
+    """The environment of a client process: ``PYTHONPATH`` at the client checkout."""
+    return os.environ | {"PYTHONPATH": str(CLIENT_ROOT)}
+
+
+def make_input(folder: Path, rows: int, *, realistic: bool = False) -> Path:
+    """A Parquet input of ``rows`` reviews: one-line ones, or (``realistic``) of 200-400
+    words (``tests/bench/inputs.py``)."""
+    path = folder / f"input-{rows}{'-realistic' if realistic else ''}.parquet"
     if not path.exists():
         pl.DataFrame(
             {
                 "id": [f"row-{i:07d}" for i in range(rows)],
                 "text": [
-                    f"Review {i}: sturdy, quiet, a little pricey; arrived in {i % 9 + 1} days."
+                    review(i)
+                    if realistic
+                    else f"Review {i}: sturdy, quiet, a little pricey; arrived in {i % 9 + 1} days."
                     for i in range(rows)
                 ],
             }
@@ -100,13 +139,14 @@ def write_job(
     max_tokens: int,
     limits: str = "",
     timeout_s: float = 60,
+    input_path: str = "unused.parquet",
 ) -> Path:
-    """A benchmark job file."""
+    """A benchmark job file (``input_path``: for runs without ``--input``)."""
     path = folder / f"{name}.toml"
     path.write_text(
         f"""name = "{name}"
 [input]
-path = "unused.parquet"
+path = {json.dumps(input_path)}
 id_column = "id"
 prompt_column = "text"
 [request]
@@ -155,39 +195,27 @@ def run_client(
             str(folder / f"{job.stem}.log"),
             *(["--cache", str(cache)] if cache is not None else []),
         ],
-        cwd=ROOT,
+        cwd=CLIENT_ROOT,
+        env=client_env(),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
-        check=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"client run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["output"] = str(output)
     return result
 
 
-def bench_a(folder: Path) -> None:
-    print("(a) zero latency: client CPU per request")
-    for transport, rows in (("aiohttp", 20_000), ("httpcore", 5_000)):
-        with fake_server() as url:
-            job = write_job(folder, "a", url, concurrency=256, max_tokens=16)
-            r = run_client(job, make_input(folder, rows), folder, transport)
-        print(
-            f"    {transport:9s} {rows:>6,} requests: {r['requests'] / r['wall_s']:8,.0f} req/s,"
-            f" {r['cpu_s'] / r['requests'] * 1000:5.2f} CPU-ms/request"
-            f" (target <= 1.0), ok {r['ok']:,}"
-        )
-
-
-def bench_b(folder: Path) -> None:
-    print("(b) 5,000 requests at 500 ms latency, concurrency 256")
-    with fake_server("--latency-ms", "500") as url:
-        job = write_job(folder, "b", url, concurrency=256, max_tokens=16)
-        r = run_client(job, make_input(folder, 5_000), folder)
-    ideal = 5_000 * 0.5 / 256
+def bench_a2(folder: Path) -> None:
+    print("(a2) zero latency on httpx's default httpcore transport")
+    with fake_server("--realistic") as url:
+        job = write_job(folder, "a2", url, concurrency=256, max_tokens=300)
+        r = run_client(job, make_input(folder, 5_000, realistic=True), folder, "httpcore")
     print(
-        f"    wall {r['wall_s']:.2f} s, ideal {ideal:.2f} s: {r['wall_s'] / ideal:.3f}x (target <= 1.2x),"
-        f" {r['cpu_s'] / r['requests'] * 1000:.2f} CPU-ms/request, ok {r['ok']:,}"
+        f"    httpcore  5,000 requests: {r['requests'] / r['wall_s']:8,.0f} req/s,"
+        f" {r['cpu_s'] / r['requests'] * 1000:5.2f} CPU-ms/request, ok {r['ok']:,}"
     )
 
 
@@ -237,7 +265,7 @@ def bench_d(folder: Path) -> None:
     for rows in (20_000, 200_000):
         with fake_server() as url:
             job = write_job(folder, "d", url, concurrency=256, max_tokens=16)
-            r = run_client(job, make_input(folder, rows), folder)
+            r = run_client(job, make_input(folder, rows, realistic=True), folder)
         rss[rows] = r["max_rss_mb"]
         print(
             f"    {rows:>7,} rows: peak RSS {r['max_rss_mb']:.0f} MB, {r['wall_s']:.1f} s, ok {r['ok']:,}"
@@ -299,10 +327,10 @@ def cache_work(folder: Path, rows: int = 20_000) -> tuple[float, float]:
 def bench_e(folder: Path) -> None:
     print("(e) response cache, 20,000 rows, zero latency")
     rows = 20_000
-    source = make_input(folder, rows)
+    source = make_input(folder, rows, realistic=True)
     cpu: dict[str, list[float]] = {"none": [], "cold": []}
-    with fake_server() as url:
-        job = write_job(folder, "e", url, concurrency=256, max_tokens=16)
+    with fake_server("--realistic") as url:
+        job = write_job(folder, "e", url, concurrency=256, max_tokens=300)
         for attempt in range(2):
             for kind in ("none", "cold"):
                 cache = folder / f"cold-{attempt}.sqlite" if kind == "cold" else None
@@ -423,32 +451,8 @@ def bench_g(folder: Path) -> None:
     print(f"    limit over time (s: limit): {_condensed(history)}")
 
 
-FAULT_MIX = (
-    "--latency-ms", "100", "--error-500-rate", "0.05", "--rate-limit-rate", "0.02",
-    "--retry-after-s", "1", "--drop-rate", "0.01", "--hang-rate", "0.01", "--fault-seed", "7",
-)  # fmt: skip
-
-
-def bench_h(folder: Path) -> None:
-    print(
-        "(h) stray faults: 5% 500, 2% 429 (Retry-After 1), 1% drops, 1% hangs; 100 ms, timeout 5 s"
-    )
-    rows = 2_000
-    with fake_server(*FAULT_MIX) as url:
-        job = write_job(folder, "h", url, concurrency=128, max_tokens=16, timeout_s=5)
-        r = run_client(job, make_input(folder, rows), folder)
-        stats = server_stats(url)
-    done = pl.read_parquet(r["output"])
-    print(
-        f"    wall {r['wall_s']:.1f} s, {done.height:,} rows ({done['id'].n_unique():,} ids),"
-        f" {(done['status'] == 'ok').sum():,} ok, {stats['received']:,} requests received,"
-        f" 429s sent {stats['by_status'].get('429', 0)}"
-    )
-
-
 SCENARIOS = {
-    "a": bench_a,
-    "b": bench_b,
+    "a2": bench_a2,
     "c": bench_c,
     "c2": bench_c2,
     "c3": bench_c3,
@@ -456,18 +460,57 @@ SCENARIOS = {
     "e": bench_e,
     "f": bench_f,
     "g": bench_g,
-    "h": bench_h,
 }
 
 
 def main(argv: list[str]) -> int:
-    chosen = argv or list(SCENARIOS)
+    from tests.bench import side  # the side-by-side scenarios use this module's harness
+
+    scenarios = dict(sorted((SCENARIOS | side.SCENARIOS).items()))
+    parser = argparse.ArgumentParser(prog="python -m tests.bench")
+    parser.add_argument(
+        "--client-root", type=Path, help="run the pipeline from this checkout (default: this one)"
+    )
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(scenarios))
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in scenarios]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r} (known: {', '.join(scenarios)})")
+    global CLIENT_ROOT
+    if args.client_root is not None:
+        CLIENT_ROOT = args.client_root.resolve()
+        if not (CLIENT_ROOT / "pipeline" / "cli.py").is_file():
+            parser.error(f"--client-root {args.client_root}: not a checkout of the pipeline")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"],
+        cwd=CLIENT_ROOT,
+        env=client_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(imported).is_relative_to(CLIENT_ROOT):
+        parser.error(f"client processes would import the pipeline from {imported}")
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
         folder = Path(tmp)
         print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
-        for name in chosen:
-            SCENARIOS[name](folder)
+        print(f"client: {_describe(CLIENT_ROOT)}; fake server and peer: {_describe(ROOT)}")
+        for name in args.scenarios or list(scenarios):
+            scenarios[name](folder)
     return 0
+
+
+def _describe(root: Path) -> str:
+    """A checkout and its commit (with "+changes" when its work tree differs)."""
+    head = subprocess.run(
+        ["git", "-C", str(root), "log", "-1", "--format=%h"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{root} at {head or '?'}{' +changes' if dirty else ''}"
 
 
 if __name__ == "__main__":
