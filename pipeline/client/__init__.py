@@ -128,17 +128,15 @@ class _Pool(aiohttp.TCPConnector):
 def _open_session(
     max_connections: int, timeout_s: float, headers: Mapping[str, str], tls: ssl.SSLContext
 ) -> aiohttp.ClientSession:
-    """The run's connection pool (``_Pool``), ``timeout_s`` for the whole attempt and for
-    each phase (connect, read, waiting for a pooled connection), no cookie jar (an API
-    client keeps no session, and parsing OpenAI's two ``Set-Cookie`` headers per answer
-    cost more than the rest of the headers)."""
+    """The run's connection pool (``_Pool``); ``timeout_s`` for the whole attempt, waiting
+    for a pooled connection included (one timer: a read timeout too would be rescheduled on
+    every chunk received); no cookie jar (an API client keeps no session, and parsing
+    OpenAI's two ``Set-Cookie`` headers per answer cost more than the rest of the headers)."""
     connector = _Pool(limit=max_connections, keepalive_timeout=5.0, tls=tls)
     return aiohttp.ClientSession(
         connector=connector,
         headers=headers,
-        timeout=aiohttp.ClientTimeout(
-            total=timeout_s, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
-        ),
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=True,
     )
