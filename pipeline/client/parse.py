@@ -245,12 +245,19 @@ def reply_from(
 
 
 def scrubbed_reply(reply: Reply, scrub: Callable[[str], str]) -> Reply:
-    """``reply`` with ``scrub`` applied to every string the server chose."""
+    """``reply`` with ``scrub`` applied to every string the server chose (``reply`` itself
+    when none holds a secret: the usual case costs no copy)."""
 
     def clean(text: str | None) -> str | None:
         return None if text is None else scrub(text)
 
     calls = reply.tool_calls
+    texts = [reply.content, reply.finish_reason, reply.model, *reply.choices]
+    texts += [reply.system_fingerprint, reply.response_id]
+    for call in calls or ():
+        texts += [call.id, call.name, call.arguments]
+    if all(text is None or scrub(text) == text for text in texts):
+        return reply
     return dataclasses.replace(
         reply,
         content=clean(reply.content),
