@@ -28,6 +28,7 @@ from pipeline.records import Ended, Outcome, PromptRow, RunStats, RunSummary
 from pipeline.requests import RequestBuilder, split_headers
 from pipeline.results import DoneIndex, PartWriter, recorded_cost
 from pipeline.runner.batch import BatchJournal, BatchRows, BatchRun, BatchSettings, journal_path
+from pipeline.runner.collector import fewer_collections
 from pipeline.runner.control import RunControl, Stopped
 from pipeline.runner.journey import RowJourney
 from pipeline.runner.plan import RunPlan, models_of, optional_columns
@@ -138,7 +139,8 @@ class Runner:
             if job.batch.enabled:
                 await self._run_batch(earlier, cache)
             else:
-                await self._run_stages(earlier, cache)
+                with fewer_collections():
+                    await self._run_stages(earlier, cache)
         except BaseExceptionGroup as group:
             output_errors = group.subgroup(OutputError)
             if output_errors is not None and output_errors.exceptions:
