@@ -20,6 +20,7 @@ from pipeline.errors import (
     ConnectionFailed,
     RateLimited,
     RequestTimeout,
+    StaleConnection,
 )
 from pipeline.records import ChatRequest, RateLimitInfo
 from pipeline.spec import EndpointSpec
@@ -205,3 +206,30 @@ async def test_the_fake_answers_through_the_plain_path(fake_server: FakeFactory)
     assert reply.content
     assert reply.rate_limits is not None
     assert reply.rate_limits.limit_requests == 600
+
+
+@pytest.mark.anyio
+async def test_a_reused_connection_closed_at_once_stops_reuse() -> None:
+    """The second request rides the first one's kept-alive connection and the server drops
+    it unanswered: a stale connection (possibly read, so not ``NotSent``), and from then
+    on every request asks for its own connection."""
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("connection"))
+        if len(seen) == 2:
+            assert request.transport is not None
+            request.transport.close()
+        return web.Response(body=completion(), content_type="application/json")
+
+    async with serving(handler) as url:
+        spec = EndpointSpec(base_url=url)
+        async with ChatClient(spec, api_key=KEY, max_connections=1) as client:
+            await client.send(chat_request())
+            with pytest.raises(ConnectionFailed) as info:
+                await client.send(chat_request())
+            await client.send(chat_request())
+
+    assert type(info.value) is StaleConnection
+    assert seen[2] is not None
+    assert seen[2].lower() == "close"
