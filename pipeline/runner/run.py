@@ -457,12 +457,16 @@ class Runner:
         deadline = time.monotonic() + FLUSH_INTERVAL_S
         async with outcomes:
             while True:
-                outcome: Outcome | None = None
-                with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-                    try:
-                        outcome = await outcomes.receive()
-                    except anyio.EndOfStream:
-                        break
+                try:
+                    outcome = _waiting(outcomes)
+                except anyio.EndOfStream:
+                    break
+                if outcome is None:  # none waiting: wait, until the next flush at most
+                    with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                        try:
+                            outcome = await outcomes.receive()
+                        except anyio.EndOfStream:
+                            break
                 if outcome is not None:
                     buffer.append(outcome)
                     self.stats.count_written(outcome)
@@ -508,6 +512,18 @@ async def _take(receive: MemoryObjectReceiveStream[T]) -> T | None:
         return await receive.receive()
     except anyio.EndOfStream:
         return None
+
+
+def _waiting(receive: ObjectReceiveStream[T]) -> T | None:
+    """An item already waiting in a memory stream (no cancel scope, no timer), else None;
+    raises ``EndOfStream`` once the stream has ended."""
+    if not isinstance(receive, MemoryObjectReceiveStream):
+        return None
+    try:
+        item: T = receive.receive_nowait()
+    except anyio.WouldBlock:
+        return None
+    return item
 
 
 def _close_cache(cache: ResponseCache) -> None:
