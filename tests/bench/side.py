@@ -102,11 +102,14 @@ def _measure(
 
 
 @cache
-def _baseline(folder: Path) -> dict[str, Any]:
-    """The peer's start-up: a run on no requests."""
+def _baseline(folder: Path, timeout_s: float | None) -> dict[str, Any]:
+    """The peer's start-up: a run on no requests (with the same wrapper settings: with a
+    timeout, the wrapper imports aiohttp before the script starts)."""
     empty = folder / "empty.requests.jsonl"
     empty.write_text("")
-    result, _ = _measure(empty, "http://127.0.0.1:9/v1", folder, timeout_s=None, max_attempts=1)
+    result, _ = _measure(
+        empty, "http://127.0.0.1:9/v1", folder, timeout_s=timeout_s, max_attempts=1
+    )
     return result
 
 
@@ -121,7 +124,7 @@ def run_peer(
 ) -> dict[str, Any]:
     """Run the peer on ``requests``; its CPU and wall time without start-up, peak RSS, and
     its rows: ok, failed, lost (never written) and duplicated (written more than once)."""
-    base = _baseline(folder)
+    base = _baseline(folder, timeout_s)
     result, save = _measure(
         requests, url, folder, timeout_s=timeout_s, max_attempts=max_attempts,
         every_turn=every_turn,
@@ -133,7 +136,8 @@ def run_peer(
             _, outcome, metadata = json.loads(line)
             ids[metadata["id"]] += 1
             ok += isinstance(outcome, dict) and "choices" in outcome
-    sent = sum(1 for _ in requests.open())
+    with requests.open() as lines:
+        sent = sum(1 for _ in lines)
     result |= {
         "cpu_s": max(result["cpu_s"] - base["cpu_s"], 1e-9),
         "wall_s": max(result["wall_s"] - base["wall_s"], 1e-9),
