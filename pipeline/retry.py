@@ -4,15 +4,24 @@ Composed from tenacity's named strategies: stop after ``max_attempts``; retry on
 ``RetryableError`` (a bug or a fatal answer is never retried); wait for the server's
 ``Retry-After`` when it gave one, else exponential backoff with full jitter, both
 capped at ``max_backoff_s``. ``sleep`` is a parameter so tests run in milliseconds.
+
+The loop itself is ours (``LeanRetrying``): tenacity's ``AsyncRetrying`` runs each attempt
+through a list of async-wrapped actions and an ``inspect`` coroutine check per callback
+(about 0.2 ms per request at zero latency); this one pays nothing for an attempt that
+succeeds and asks the same strategies (retry, stop, wait, before_sleep) after one that fails.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar, cast
 
 import anyio
 from tenacity import (
     AsyncRetrying,
+    RetryAction,
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
@@ -25,6 +34,8 @@ from pipeline.spec import RetrySpec
 
 Sleep = Callable[[float], Awaitable[None]]
 OnRetry = Callable[[RetryCallState], None]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class wait_retry_after_or(wait_base):  # noqa: N801 - tenacity's naming for strategies
@@ -42,11 +53,50 @@ class wait_retry_after_or(wait_base):  # noqa: N801 - tenacity's naming for stra
         return min(float(self.fallback(retry_state)), self.cap_s)
 
 
+class LeanRetrying(AsyncRetrying):
+    """``AsyncRetrying`` with a plain loop: sync strategies, ``reraise`` always (the last
+    error is raised as is), no statistics."""
+
+    async def __call__(  # type: ignore[override]
+        self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await self.attempts(self.before_sleep, fn, *args, **kwargs)
+
+    async def attempts(
+        self,
+        on_retry: Callable[[RetryCallState], object] | None,
+        fn: Callable[P, Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``fn``'s result, with ``on_retry`` in place of ``before_sleep`` (no copy per call)."""
+        started = time.monotonic()
+        state: RetryCallState | None = None
+        while True:
+            try:
+                return await fn(*args, **kwargs)
+            except BaseException:
+                exc_info = sys.exc_info()
+                if state is None:
+                    state = RetryCallState(self, fn, args, kwargs)
+                    state.start_time = started  # for a stop_after_delay
+                state.set_exception(exc_info)  # type: ignore[arg-type]
+                if not self.retry(state) or self.stop(state):
+                    raise
+                seconds = float(self.wait(state))
+            state.next_action = RetryAction(seconds)
+            state.idle_for += seconds
+            if on_retry is not None:
+                on_retry(state)
+            await cast("Sleep", self.sleep)(seconds)
+            state.prepare_for_next_attempt()
+
+
 def make_retrying(
     spec: RetrySpec, *, on_retry: OnRetry | None = None, sleep: Sleep = anyio.sleep
-) -> AsyncRetrying:
+) -> LeanRetrying:
     """A retry policy for one row's attempts (``.copy()`` it per row)."""
-    return AsyncRetrying(
+    return LeanRetrying(
         stop=stop_after_attempt(spec.max_attempts),
         wait=wait_retry_after_or(
             wait_random_exponential(multiplier=spec.initial_backoff_s, max=spec.max_backoff_s),

@@ -224,3 +224,22 @@ async def test_copies_are_independent() -> None:
         attempt, calls = failing(ServerError("HTTP 500"), succeed_on=2)
         assert await retrying.copy()(attempt) == "ok"
         assert calls == [1, 2]
+
+
+@pytest.mark.anyio
+async def test_attempts_takes_its_own_on_retry_in_place_of_the_policys() -> None:
+    sleep = Recorder()
+    policy_saw: list[int] = []
+    call_saw: list[int] = []
+    retrying = make_retrying(
+        RetrySpec(max_attempts=3),
+        sleep=sleep,
+        on_retry=lambda state: policy_saw.append(state.attempt_number),
+    )
+    attempt, calls = failing(ServerError("HTTP 500"), succeed_on=3)
+
+    result = await retrying.attempts(lambda state: call_saw.append(state.attempt_number), attempt)
+
+    assert result == "ok"
+    assert (calls, call_saw, policy_saw) == ([1, 2, 3], [1, 2], [])
+    assert len(sleep.sleeps) == 2

@@ -10,25 +10,37 @@ masked form (``pipeline.redact``), before anything stores or logs it.
     parse.py      status -> error class, Retry-After, x-ratelimit-*, body -> Reply
     stream.py     server-sent events -> one completion (ttft, early end)
 
-Transport: ``httpx.AsyncClient`` mounted on ``httpx_aiohttp.AiohttpTransport``
-sized to the run's concurrency. httpcore's own pool costs about ten times more
-CPU per request (see ``tests/bench``). A plain job's attempt is one ``post``; the
-streaming path (``httpx-sse``) is taken only when the job streams.
+Transport: one ``aiohttp.ClientSession`` sized to the run's concurrency. A plain
+attempt is one aiohttp ``post`` read whole: httpx on top of it cost about twice the
+CPU per request (its ``Headers``, cookie jar and request/response models; see
+``tests/bench``), and only ``retry-after*`` and ``x-ratelimit-*`` are read of the answer's
+headers. A streamed attempt goes through ``httpx`` (``httpx-sse``) mounted on
+``httpx_aiohttp.AiohttpTransport`` over the same session (one pool). A given
+``transport`` (an ``httpx.MockTransport`` in unit tests, httpcore in a benchmark) takes
+every attempt through httpx instead.
 """
 
 from __future__ import annotations
 
 import errno
+import ssl
 import time
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Mapping
 from contextvars import ContextVar
 from types import TracebackType
 
 import aiohttp
+import aiohttp.http_exceptions
 import anyio
 import anyio.lowlevel
 import httpx
 import structlog
+import yarl
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import EventSource
 
@@ -53,7 +65,7 @@ from pipeline.errors import (
     RequestTimeout,
     StaleConnection,
 )
-from pipeline.records import ChatRequest, Reply
+from pipeline.records import ChatRequest, RateLimitInfo, Reply
 from pipeline.redact import Scrubber
 from pipeline.spec import EndpointSpec
 
@@ -88,24 +100,46 @@ _REUSED: ContextVar[list[bool] | None] = ContextVar("pipeline_connection_reused"
 """Set per attempt: whether aiohttp took a kept-alive connection from its pool."""
 
 
-async def _on_reuse(*_: object) -> None:
-    flag = _REUSED.get()
-    if flag is not None:
-        flag[0] = True
+class _Pool(aiohttp.TCPConnector):
+    """aiohttp's connector, noting in ``_REUSED`` when an attempt gets a kept-alive connection
+    (a ``TraceConfig`` would tell too, but its signals cost about 6% of a request's CPU)."""
+
+    def __init__(self, *, limit: int, keepalive_timeout: float, tls: ssl.SSLContext) -> None:
+        super().__init__(limit=limit, keepalive_timeout=keepalive_timeout, ssl=tls)
+        self._served: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        protocol = connection.protocol
+        if protocol in self._served:
+            flag = _REUSED.get()
+            if flag is not None:
+                flag[0] = True
+        elif protocol is not None:
+            self._served.add(protocol)
+        return connection
 
 
-def _session_factory(max_connections: int) -> Callable[[], aiohttp.ClientSession]:
-    """aiohttp sessions as the transport would make them, plus a trace of reused connections."""
-
-    def make() -> aiohttp.ClientSession:
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_reuseconn.append(_on_reuse)
-        connector = aiohttp.TCPConnector(
-            limit=max_connections, keepalive_timeout=5.0, ssl=httpx.create_ssl_context()
-        )
-        return aiohttp.ClientSession(connector=connector, trace_configs=[trace])
-
-    return make
+def _open_session(
+    max_connections: int, timeout_s: float, headers: Mapping[str, str], tls: ssl.SSLContext
+) -> aiohttp.ClientSession:
+    """The run's connection pool (``_Pool``); ``timeout_s`` for the whole attempt, waiting
+    for a pooled connection included (one timer: a read timeout too would be rescheduled on
+    every chunk received); no cookie jar (an API client keeps no session, and parsing
+    OpenAI's two ``Set-Cookie`` headers per answer cost more than the rest of the headers)."""
+    connector = _Pool(limit=max_connections, keepalive_timeout=5.0, tls=tls)
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=True,
+    )
 
 
 def _unsent_class(
@@ -113,7 +147,7 @@ def _unsent_class(
 ) -> type[ConnectionFailed] | None:
     """``NotSent`` when the request surely never reached the server, ``StaleConnection``
     when a reused connection closed at once (probably the same, but not proven)."""
-    cause = exc.__cause__
+    cause = _wire_error(exc)
     if isinstance(exc, httpx.ConnectError) or isinstance(cause, aiohttp.ClientConnectorError):
         return NotSent  # no connection was ever made
     if isinstance(cause, aiohttp.ClientOSError) and "request body" in str(cause):
@@ -127,16 +161,28 @@ def _unsent_class(
     return None
 
 
+def _wire_error(exc: BaseException) -> BaseException | None:
+    """aiohttp's own error: ``exc`` itself (a plain attempt), or what httpx wrapped."""
+    return exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
+
+
+def _undecodable(exc: BaseException) -> bool:
+    """A body whose ``Content-Encoding`` did not decode (httpx's or aiohttp's decoder)."""
+    return isinstance(exc, httpx.DecodingError) or isinstance(
+        exc.__cause__, aiohttp.http_exceptions.ContentEncodingError
+    )
+
+
 def _transport_error(
     exc: BaseException, elapsed_s: float = float("inf"), reused: bool = False
 ) -> AttemptError:
     """A failure before a full answer arrived -> timeout or connection (``NotSent`` when it
     never left the client)."""
-    if isinstance(exc, TimeoutError):
-        return RequestTimeout("timed out: no complete answer within endpoint.timeout_s")
-    cause = exc.__cause__
+    cause = _wire_error(exc)
     if isinstance(cause, TimeoutError | aiohttp.ServerTimeoutError):
         return RequestTimeout(f"timed out: {type(cause).__name__}")
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout("timed out: no complete answer within endpoint.timeout_s")
     if isinstance(exc, httpx.TimeoutException) and cause is None:
         return RequestTimeout(f"timed out: {type(exc).__name__}")
     detail = str(cause or exc) or type(cause or exc).__name__
@@ -183,24 +229,43 @@ class ChatClient:
         self._timeout_s = endpoint.timeout_s
         self._stream = stream
         self._no_reuse = False
-        default_headers = {
+        self._max_connections = max_connections
+        self._default_headers = {
             "Content-Type": "application/json",
             **(endpoint.headers if headers is None else headers),
         }
-        default_headers.update(auth_headers(endpoint.auth, api_key))
-        self._http = httpx.AsyncClient(
-            transport=transport
-            or AiohttpTransport(
+        self._default_headers.update(auth_headers(endpoint.auth, api_key))
+        self._session: aiohttp.ClientSession | None = None
+        self._direct = transport is None
+        """Plain attempts straight on aiohttp (else through httpx on the given transport)."""
+        self._tls: ssl.SSLContext | None = None
+        if transport is None:  # streamed attempts: httpx over the same aiohttp session
+            self._tls = httpx.create_ssl_context()
+            transport = AiohttpTransport(
+                verify=self._tls,  # unused with a session given, but built if not passed
                 limits=httpx.Limits(
                     max_connections=max_connections, max_keepalive_connections=max_connections
                 ),
-                client=_session_factory(max_connections),
-            ),
-            headers=default_headers,
+                client=self._pool,
+            )
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            headers=self._default_headers,
             params=endpoint.query or None,
             timeout=httpx.Timeout(endpoint.timeout_s),
             follow_redirects=False,
         )
+        # the URL httpx would send (query merged in), for aiohttp; encoded once
+        self._wire_url = yarl.URL(str(self._http.build_request("POST", self.url).url), encoded=True)
+
+    def _pool(self) -> aiohttp.ClientSession:
+        """The aiohttp session, opened on first use (inside the event loop)."""
+        if self._session is None:
+            tls = self._tls or httpx.create_ssl_context()
+            self._session = _open_session(
+                self._max_connections, self._timeout_s, self._default_headers, tls
+            )
+        return self._session
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -212,6 +277,8 @@ class ChatClient:
         tb: TracebackType | None,
     ) -> None:
         await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def _reply(self, reply: Reply) -> Reply:
         """The reply with the key out of every string the server chose."""
@@ -242,33 +309,58 @@ class ChatClient:
         return {**(request.headers or {}), "Connection": "close"}
 
     async def _send_plain(self, request: ChatRequest, reused: list[bool]) -> Reply:
-        """One plain attempt: one ``post``."""
+        """One plain attempt: one ``post``, read whole."""
         started = time.perf_counter()
         try:
-            with anyio.fail_after(self._timeout_s):
-                response = await self._http.post(
-                    self.url, content=request.body, headers=self._headers(request)
-                )
-        except httpx.DecodingError as exc:
-            raise BadResponse(f"response body could not be decoded: {exc}"[:MAX_MESSAGE]) from None
-        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
+            status, headers, body = await self._post(request)
+        except (
+            httpx.TransportError,
+            httpx.DecodingError,
+            aiohttp.ClientError,
+            TimeoutError,
+        ) as exc:
+            if _undecodable(exc):
+                raise BadResponse(
+                    f"response body could not be decoded: {exc}"[:MAX_MESSAGE]
+                ) from None
             error = _transport_error(exc, time.perf_counter() - started, reused[0])
             raise type(error)(self._scrub(error.message)) from None
         latency_ms = (time.perf_counter() - started) * 1000.0
-        rate_limits = parse_rate_limits(response.headers)
-        if response.status_code != 200:
-            raise self._status_error(response)
-        return self._reply(parse_reply(response.content, 200, latency_ms, rate_limits))
+        rate_limits = parse_rate_limits(headers)
+        if status != 200:
+            raise self._status_error(status, headers, body, rate_limits)
+        return self._reply(parse_reply(body, 200, latency_ms, rate_limits))
 
-    def _status_error(self, response: httpx.Response) -> AttemptError:
+    async def _post(self, request: ChatRequest) -> tuple[int, Mapping[str, str], bytes]:
+        """Status, headers and body of one POST: on aiohttp (its ``total`` timeout is
+        ``endpoint.timeout_s``), or through httpx's transport within the same deadline."""
+        if self._direct:
+            async with self._pool().post(
+                self._wire_url,
+                data=request.body,
+                headers=self._headers(request),
+                allow_redirects=False,
+            ) as response:
+                return response.status, response.headers, await response.read()
+        with anyio.fail_after(self._timeout_s):
+            answer = await self._http.post(
+                self.url, content=request.body, headers=self._headers(request)
+            )
+        return answer.status_code, answer.headers, answer.content
+
+    def _status_error(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        rate_limits: RateLimitInfo | None,
+    ) -> AttemptError:
         return error_for_status(
-            response.status_code,
-            server_message(self._scrub(response.content.decode("utf-8", "replace")).encode())[
-                :MAX_MESSAGE
-            ],
-            parse_retry_after(response.headers),
-            parse_rate_limits(response.headers),
-            server_code(response.content),
+            status,
+            server_message(self._scrub(body.decode("utf-8", "replace")).encode())[:MAX_MESSAGE],
+            parse_retry_after(headers),
+            rate_limits,
+            server_code(body),
         )
 
     async def _send_streamed(self, request: ChatRequest, reused: list[bool]) -> Reply:
@@ -283,10 +375,10 @@ class ChatClient:
                     "POST", self.url, content=request.body, headers=self._headers(request)
                 ) as response:
                     status = response.status_code
-                    if status != 200:
-                        await response.aread()
-                        raise self._status_error(response)
                     rate_limits = parse_rate_limits(response.headers)
+                    if status != 200:
+                        body = await response.aread()
+                        raise self._status_error(status, response.headers, body, rate_limits)
                     if not response.headers.get("content-type", "").startswith("text/event-stream"):
                         body = await response.aread()  # a server that answered without streaming
                         return self._reply(

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 
 from pipeline.errors import (
@@ -46,7 +46,7 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def parse_retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
@@ -68,8 +68,10 @@ def parse_retry_after(headers: httpx.Headers, now: datetime | None = None) -> fl
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_duration(value: str | None) -> float | None:
-    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"120ms"``, ``"1.5s"``; plain numbers are seconds."""
+    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"120ms"``, ``"1.5s"``; plain numbers are
+    seconds. Cached: a server repeats a few values in every answer."""
     if value is None:
         return None
     try:
@@ -82,7 +84,7 @@ def parse_duration(value: str | None) -> float | None:
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
 
 
-def _int_header(headers: httpx.Headers, name: str) -> int | None:
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     value = headers.get(name)
     if value is None:
         return None
@@ -92,7 +94,7 @@ def _int_header(headers: httpx.Headers, name: str) -> int | None:
         return None
 
 
-def parse_rate_limits(headers: httpx.Headers) -> RateLimitInfo | None:
+def parse_rate_limits(headers: Mapping[str, str]) -> RateLimitInfo | None:
     """The ``x-ratelimit-*`` headers, when the server sends any."""
     if (
         "x-ratelimit-remaining-requests" not in headers
@@ -243,12 +245,19 @@ def reply_from(
 
 
 def scrubbed_reply(reply: Reply, scrub: Callable[[str], str]) -> Reply:
-    """``reply`` with ``scrub`` applied to every string the server chose."""
+    """``reply`` with ``scrub`` applied to every string the server chose (``reply`` itself
+    when none holds a secret: the usual case costs no copy)."""
 
     def clean(text: str | None) -> str | None:
         return None if text is None else scrub(text)
 
     calls = reply.tool_calls
+    texts = [reply.content, reply.finish_reason, reply.model, *reply.choices]
+    texts += [reply.system_fingerprint, reply.response_id]
+    for call in calls or ():
+        texts += [call.id, call.name, call.arguments]
+    if all(text is None or scrub(text) == text for text in texts):
+        return reply
     return dataclasses.replace(
         reply,
         content=clean(reply.content),

@@ -13,7 +13,7 @@ import anyio
 import httpx
 import structlog
 from anyio.abc import ObjectReceiveStream
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from pipeline.budget import Budget
 from pipeline.cache import ResponseCache, endpoint_identity, uncached_reason
@@ -28,6 +28,7 @@ from pipeline.records import Ended, Outcome, PromptRow, RunStats, RunSummary
 from pipeline.requests import RequestBuilder, split_headers
 from pipeline.results import DoneIndex, PartWriter, recorded_cost
 from pipeline.runner.batch import BatchJournal, BatchRows, BatchRun, BatchSettings, journal_path
+from pipeline.runner.collector import fewer_collections
 from pipeline.runner.control import RunControl, Stopped
 from pipeline.runner.journey import RowJourney
 from pipeline.runner.plan import RunPlan, models_of, optional_columns
@@ -138,7 +139,8 @@ class Runner:
             if job.batch.enabled:
                 await self._run_batch(earlier, cache)
             else:
-                await self._run_stages(earlier, cache)
+                with fewer_collections():
+                    await self._run_stages(earlier, cache)
         except BaseExceptionGroup as group:
             output_errors = group.subgroup(OutputError)
             if output_errors is not None and output_errors.exceptions:
@@ -432,13 +434,13 @@ class Runner:
     async def _work(
         self,
         journey: RowJourney,
-        rows: ObjectReceiveStream[PromptRow],
+        rows: MemoryObjectReceiveStream[PromptRow],
         out: MemoryObjectSendStream[Outcome],
     ) -> None:
         """One worker: take a row, produce its outcomes (one per model), repeat, until the
         rows run out or the run stops."""
         async with rows, out:
-            async for row in rows:
+            while (row := await _take(rows)) is not None:
                 for index, model in enumerate(self.models):
                     if self.control.is_stopping:
                         return
@@ -455,12 +457,16 @@ class Runner:
         deadline = time.monotonic() + FLUSH_INTERVAL_S
         async with outcomes:
             while True:
-                outcome: Outcome | None = None
-                with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-                    try:
-                        outcome = await outcomes.receive()
-                    except anyio.EndOfStream:
-                        break
+                try:
+                    outcome = _waiting(outcomes)
+                except anyio.EndOfStream:
+                    break
+                if outcome is None:  # none waiting: wait, until the next flush at most
+                    with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                        try:
+                            outcome = await outcomes.receive()
+                        except anyio.EndOfStream:
+                            break
                 if outcome is not None:
                     buffer.append(outcome)
                     self.stats.count_written(outcome)
@@ -491,6 +497,33 @@ async def _put(send: MemoryObjectSendStream[T], item: T) -> None:
         send.send_nowait(item)
     except anyio.WouldBlock:
         await send.send(item)
+
+
+async def _take(receive: MemoryObjectReceiveStream[T]) -> T | None:
+    """The next item, without yielding to the loop when one is waiting (the common case);
+    None once the stream has ended."""
+    try:
+        return receive.receive_nowait()
+    except anyio.WouldBlock:
+        pass
+    except anyio.EndOfStream:
+        return None
+    try:
+        return await receive.receive()
+    except anyio.EndOfStream:
+        return None
+
+
+def _waiting(receive: ObjectReceiveStream[T]) -> T | None:
+    """An item already waiting in a memory stream (no cancel scope, no timer), else None;
+    raises ``EndOfStream`` once the stream has ended."""
+    if not isinstance(receive, MemoryObjectReceiveStream):
+        return None
+    try:
+        item: T = receive.receive_nowait()
+    except anyio.WouldBlock:
+        return None
+    return item
 
 
 def _close_cache(cache: ResponseCache) -> None:

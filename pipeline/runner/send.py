@@ -19,7 +19,7 @@ from typing import Protocol
 
 import anyio
 import structlog
-from tenacity import AsyncRetrying, RetryCallState
+from tenacity import RetryCallState
 
 from pipeline.budget import Budget
 from pipeline.client import ChatClient
@@ -82,7 +82,8 @@ class LiveSender:
         if isinstance(concurrency, AdaptiveLimit):
             self._adaptive = self._in_flight = concurrency
         else:
-            self._in_flight = anyio.Semaphore(concurrency)
+            # fast_acquire: a free slot is taken without a trip round the event loop
+            self._in_flight = anyio.Semaphore(concurrency, fast_acquire=True)
         self._limiter = limiter
         self._estimator = TokenEstimator()
         self._budget = budget
@@ -97,9 +98,10 @@ class LiveSender:
 
     async def send(self, row_id: str, request: ChatRequest, ledger: Ledger) -> Reply:
         """One request through retry, slot, budget, limiter and client."""
-        retrying: AsyncRetrying = self._retrying.copy(before_sleep=partial(_log_retry, row_id))
         try:
-            reply: Reply = await retrying(self._attempt, request, ledger)
+            reply = await self._retrying.attempts(
+                partial(_log_retry, row_id), self._attempt, request, ledger
+            )
         except AttemptError as exc:
             self._refusals.failed(exc)
             raise
