@@ -20,9 +20,8 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -38,6 +37,9 @@ from pipeline.results.schema import (
     column_array,
     output_schema,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
 
 _NOT = bytes([1, 0]) + bytes(254)
 """``bytes.translate`` table that turns a 0/1 mask into its complement."""
@@ -55,6 +57,8 @@ def archive_dir(output: Path) -> Path:
 
 def read_results(output: Path) -> pl.DataFrame:
     """Every result written for ``output``: the output file, else its part files, else none."""
+    import polars as pl  # only for readers of results: a run itself never loads polars
+
     if output.exists():
         return pl.read_parquet(output)
     parts = parts_dir(output)
