@@ -450,10 +450,12 @@ class Runner:
                         await _put(out, outcome)
 
     async def _write(self, outcomes: ObjectReceiveStream[Outcome], done: anyio.Event) -> None:
-        """Collect outcomes, write a part file every second or every ``FLUSH_ROWS`` rows."""
+        """Collect outcomes, write a part file every second or every ``FLUSH_ROWS`` rows;
+        compact part files beside it as they pile up (one compaction at a time)."""
         buffer: list[Outcome] = []
         deadline = time.monotonic() + FLUSH_INTERVAL_S
-        async with outcomes:
+        compacting = anyio.Lock()
+        async with outcomes, anyio.create_task_group() as compactions:
             while True:
                 outcome: Outcome | None = None
                 with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
@@ -468,9 +470,17 @@ class Runner:
                     batch, buffer = buffer, []
                     if batch:
                         await anyio.to_thread.run_sync(self.writer.write_part, batch)
+                    if not compacting.locked():
+                        compactions.start_soon(self._compact, compacting)
                     deadline = time.monotonic() + FLUSH_INTERVAL_S
-        await anyio.to_thread.run_sync(self.writer.write_part, buffer)
+            await anyio.to_thread.run_sync(self.writer.write_part, buffer)
         done.set()
+
+    async def _compact(self, compacting: anyio.Lock) -> None:
+        """Compact this run's part files in a thread while any are due."""
+        async with compacting:
+            while (due := self.writer.compaction_due()) is not None:
+                await anyio.to_thread.run_sync(self.writer.compact, *due)
 
     async def _draw(self) -> None:
         """Redraw the progress line until the run ends."""
