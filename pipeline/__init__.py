@@ -4,13 +4,7 @@
 ``run_on_ray`` as ``pipeline run --engine ray`` does, on a path or a Ray Dataset.
 """
 
-import os
-
-# Before pyarrow loads (it reads this once): Arrow's default pool, mimalloc, kept about
-# 60 MB of thread-cached pages through a 20,000-row merge while Arrow itself held 3 MB;
-# the system allocator gives them back. A value the user set wins.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-
+import pipeline.allocators  # noqa: F401  (first, before pyarrow loads: its pool, one malloc arena)
 from pipeline.cli import run_job, run_on_ray
 from pipeline.errors import PipelineError, UserError
 from pipeline.records import Outcome, PromptRow, RunSummary
