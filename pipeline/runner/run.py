@@ -15,6 +15,7 @@ import structlog
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from pipeline.allocators import give_back
 from pipeline.budget import Budget
 from pipeline.cache import ResponseCache, endpoint_identity, uncached_reason
 from pipeline.client import ChatClient
@@ -474,6 +475,7 @@ class Runner:
                         compactions.start_soon(self._compact, compacting)
                     deadline = time.monotonic() + FLUSH_INTERVAL_S
             await anyio.to_thread.run_sync(self.writer.write_part, buffer)
+        await anyio.to_thread.run_sync(give_back)  # before the merge
         done.set()
 
     async def _compact(self, compacting: anyio.Lock) -> None:
@@ -481,6 +483,7 @@ class Runner:
         async with compacting:
             while (due := self.writer.compaction_due()) is not None:
                 await anyio.to_thread.run_sync(self.writer.compact, *due)
+                await anyio.to_thread.run_sync(give_back)
 
     async def _draw(self) -> None:
         """Redraw the progress line until the run ends."""
