@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pipeline.allocators  # noqa: F401  (first, before pyarrow loads: its pool, one malloc arena)
 from pipeline.lazy import lazy_exports
 
 if TYPE_CHECKING:

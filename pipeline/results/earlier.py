@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import ERROR_TYPES
@@ -58,53 +59,70 @@ def _error_code(error_type: str | None) -> int:
     return ERROR_TYPES.index(error_type) if error_type in ERROR_TYPES else len(ERROR_TYPES)
 
 
-def _read_keys(path: Path, source: int) -> pl.DataFrame:
+_KEYS = pa.schema(
+    [
+        ("key", pa.uint64()),
+        ("source", pa.uint32()),
+        ("row", pa.uint32()),
+        ("seq", pa.int64()),
+        ("ok", pa.uint8()),
+        ("error", pa.uint8()),
+    ]
+)
+"""What the index keeps of one earlier result (about 26 bytes)."""
+
+
+def _read_keys(path: Path, source: int) -> pa.Table:
     """Key, location, position and status of every result in one file, a batch at a time."""
     file = pq.ParquetFile(path)
     columns = ["id", "request_hash", "status", "error_type"]
     has_seq = SEQ in file.schema_arrow.names
-    frames: list[pl.DataFrame] = []
+    tables: list[pa.Table] = [_KEYS.empty_table()]
     start = 0
-    for batch in file.iter_batches(batch_size=65536, columns=columns + ([SEQ] if has_seq else [])):
+    for batch in file.iter_batches(
+        batch_size=65536, columns=columns + ([SEQ] if has_seq else []), use_threads=False
+    ):
         ids, hashes = batch.column("id").to_pylist(), batch.column("request_hash").to_pylist()
-        rows = pl.int_range(start, start + batch.num_rows, eager=True, dtype=pl.UInt32)
-        frames.append(
-            pl.DataFrame(
-                {
-                    "key": pl.Series(
-                        [
-                            completion_key(i, h) if h else 0
-                            for i, h in zip(ids, hashes, strict=True)
-                        ],
-                        dtype=pl.UInt64,
-                    ),
-                    "source": pl.repeat(source, batch.num_rows, eager=True, dtype=pl.UInt32),
-                    "row": rows,
-                    "seq": pl.Series(batch.column(SEQ)).cast(pl.Int64)
-                    if has_seq
-                    else rows.cast(pl.Int64),
-                    "ok": pl.Series(batch.column("status")) == "ok",
-                    "error": pl.Series(
-                        [_error_code(e) for e in batch.column("error_type").to_pylist()],
-                        dtype=pl.UInt8,
-                    ),
-                }
+        rows = pa.array(range(start, start + batch.num_rows), type=pa.uint32())
+        keys = [completion_key(i, h) if h else 0 for i, h in zip(ids, hashes, strict=True)]
+        errors = [_error_code(e) for e in batch.column("error_type").to_pylist()]
+        tables.append(
+            pa.Table.from_arrays(
+                [
+                    pa.array(keys, type=pa.uint64()),
+                    pa.repeat(pa.scalar(source, pa.uint32()), batch.num_rows),
+                    rows,
+                    batch.column(SEQ).cast(pa.int64()) if has_seq else rows.cast(pa.int64()),
+                    pc.equal(batch.column("status"), "ok").cast(pa.uint8()).fill_null(0),
+                    pa.array(errors, type=pa.uint8()),
+                ],
+                schema=_KEYS,
             )
         )
         start += batch.num_rows
-    return pl.concat(frames) if frames else _read_empty()
+    return pa.concat_tables(tables)
 
 
-def _as_array(series: pl.Series, typecode: str) -> array[int]:
-    """A numeric polars series as a compact ``array`` (no Python objects per value)."""
-    values = series.rechunk().to_arrow()
-    width = values.type.byte_width
-    data = values.buffers()[1].to_pybytes()[
-        values.offset * width : (values.offset + len(values)) * width
-    ]
+def _as_array(values: pa.ChunkedArray, typecode: str) -> array[int]:
+    """A numeric Arrow column as a compact ``array`` (no Python objects per value)."""
     out = array(typecode)
-    out.frombytes(data)
+    for chunk in values.chunks:
+        width = chunk.type.byte_width
+        data = chunk.buffers()[1]
+        out.frombytes(data[chunk.offset * width : (chunk.offset + len(chunk)) * width].to_pybytes())
     return out
+
+
+def _latest(table: pa.Table) -> pa.Table:
+    """One result per key: an ok one over an error, else the later one (sorted by key)."""
+    table = table.filter(pc.not_equal(table["key"], pa.scalar(0, pa.uint64()))).sort_by(
+        [("key", "ascending"), ("ok", "ascending"), ("source", "ascending"), ("row", "ascending")]
+    )
+    if table.num_rows < 2:
+        return table
+    keys = table["key"].combine_chunks()
+    last = pc.not_equal(keys[:-1], keys[1:])
+    return table.filter(pa.concat_arrays([last, pa.array([True])]))
 
 
 @dataclass
@@ -126,28 +144,22 @@ class Carried:
 class DoneIndex:
     """Sorted keys of earlier results with their location, position and status."""
 
-    def __init__(self, sources: list[Path], frame: pl.DataFrame, source_rows: list[int]) -> None:
+    def __init__(self, sources: list[Path], frame: pa.Table, source_rows: list[int]) -> None:
         self.sources = sources
         self._keys = _as_array(frame["key"], "Q")
         self._sources = _as_array(frame["source"], "I")
         self._rows = _as_array(frame["row"], "I")
         self._seqs = _as_array(frame["seq"], "q")
-        self._ok = bytes(_as_array(frame["ok"].cast(pl.UInt8), "B"))
+        self._ok = bytes(_as_array(frame["ok"], "B"))
         self._errors = bytes(_as_array(frame["error"], "B"))
         self.carried = Carried(sources, [bytearray(n) for n in source_rows])
 
     @classmethod
     def load(cls, sources: list[Path]) -> DoneIndex:
         """Index every result in ``sources`` (oldest first; a later ok or later error wins)."""
-        frames = [_read_keys(path, i) for i, path in enumerate(sources)]
-        rows = [f.height for f in frames]
-        frame = (
-            pl.concat([_read_empty(), *frames])
-            .filter(pl.col("key") != 0)
-            .sort(["key", "ok", "source", "row"])
-            .unique(subset="key", keep="last", maintain_order=True)
-        )
-        return cls(sources, frame, rows)
+        tables = [_read_keys(path, i) for i, path in enumerate(sources)]
+        rows = [t.num_rows for t in tables]
+        return cls(sources, _latest(pa.concat_tables([_KEYS.empty_table(), *tables])), rows)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -183,27 +195,16 @@ class DoneIndex:
             self.carried.moved[(source, row)] = seq
 
 
-def _read_empty() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "key": pl.UInt64,
-            "source": pl.UInt32,
-            "row": pl.UInt32,
-            "seq": pl.Int64,
-            "ok": pl.Boolean,
-            "error": pl.UInt8,
-        }
-    )
-
-
 def recorded_cost(paths: Iterable[Path]) -> float:
     """USD recorded in ``cost_usd`` of earlier results files (files without the column count 0)."""
     total = 0.0
     for path in paths:
         if "cost_usd" not in pq.read_schema(path).names:
             continue
-        value = pl.scan_parquet(path).select(pl.col("cost_usd").sum()).collect().item()
-        total += float(value or 0.0)
+        file = pq.ParquetFile(path)
+        for group in range(file.metadata.num_row_groups):
+            column = file.read_row_group(group, columns=["cost_usd"], use_threads=False)
+            total += float(pc.sum(column["cost_usd"]).as_py() or 0.0)
     return total
 
 

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from pipeline.results.schema import SEQ
 
-_MERGE_WINDOW = 20_000
+_MERGE_WINDOW = 4096
+"""Input positions merged at a time: memory holds about this many rows (plus early ones)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,12 @@ class Piece:
     def load(self, schema: pa.Schema) -> pa.Table:
         """The slice's kept rows in ``schema`` plus ``_seq``, sorted by position."""
         file = pq.ParquetFile(self.path)
-        table = file.read() if self.row_group is None else file.read_row_group(self.row_group)
+        # one thread: a slice is small, and Arrow's reader threads each keep buffers
+        table = (
+            file.read(use_threads=False)
+            if self.row_group is None
+            else file.read_row_group(self.row_group, use_threads=False)
+        )
         if SEQ not in table.column_names:
             start = sum(file.metadata.row_group(i).num_rows for i in range(self.row_group or 0))
             table = table.append_column(

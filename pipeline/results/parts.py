@@ -18,16 +18,26 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError
 from pipeline.records import USAGE_COLUMNS, Outcome
+from pipeline.results.compact import (
+    COMPACT_FIRST,
+    COMPACT_NEXT,
+    Span,
+    compact,
+    fsync_dir,
+    live_parts,
+    part_pieces,
+    split_parts,
+)
 from pipeline.results.merge import Piece, carried_pieces, merge_pieces
 from pipeline.results.schema import (
     OPTIONAL_COLUMNS,
@@ -38,6 +48,9 @@ from pipeline.results.schema import (
     column_array,
     output_schema,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
 
 _NOT = bytes([1, 0]) + bytes(254)
 """``bytes.translate`` table that turns a 0/1 mask into its complement."""
@@ -55,29 +68,25 @@ def archive_dir(output: Path) -> Path:
 
 def read_results(output: Path) -> pl.DataFrame:
     """Every result written for ``output``: the output file, else its part files, else none."""
+    import polars as pl  # only for readers of results: a run itself never loads polars
+
     if output.exists():
         return pl.read_parquet(output)
-    parts = parts_dir(output)
-    if any(parts.glob("*.parquet")):
+    parts = live_parts(parts_dir(output))
+    if parts:
         return pl.read_parquet(parts)
     empty = pl.from_arrow(OUTPUT_SCHEMA.empty_table())
     assert isinstance(empty, pl.DataFrame)
     return empty
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class PartWriter:
     """Writes outcomes as crash-safe part files, then merges them into one output file.
 
     Part files are named ``part-<run>-<n>.parquet``: a resumed run writes under a new
-    run number and can tell its own parts from those of interrupted earlier runs.
+    run number and can tell its own parts from those of interrupted earlier runs. As a
+    long run goes, its parts are compacted (``compaction_due``, ``compact``; see
+    ``compact.py``), so a run of hours leaves tens of files, not thousands.
 
     ``extra`` columns (typed by the caller, nested types included) take their values
     from ``Outcome.extra``, kept columns from ``Outcome.keep``. With ``keep_seq`` (a shard's
@@ -103,6 +112,8 @@ class PartWriter:
         self._keep_names = list(keep.names)
         self._parts = 0
         self.run_number = 1
+        self._levels: list[list[Path]] = [[]]  # this run's files: as written, compacted once, ...
+        self._lock = threading.Lock()
 
     def prepare(self, *, fresh: bool = False) -> None:
         """Create the folders and prove them writable, before anything is sent.
@@ -117,6 +128,9 @@ class PartWriter:
             self.parts_dir.mkdir(exist_ok=True)
             for temp in self.parts_dir.glob("*.tmp"):
                 temp.unlink()
+            # a crash between a compacted file's rename and deleting what it replaced
+            for old in split_parts(list(self.parts_dir.glob("part-*.parquet")))[1]:
+                old.unlink()
             probe = self.parts_dir / ".probe"
             probe.write_bytes(b"")
             probe.unlink()
@@ -132,11 +146,34 @@ class PartWriter:
         then old parts."""
         files = sorted(archive_dir(self.output).glob("earlier-*.parquet"))
         files += [self.output] if self.output.exists() else []
-        return files + sorted(self.parts_dir.glob("part-*-*.parquet"))
+        return files + live_parts(self.parts_dir)
 
     def own_parts(self) -> list[Path]:
-        """This run's part files."""
-        return sorted(self.parts_dir.glob(f"part-{self.run_number:04d}-*.parquet"))
+        """This run's part files (those that count)."""
+        return live_parts(self.parts_dir, self.run_number)
+
+    def compaction_due(self) -> tuple[int, list[Path]] | None:
+        """This run's files to compact now, with their level (taken: call ``compact`` next)."""
+        with self._lock:
+            for level, files in enumerate(self._levels):
+                if len(files) >= (COMPACT_FIRST if level == 0 else COMPACT_NEXT):
+                    self._levels[level] = []
+                    return level, files
+        return None
+
+    def compact(self, level: int, files: list[Path]) -> None:
+        """Compact ``files`` (of ``level``, from ``compaction_due``) into one file of the next
+        level (blocking: run in a thread, beside ``write_part``)."""
+        try:
+            merged = compact(files, self._part_schema)
+        except OSError as exc:
+            raise OutputError(
+                f"{self.parts_dir}: cannot compact part files: {exc.strerror or exc}"
+            ) from None
+        with self._lock:
+            if len(self._levels) == level + 1:
+                self._levels.append([])
+            self._levels[level + 1].append(merged)
 
     def table(self, outcomes: Sequence[Outcome]) -> pa.Table:
         """Outcomes as an Arrow table in the part schema, sorted by input position."""
@@ -175,7 +212,7 @@ class PartWriter:
             return
         table = self.table(outcomes)
         self._parts += 1
-        final = self.parts_dir / f"part-{self.run_number:04d}-{self._parts:06d}.parquet"
+        final = self.parts_dir / Span(self.run_number, self._parts, self._parts).name()
         temp = final.with_suffix(".tmp")
         try:
             with temp.open("wb") as handle:
@@ -185,6 +222,8 @@ class PartWriter:
             temp.replace(final)
         except OSError as exc:
             raise OutputError(f"{final}: cannot write results: {exc.strerror or exc}") from None
+        with self._lock:
+            self._levels[0].append(final)
 
     def finalize(
         self,
@@ -198,7 +237,7 @@ class PartWriter:
         not carried go to the archive first; then the output appears by rename, complete,
         and the parts folder and the archive's older files are removed.
         """
-        pieces = [Piece(part) for part in self.own_parts()]
+        pieces = [piece for part in self.own_parts() for piece in part_pieces(part)]
         for path, keep, moved in carried or []:
             pieces.extend(carried_pieces(path, keep, moved))
         temp = self.output.with_name(f".{self.output.name}.tmp")
@@ -212,7 +251,7 @@ class PartWriter:
                         table = self._refresh_kept(table, kept_values)
                     writer.write_table(table)
             temp.replace(self.output)
-            _fsync_dir(self.output.parent)
+            fsync_dir(self.output.parent)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise OutputError(
@@ -241,7 +280,7 @@ class PartWriter:
         with temp.open("rb") as handle:
             os.fsync(handle.fileno())
         temp.replace(final)
-        _fsync_dir(archive)
+        fsync_dir(archive)
         return older
 
     @staticmethod

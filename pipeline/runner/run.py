@@ -15,6 +15,7 @@ import structlog
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from pipeline.allocators import give_back
 from pipeline.budget import Budget
 from pipeline.cache import ResponseCache, endpoint_identity, uncached_reason
 from pipeline.client import ChatClient
@@ -452,10 +453,12 @@ class Runner:
                         await _put(out, outcome)
 
     async def _write(self, outcomes: ObjectReceiveStream[Outcome], done: anyio.Event) -> None:
-        """Collect outcomes, write a part file every second or every ``FLUSH_ROWS`` rows."""
+        """Collect outcomes, write a part file every second or every ``FLUSH_ROWS`` rows;
+        compact part files beside it as they pile up (one compaction at a time)."""
         buffer: list[Outcome] = []
         deadline = time.monotonic() + FLUSH_INTERVAL_S
-        async with outcomes:
+        compacting = anyio.Lock()
+        async with outcomes, anyio.create_task_group() as compactions:
             while True:
                 try:
                     outcome = _waiting(outcomes)
@@ -474,9 +477,19 @@ class Runner:
                     batch, buffer = buffer, []
                     if batch:
                         await anyio.to_thread.run_sync(self.writer.write_part, batch)
+                    if not compacting.locked():
+                        compactions.start_soon(self._compact, compacting)
                     deadline = time.monotonic() + FLUSH_INTERVAL_S
-        await anyio.to_thread.run_sync(self.writer.write_part, buffer)
+            await anyio.to_thread.run_sync(self.writer.write_part, buffer)
+        await anyio.to_thread.run_sync(give_back)  # before the merge
         done.set()
+
+    async def _compact(self, compacting: anyio.Lock) -> None:
+        """Compact this run's part files in a thread while any are due."""
+        async with compacting:
+            while (due := self.writer.compaction_due()) is not None:
+                await anyio.to_thread.run_sync(self.writer.compact, *due)
+                await anyio.to_thread.run_sync(give_back)
 
     async def _draw(self) -> None:
         """Redraw the progress line until the run ends."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import InputError
 from pipeline.records import PromptRow
@@ -139,25 +140,22 @@ class Source(ABC):
     def _check_ids(self, limit: int | None) -> int:
         """Count ids; fail on the first null or repeated one.
 
-        Ids are kept as 64-bit hashes in a polars series (8 bytes a row, not a Python
+        Ids are kept as 64-bit hashes in a compact array (8 bytes a row, not a Python
         set of strings); only when a null or a repeated hash turns up is the input
         read again, slowly, to name the offending row exactly.
         """
-        hashes: list[pl.Series] = []
+        hashes = array("q")
         count = 0
         suspect = False
         for values in self.id_batches():
             if limit is not None:
                 values = values[: limit - count]
             suspect = suspect or None in values
-            hashes.append(pl.Series([str(v) for v in values], dtype=pl.String).hash(seed=0))
+            hashes.extend(hash(str(v)) for v in values)
             count += len(values)
             if limit is not None and count >= limit:
                 break
-        repeated: set[int] = set()
-        if hashes:
-            ordered = pl.concat(hashes).sort()
-            repeated = set(ordered.filter(ordered == ordered.shift(1)).to_list())
+        repeated = _repeated(hashes)
         if suspect or repeated:
             self._name_bad_id(count, repeated)
         return count
@@ -167,15 +165,23 @@ class Source(ABC):
         seen: set[str] = set()
         records = itertools.islice(self.id_records(), count)
         while chunk := list(itertools.islice(records, _ID_CHUNK)):
-            keys = [str(value) for _, value in chunk]
-            hashed = pl.Series(keys, dtype=pl.String).hash(seed=0).to_list()
-            for (where, value), key, digest in zip(chunk, keys, hashed, strict=True):
+            for where, value in chunk:
                 if value is None:
                     raise InputError(f"{self.path}: {where}: id column {self.id_column!r} is null")
-                if digest not in repeated:
+                key = str(value)
+                if hash(key) not in repeated:
                     continue
                 if key in seen:
                     raise InputError(
                         f"{self.path}: {where}: duplicate id {key!r} in column {self.id_column!r}"
                     )
                 seen.add(key)
+
+
+def _repeated(hashes: array[int]) -> set[int]:
+    """The values that occur more than once (sorted by Arrow, no Python int per value)."""
+    if len(hashes) < 2:
+        return set()
+    ordered = pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)]).sort()
+    same = pc.equal(ordered[1:], ordered[:-1])
+    return set(pc.filter(ordered[1:], same).to_pylist())

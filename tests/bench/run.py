@@ -259,20 +259,6 @@ def bench_c(folder: Path, *, configured: bool = True, concurrency: int | str = 1
     )
 
 
-def bench_d(folder: Path) -> None:
-    print("(d) peak RSS vs input size (zero latency)")
-    rss = {}
-    for rows in (20_000, 200_000):
-        with fake_server() as url:
-            job = write_job(folder, "d", url, concurrency=256, max_tokens=16)
-            r = run_client(job, make_input(folder, rows, realistic=True), folder)
-        rss[rows] = r["max_rss_mb"]
-        print(
-            f"    {rows:>7,} rows: peak RSS {r['max_rss_mb']:.0f} MB, {r['wall_s']:.1f} s, ok {r['ok']:,}"
-        )
-    print(f"    ratio {rss[200_000] / rss[20_000]:.3f} (target <= 1.2)")
-
-
 def bench_c2(folder: Path) -> None:
     bench_c(folder, configured=False)
 
@@ -456,7 +442,6 @@ SCENARIOS = {
     "c": bench_c,
     "c2": bench_c2,
     "c3": bench_c3,
-    "d": bench_d,
     "e": bench_e,
     "f": bench_f,
     "g": bench_g,
@@ -464,9 +449,9 @@ SCENARIOS = {
 
 
 def main(argv: list[str]) -> int:
-    from tests.bench import side  # the side-by-side scenarios use this module's harness
+    from tests.bench import memory, side  # they use this module's harness
 
-    scenarios = dict(sorted((SCENARIOS | side.SCENARIOS).items()))
+    scenarios = dict(sorted((SCENARIOS | side.SCENARIOS | memory.SCENARIOS).items()))
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     parser.add_argument(
         "--client-root", type=Path, help="run the pipeline from this checkout (default: this one)"
