@@ -108,7 +108,7 @@ def test_validate_loads_no_http_stack_and_starts_no_fake(
     code, loaded = _loaded(tmp_path, "validate", str(job))
 
     assert code == 0
-    assert "polars" in loaded  # it did read the input: the probe sees what is imported
+    assert "pyarrow" in loaded  # it did read the input: the probe sees what is imported
     assert [m for m in loaded if m in HTTP_STACK] == []
 
 
