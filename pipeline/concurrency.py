@@ -13,6 +13,11 @@ How the controller decides, in the style of TCP Vegas and Netflix's gradient lim
   ratios over a window is the window's *latency ratio* (1.0: as fast as ever seen).
 * **Windows.** A window collects answers to requests sent after it opened, at least
   ``max(8, limit)`` of them (about two latencies), and then decides once.
+* **Load.** Each answer carries the mean number of requests on the wire during its
+  flight (itself included), not the number when it was sent: a limit's worth of
+  requests sent in one tick (all slots freed by answers that arrived together, as from
+  a server of steady latency) are all on the wire together, but counted as each is sent
+  they see 1, 2, ..., limit: about half the limit, never saturated.
 * **Grow** while the latency ratio stays within ``TOLERANCE``: doubling at first (slow
   start), then by a tenth. Only when the window was *saturated* (the requests on the
   wire reached the limit): a run held back by rate limits or out of rows does not grow
@@ -44,6 +49,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 import anyio
 
@@ -65,7 +71,8 @@ MIN_WINDOW = 16
 BUCKETS_PER_DOUBLING = 4
 """Answers whose completion tokens are within 2 ** (1 / 4) of each other are comparable."""
 SATURATED = 0.8
-"""A window is saturated when its requests found this share of the limit in flight."""
+"""A window is saturated when its requests had this share of the limit in flight (on average
+over their flights)."""
 
 
 class Signal(StrEnum):
@@ -125,7 +132,7 @@ class GradientController:
         self._opened = -math.inf
         self._cut_at = -math.inf
         self._ratios: list[float] = []
-        self._load = 0
+        self._load = 0.0
         self._previous: _Window | None = None
 
     @property
@@ -140,10 +147,11 @@ class GradientController:
         latency_s: float,
         tokens: int,
         signal: Signal,
-        in_flight: int,
+        in_flight: float,
     ) -> Change | None:
-        """One finished attempt: sent at ``sent_at`` with ``in_flight`` requests on the wire
-        (itself included), ``latency_s`` long, ``tokens`` completion tokens."""
+        """One finished attempt: sent at ``sent_at``, ``latency_s`` long, ``tokens`` completion
+        tokens, with ``in_flight`` requests on the wire on average during its flight (itself
+        included)."""
         if signal is Signal.OK:
             return self._answered(now, sent_at, latency_s, tokens, in_flight)
         if signal is Signal.NEUTRAL or sent_at < self._cut_at:
@@ -155,7 +163,7 @@ class GradientController:
         return self._move(now, self._limit * factor, str(signal))
 
     def _answered(
-        self, now: float, sent_at: float, latency_s: float, tokens: int, in_flight: int
+        self, now: float, sent_at: float, latency_s: float, tokens: int, in_flight: float
     ) -> Change | None:
         latency_s = max(latency_s, 1e-6)
         bucket = int(BUCKETS_PER_DOUBLING * math.log2(max(1, tokens)))
@@ -203,7 +211,7 @@ class GradientController:
         self._limit = min(float(self.maximum), max(float(self.minimum), limit))
         self._opened = now
         self._ratios = []
-        self._load = 0
+        self._load = 0.0
         if self.limit == previous:
             return None
         ratio = round(window.ratio, 3) if window is not None else None
@@ -219,6 +227,17 @@ def _elasticity(previous: _Window | None, window: _Window) -> float | None:
     if abs(load_change) < 0.05:
         return None
     return 1.0 - math.log(window.ratio / previous.ratio) / load_change
+
+
+class Sent(NamedTuple):
+    """An attempt put on the wire (``AdaptiveLimit.sending``'s answer)."""
+
+    at: float
+    """When it was sent."""
+    on_wire: int
+    """Requests on the wire then, itself included."""
+    wire_s: float
+    """The limit's running total of request-seconds on the wire, then."""
 
 
 class AdaptiveLimit:
@@ -241,6 +260,9 @@ class AdaptiveLimit:
         self._on_change = on_change
         self._held = 0
         self._on_wire = 0
+        self._wire_s = 0.0
+        """Request-seconds on the wire so far, counted up to ``_counted_at``."""
+        self._counted_at = 0.0
         self._waiters: deque[anyio.Event] = deque()
 
     @property
@@ -280,24 +302,35 @@ class AdaptiveLimit:
             self._held += 1
             self._waiters.popleft().set()
 
-    def sending(self) -> tuple[float, int]:
-        """An attempt goes on the wire now: its send time and the requests on the wire."""
+    def _count(self, now: float) -> None:
+        """Add the request-seconds on the wire since the last count (before it changes)."""
+        self._wire_s += self._on_wire * (now - self._counted_at)
+        self._counted_at = now
+
+    def sending(self) -> Sent:
+        """An attempt goes on the wire now."""
+        now = self._clock()
+        self._count(now)
         self._on_wire += 1
-        return self._clock(), self._on_wire
+        return Sent(now, self._on_wire, self._wire_s)
 
     def abandoned(self) -> None:
         """An attempt on the wire was cancelled: it says nothing of the server."""
+        self._count(self._clock())
         self._on_wire -= 1
 
-    def finished(
-        self, sent: tuple[float, int], tokens: int | None, error: AttemptError | None
-    ) -> None:
-        """The attempt sent at ``sent`` (``sending()``'s answer) ended: feed the controller."""
-        self._on_wire -= 1
+    def finished(self, sent: Sent, tokens: int | None, error: AttemptError | None) -> None:
+        """The attempt ``sent`` (``sending()``'s answer) ended: feed the controller, with the
+        requests on the wire on average during its flight (itself included)."""
         now = self._clock()
-        sent_at, in_flight = sent
+        self._count(now)
+        self._on_wire -= 1
+        latency_s = now - sent.at
+        in_flight = (
+            max(1.0, (self._wire_s - sent.wire_s) / latency_s) if latency_s > 0 else sent.on_wire
+        )
         change = self.controller.sample(
-            now, sent_at, now - sent_at, tokens or 0, signal_of(error), in_flight
+            now, sent.at, latency_s, tokens or 0, signal_of(error), in_flight
         )
         if change is not None:
             self._wake()

@@ -228,16 +228,41 @@ async def test_the_adaptive_limit_admits_up_to_its_limit_and_wakes_waiters_on_gr
         await anyio.wait_all_tasks_blocked()
         assert entered == [0, 1]
         # fast answers with the limit in use: a window of 16 doubles the limit (slow start)
-        for _ in range(16):
-            sent = limit.sending()
+        for _ in range(8):
+            sent = [limit.sending(), limit.sending()]
             clock[0] += 0.1
-            limit.finished((sent[0], 2), 10, None)
+            for one in sent:
+                limit.finished(one, 10, None)
         assert limit.limit == 4
         await anyio.wait_all_tasks_blocked()
         assert entered == [0, 1, 2, 3]
         assert changes == [Change(2, 4, "latency near the lowest seen")]
         release.set()
     assert entered == list(range(6))
+
+
+def test_requests_sent_together_count_as_all_on_the_wire() -> None:
+    # a limit's worth sent in one tick and answered together (a server of steady latency):
+    # counted when sent they would see 1, 2, 3, 4 on the wire, half the limit on average
+    clock = [0.0]
+    limit = AdaptiveLimit(GradientController(1, 64, initial=4), clock=lambda: clock[0])
+    for _ in range(4):
+        sent = [limit.sending() for _ in range(4)]
+        clock[0] += 0.05
+        for one in sent:
+            limit.finished(one, 10, None)
+    assert limit.limit == 8
+
+
+def test_requests_sent_one_after_another_do_not_saturate_the_limit() -> None:
+    clock = [0.0]
+    limit = AdaptiveLimit(GradientController(1, 64, initial=4), clock=lambda: clock[0])
+    for _ in range(32):
+        sent = limit.sending()
+        clock[0] += 0.05
+        limit.finished(sent, 10, None)
+        clock[0] += 0.01
+    assert limit.limit == 4
 
 
 @pytest.mark.anyio
