@@ -18,6 +18,7 @@ import httpx
 from pipeline.log import configure_logging
 from pipeline.runner import Runner, api_key_for, plan_run
 from pipeline.spec import load_job
+from tests.bench.rss import peak_rss_mb
 
 
 def _cpu_s() -> float:
@@ -67,7 +68,7 @@ def main() -> None:
                 "user_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime - user_before,
                 "sys_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_before,
                 "wall_s": wall,
-                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "max_rss_mb": peak_rss_mb(),
                 "concurrency_history": list(summary.concurrency_history),
             }
         )

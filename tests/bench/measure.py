@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.bench.rss import peak_rss_mb
+
 _HTTPS_ONLY = "^https://"
 
 
@@ -63,7 +65,7 @@ def main() -> int:
         wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    report = {"cpu_s": cpu, "wall_s": wall, "max_rss_mb": after.ru_maxrss / 1024, "exit": code}
+    report = {"cpu_s": cpu, "wall_s": wall, "max_rss_mb": peak_rss_mb(), "exit": code}
     with open(args.report, "w") as out:
         json.dump(report, out)
     return 0 if code in (0, None) else 1
