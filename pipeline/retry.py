@@ -95,7 +95,8 @@ class LeanRetrying(AsyncRetrying):
 def make_retrying(
     spec: RetrySpec, *, on_retry: OnRetry | None = None, sleep: Sleep = anyio.sleep
 ) -> LeanRetrying:
-    """A retry policy for one row's attempts (``.copy()`` it per row)."""
+    """A retry policy: ``attempts`` takes each row's ``on_retry`` (no copy per row); the
+    batch driver ``.copy()``s it per call."""
     return LeanRetrying(
         stop=stop_after_attempt(spec.max_attempts),
         wait=wait_retry_after_or(

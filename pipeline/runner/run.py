@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 import structlog
-from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from pipeline.allocators import give_back
@@ -452,7 +451,7 @@ class Runner:
                     if outcome is not None:
                         await _put(out, outcome)
 
-    async def _write(self, outcomes: ObjectReceiveStream[Outcome], done: anyio.Event) -> None:
+    async def _write(self, outcomes: MemoryObjectReceiveStream[Outcome], done: anyio.Event) -> None:
         """Collect outcomes, write a part file every second or every ``FLUSH_ROWS`` rows;
         compact part files beside it as they pile up (one compaction at a time)."""
         buffer: list[Outcome] = []
@@ -516,22 +515,15 @@ async def _take(receive: MemoryObjectReceiveStream[T]) -> T | None:
     """The next item, without yielding to the loop when one is waiting (the common case);
     None once the stream has ended."""
     try:
-        return receive.receive_nowait()
-    except anyio.WouldBlock:
-        pass
-    except anyio.EndOfStream:
-        return None
-    try:
-        return await receive.receive()
+        item = _waiting(receive)
+        return item if item is not None else await receive.receive()
     except anyio.EndOfStream:
         return None
 
 
-def _waiting(receive: ObjectReceiveStream[T]) -> T | None:
-    """An item already waiting in a memory stream (no cancel scope, no timer), else None;
-    raises ``EndOfStream`` once the stream has ended."""
-    if not isinstance(receive, MemoryObjectReceiveStream):
-        return None
+def _waiting(receive: MemoryObjectReceiveStream[T]) -> T | None:
+    """An item already waiting (no cancel scope, no timer), else None; raises
+    ``EndOfStream`` once the stream has ended."""
     try:
         item: T = receive.receive_nowait()
     except anyio.WouldBlock:
