@@ -12,6 +12,7 @@ either the old parts or the new one counted, never both.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,18 +92,24 @@ def compact(files: list[Path], schema: pa.Schema) -> Path:
     target = files[0].with_name(
         Span(spans[0].run, min(s.lo for s in spans), max(s.hi for s in spans)).name()
     )
-    temp = target.with_suffix(".tmp")
     pieces = [piece for path in files for piece in part_pieces(path)]
-    with pq.ParquetWriter(temp, schema, compression="zstd") as writer:
-        for window in merge_pieces(pieces, schema):
-            writer.write_table(window)
-    with temp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    temp.replace(target)
-    fsync_dir(target.parent)
+    write_durably(target, schema, merge_pieces(pieces, schema))
     for path in files:
         path.unlink(missing_ok=True)
     return target
+
+
+def write_durably(final: Path, schema: pa.Schema, tables: Iterable[pa.Table]) -> None:
+    """Write ``tables`` to ``final``: a temp file, fsynced, renamed into place, the folder
+    fsynced (blocking: run in a thread)."""
+    temp = final.with_suffix(".tmp")
+    with pq.ParquetWriter(temp, schema, compression="zstd") as writer:
+        for table in tables:
+            writer.write_table(table)
+    with temp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    temp.replace(final)
+    fsync_dir(final.parent)
 
 
 def fsync_dir(path: Path) -> None:

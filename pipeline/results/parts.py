@@ -37,6 +37,7 @@ from pipeline.results.compact import (
     live_parts,
     part_pieces,
     split_parts,
+    write_durably,
 )
 from pipeline.results.merge import Piece, carried_pieces, merge_pieces
 from pipeline.results.schema import (
@@ -273,14 +274,7 @@ class PartWriter:
             return older
         archive.mkdir(exist_ok=True)
         final = archive / f"earlier-{self._archive_stamp(older):06d}.parquet"
-        temp = final.with_suffix(".tmp")
-        with pq.ParquetWriter(temp, self._part_schema, compression="zstd") as writer:
-            for piece in pieces:
-                writer.write_table(piece.load(self._part_schema))
-        with temp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        temp.replace(final)
-        fsync_dir(archive)
+        write_durably(final, self._part_schema, (p.load(self._part_schema) for p in pieces))
         return older
 
     @staticmethod
