@@ -11,6 +11,7 @@ import pytest
 from pipeline.errors import InputError, UserError
 from pipeline.records import PromptRow
 from pipeline.sources import JsonlSource, ParquetSource, Source, open_source
+from pipeline.sources.base import READ_BYTES
 from tests.helpers import write_jsonl, write_parquet
 
 
@@ -401,3 +402,28 @@ def test_jsonl_byte_order_mark_is_not_part_of_line_1(tmp_path: Path) -> None:
         ("a", None, {"text": "x"}),
         ("b", None, {"text": "y"}),
     ]
+
+
+def test_wide_rows_come_in_batches_of_about_read_bytes(tmp_path: Path, kind: str) -> None:
+    # 600 rows of 8 KB: 2,048 a batch would hold 16 MB; about 1 MB a batch holds 128
+    wide = {"review_id": [f"r{i}" for i in range(600)], "text": ["x" * 8192] * 600}
+    source = open_input(make_input(tmp_path, kind, wide), batch_size=2048)
+
+    batches = list(source.batches())
+
+    assert sum(len(b) for b in batches) == 600
+    assert [r.seq for b in batches for r in b] == list(range(600))
+    assert len(batches) >= 4
+    assert all(len(b) * 8192 <= 2 * READ_BYTES for b in batches)
+
+
+def test_narrow_rows_still_come_batch_size_at_a_time(tmp_path: Path, kind: str) -> None:
+    source = open_input(make_input(tmp_path, kind, reviews(50)), batch_size=20)
+    assert [len(b) for b in source.batches()] == [20, 20, 10]
+
+
+def test_rows_per_batch_is_bounded_both_ways(tmp_path: Path) -> None:
+    source = open_input(make_input(tmp_path, "parquet", reviews(3)), batch_size=100)
+    assert source.rows_per_batch(0) == 100
+    assert source.rows_per_batch(READ_BYTES / 10) == 10
+    assert source.rows_per_batch(READ_BYTES * 50) == 1

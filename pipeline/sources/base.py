@@ -16,6 +16,9 @@ from pipeline.errors import InputError
 from pipeline.records import PromptRow
 
 _ID_CHUNK = 65536
+READ_BYTES = 1 << 20
+"""About how many bytes of rows a source hands over at a time (``batch_size`` rows at most):
+a batch of wide rows stays small."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,10 @@ class Source(ABC):
         self.value_columns = list(dict.fromkeys(value_columns))
         self.keep_columns = list(keep_columns)
         self.batch_size = batch_size
+
+    def rows_per_batch(self, bytes_per_row: float) -> int:
+        """Rows a batch holds: ``batch_size`` at most, about ``READ_BYTES`` of them."""
+        return max(1, min(self.batch_size, int(READ_BYTES / max(bytes_per_row, 1.0))))
 
     @abstractmethod
     def columns(self) -> list[str]:

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from pipeline.errors import InputError
 from pipeline.records import PromptRow
-from pipeline.sources.base import Preflight, Source
+from pipeline.sources.base import READ_BYTES, Preflight, Source
 
 _ID_BATCH = 65536
 
@@ -224,13 +224,15 @@ class JsonlSource(Source):
 
     def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
         rows: list[PromptRow] = []
+        size = 0
         for count, (row, number, line) in enumerate(self._selected()):
             if limit is not None and count >= limit:
                 break
             rows.append(self._row(row, number, line))
-            if len(rows) >= self.batch_size:
+            size += len(line)
+            if len(rows) >= self.batch_size or size >= READ_BYTES:
                 yield rows
-                rows = []
+                rows, size = [], 0
         if rows:
             yield rows
 
