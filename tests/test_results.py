@@ -23,6 +23,7 @@ from pipeline.results import (
     merge_pieces,
     output_schema,
 )
+from pipeline.results.merge import window_rows
 
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 KEEP = pa.schema([("product_id", pa.string()), ("stars", pa.int32()), ("price", pa.float64())])
@@ -282,6 +283,17 @@ def test_merge_pieces_windows_reads_each_part_once_and_keeps_order(tmp_path: Pat
     seqs = [s for table in windows for s in table["_seq"].to_pylist()]
     assert seqs == order
     assert all(table.num_rows <= 40 for table in windows)
+
+
+def test_the_merge_window_holds_about_a_budget_of_bytes(tmp_path: Path) -> None:
+    writer = PartWriter(tmp_path / "out.parquet", KEEP)
+    writer.prepare()
+    writer.write_part([outcome(seq) for seq in range(200)])
+    pieces = [Piece(part) for part in writer.own_parts()]
+    row_bytes = pq.ParquetFile(pieces[0].path).metadata.row_group(0).total_byte_size / 200
+    assert window_rows(pieces, budget=int(row_bytes * 1000)) == 1000
+    assert window_rows(pieces, budget=1) == 256  # the fewest
+    assert window_rows(pieces, budget=1 << 40) == 4096  # the most
 
 
 PARSED = pa.struct(

@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 
 from pipeline.results.schema import SEQ
 
-_MERGE_WINDOW = 4096
-"""Input positions merged at a time: memory holds about this many rows (plus early ones)."""
+WINDOW_BYTES = 2 << 20
+"""Bytes of rows (uncompressed) merged at a time: memory holds a few times this."""
+_WINDOW_ROWS = (256, 4096)
+"""The fewest and most input positions merged at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +98,30 @@ def _first_seq(piece: Piece, schema: pa.Schema) -> int:
     return int(piece.load(schema)[SEQ][0].as_py())
 
 
+def window_rows(pieces: list[Piece], budget: int = WINDOW_BYTES) -> int:
+    """Input positions per merge window: about ``budget`` bytes of the pieces' rows (their
+    files' uncompressed size per row), so wide rows merge fewer at a time."""
+    size = rows = 0
+    for path in list(dict.fromkeys(piece.path for piece in pieces))[:8]:
+        metadata = pq.ParquetFile(path).metadata
+        for group in range(metadata.num_row_groups):
+            size += metadata.row_group(group).total_byte_size
+            rows += metadata.row_group(group).num_rows
+    fewest, most = _WINDOW_ROWS
+    return most if size == 0 else max(fewest, min(most, budget * rows // size))
+
+
 def merge_pieces(
-    pieces: list[Piece], schema: pa.Schema, window: int = _MERGE_WINDOW
+    pieces: list[Piece], schema: pa.Schema, window: int | None = None
 ) -> Iterator[pa.Table]:
     """Tables of rows in input order from sorted pieces, reading each piece once.
 
     Pieces are taken in order of their first position; rows past the current window
-    wait in ``pending``, so memory holds one window plus the rows that arrived early.
+    (``window`` positions, by default ``window_rows``) wait in ``pending``, so memory
+    holds one window plus the rows that arrived early.
     """
+    if window is None:
+        window = window_rows(pieces)
     queue = sorted(((_first_seq(piece, schema), index) for index, piece in enumerate(pieces)))
     pending: pa.Table | None = None
     index = 0
