@@ -43,7 +43,9 @@ def request_hash(body: bytes) -> str:
 def encode_body(body: dict[str, Any]) -> bytes:
     """Canonical JSON: sorted keys, compact, UTF-8; ``response_format`` keeps its own key order."""
     if _ORDERED_KEY not in body:
-        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        # orjson's result keeps its growth buffer (16 KB held for a 2 KB body); a request
+        # waits for a slot and then for its answer, so hold only its bytes
+        return memoryview(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).tobytes()
     parts = [
         orjson.dumps(key)
         + b":"
