@@ -834,6 +834,10 @@ def main(argv: list[str] | None = None) -> int:
             return _merge(args)
         if args.command == "batch":
             return _batch(args)
+        if argv is None and args.engine != "ray":
+            from pipeline.absent import keep_out
+
+            keep_out()  # this process is the run's own: no numpy, no pandas
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ CLI in a fresh interpreter and lists what it loaded. The wall times are
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import pyarrow.parquet as pq
 import pytest
 
 import pipeline
@@ -65,10 +67,17 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in %r if m in sys.modul
 """
 
 
-def _loaded(cwd: Path, *argv: str) -> tuple[int, list[str]]:
-    """Run ``pipeline ARGV`` in a fresh interpreter: its exit code and the HEAVY modules
-    (and the HTTP stack's) it imported."""
-    probe = _PROBE % (tuple(sorted({*HEAVY, *HTTP_STACK})),)
+_PROGRAM = ("code = main(sys.argv[1:])", "code = main()")
+"""The probe as the ``pipeline`` program runs: ``main`` reads ``sys.argv`` itself."""
+
+
+def _loaded(cwd: Path, *argv: str, program: bool = False) -> tuple[int, list[str]]:
+    """Run ``pipeline ARGV`` in a fresh interpreter (``program``: as the ``pipeline``
+    command does, else as a call of ``main``): its exit code and the HEAVY modules (and
+    the HTTP stack's, pandas) it imported."""
+    probe = _PROBE % (tuple(sorted({*HEAVY, *HTTP_STACK, "pandas"})),)
+    if program:
+        probe = probe.replace(*_PROGRAM)
     done = subprocess.run(
         [sys.executable, "-c", probe, *argv],
         cwd=cwd,
@@ -136,6 +145,58 @@ def test_a_run_loads_no_ray_and_no_jsonschema_without_a_schema(
     assert {"aiohttp", "httpx", "pipeline.fake"} <= set(loaded)
     assert "ray" not in loaded
     assert "jsonschema" not in loaded
+
+
+def test_the_run_program_keeps_numpy_and_pandas_out(
+    tmp_path: Path, reviews: Callable[[int], Path]
+) -> None:
+    # pyarrow would load both when installed (the [ray] extra installs them): 62 MB
+    output = tmp_path / "out.parquet"
+    job = write_job(tmp_path, make_job(reviews(3), "fake", output))
+
+    code, loaded = _loaded(tmp_path, "run", str(job), program=True)
+
+    assert code == 0
+    assert pq.read_table(output).num_rows == 3
+    assert "pyarrow" in loaded
+    assert "numpy" not in loaded
+    assert "pandas" not in loaded
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pandas") is None, reason="needs pandas installed")
+def test_main_called_from_python_leaves_numpy_and_pandas_importable(
+    tmp_path: Path, reviews: Callable[[int], Path]
+) -> None:
+    output = tmp_path / "out.parquet"
+    job = write_job(tmp_path, make_job(reviews(1), "fake", output))
+    probe = (
+        "import sys; from pipeline.cli import main; main(sys.argv[1:]); "
+        "import pyarrow, pandas; print(pyarrow.table({'a': [1]}).to_pandas().shape)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "run", str(job)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "(1, 1)"
+
+
+def test_keep_out_makes_a_module_look_not_installed() -> None:
+    probe = (
+        "import sys; from pipeline.absent import keep_out; keep_out(['os', 'csv']);"
+        "import os;\n"
+        "try:\n import csv\nexcept ModuleNotFoundError as e: print('absent', e.name)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert done.stdout.strip() == "absent csv"  # os was loaded already: it stays
 
 
 def test_import_pipeline_loads_nothing_heavy() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import anyio
 import httpx
 
+from pipeline.absent import keep_out
 from pipeline.log import configure_logging
 from pipeline.runner import Runner, api_key_for, plan_run
 from pipeline.spec import load_job
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--cache", type=Path, help="a response cache file")
     args = parser.parse_args()
+    keep_out()  # as ``pipeline run`` does (nothing above loaded pyarrow yet)
 
     job = load_job(args.job)
     with args.log.open("w") as log_stream:
