@@ -13,12 +13,8 @@ import time
 from pathlib import Path
 
 import anyio
-import httpx
 
 from pipeline.absent import keep_out
-from pipeline.log import configure_logging
-from pipeline.runner import Runner, api_key_for, plan_run
-from pipeline.spec import load_job
 from tests.bench.rss import peak_rss_mb
 
 
@@ -36,7 +32,10 @@ def main() -> None:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--cache", type=Path, help="a response cache file")
     args = parser.parse_args()
-    keep_out()  # as ``pipeline run`` does (nothing above loaded pyarrow yet)
+    keep_out()  # as ``pipeline run`` does: before the run's modules load
+    from pipeline.log import configure_logging
+    from pipeline.runner import Runner, api_key_for, plan_run
+    from pipeline.spec import load_job
 
     job = load_job(args.job)
     with args.log.open("w") as log_stream:
@@ -44,6 +43,8 @@ def main() -> None:
         plan = plan_run(job, input_path=args.input, output_path=args.output)
         transport = None
         if args.transport == "httpcore":
+            import httpx
+
             concurrency = job.limits.most_in_flight
             transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(
