@@ -391,3 +391,27 @@ def test_plain_output_has_no_optional_columns() -> None:
     assert set(output_schema(KEEP).names).isdisjoint(OPTIONAL_COLUMNS)
     with pytest.raises(ValueError, match="not an optional output column: 'cost_usd'"):
         output_schema(KEEP, ["cost_usd"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files by /proc")
+def test_finalize_puts_the_output_on_disk_before_it_takes_its_name(
+    writer: PartWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the parts are deleted once the output is there: a power cut must not find a name
+    # whose data never reached the disk
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    writer.write_part([outcome(0), outcome(1)])
+
+    writer.finalize()
+
+    temp = str(writer.output.with_name(f".{writer.output.name}.tmp"))
+    assert temp in synced
+    assert str(writer.output.parent) in synced[synced.index(temp) :]
+    assert pq.read_table(writer.output).num_rows == 2

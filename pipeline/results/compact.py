@@ -99,10 +99,13 @@ def compact(files: list[Path], schema: pa.Schema) -> Path:
     return target
 
 
-def write_durably(final: Path, schema: pa.Schema, tables: Iterable[pa.Table]) -> None:
-    """Write ``tables`` to ``final``: a temp file, fsynced, renamed into place, the folder
-    fsynced (blocking: run in a thread)."""
-    temp = final.with_suffix(".tmp")
+def write_durably(
+    final: Path, schema: pa.Schema, tables: Iterable[pa.Table], temp: Path | None = None
+) -> None:
+    """Write ``tables`` to ``final``: a temp file (``temp``, default ``final`` with the
+    suffix ``.tmp``), fsynced, renamed into place, the folder fsynced (blocking: run in a
+    thread)."""
+    temp = temp or final.with_suffix(".tmp")
     with pq.ParquetWriter(temp, schema, compression="zstd") as writer:
         for table in tables:
             writer.write_table(table)

@@ -33,7 +33,6 @@ from pipeline.results.compact import (
     COMPACT_NEXT,
     Span,
     compact,
-    fsync_dir,
     live_parts,
     part_pieces,
     split_parts,
@@ -245,14 +244,12 @@ class PartWriter:
         try:
             superseded = self._archive(carried or [])
             schema = self._part_schema if self.keep_seq else self.schema
-            with pq.ParquetWriter(temp, schema, compression="zstd") as writer:
-                for window in merge_pieces(pieces, self._part_schema):
-                    table = window if self.keep_seq else window.drop_columns([SEQ])
-                    if kept_values is not None and self._keep_names:
-                        table = self._refresh_kept(table, kept_values)
-                    writer.write_table(table)
-            temp.replace(self.output)
-            fsync_dir(self.output.parent)
+            tables = (
+                self._output_table(window, kept_values)
+                for window in merge_pieces(pieces, self._part_schema)
+            )
+            # the parts go once the output is there: it must be on disk, not only named
+            write_durably(self.output, schema, tables, temp)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise OutputError(
@@ -261,6 +258,15 @@ class PartWriter:
         for old in superseded:
             old.unlink(missing_ok=True)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+    def _output_table(
+        self, window: pa.Table, kept_values: Iterator[dict[str, Any]] | None
+    ) -> pa.Table:
+        """A merge window as the output holds it (``_seq`` only when kept, fresh kept values)."""
+        table = window if self.keep_seq else window.drop_columns([SEQ])
+        if kept_values is not None and self._keep_names:
+            table = self._refresh_kept(table, kept_values)
+        return table
 
     def _archive(self, carried: list[tuple[Path, bytearray, dict[int, int]]]) -> list[Path]:
         """Write the earlier results not carried into this run's output to one new archive
