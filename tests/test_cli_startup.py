@@ -3,7 +3,7 @@
 ``pipeline --help`` must not load polars, pyarrow, pydantic or the HTTP stack (it took
 about a second when ``import pipeline`` imported everything); ``validate`` and
 ``estimate`` without ``--sample`` send nothing, so they must not load the HTTP stack or
-the fake server; a plain run must not load Ray or ``jsonschema``. Each check runs the
+the fake server, nor does ``merge``; a plain run must not load Ray or ``jsonschema``. Each check runs the
 CLI in a fresh interpreter and lists what it loaded. The wall times are
 ``python -m tests.bench i``'s.
 """
@@ -24,6 +24,7 @@ import pytest
 import pipeline
 import pipeline.runner
 from pipeline.absent import UNUSED_IN_A_RUN
+from pipeline.cli import main
 from tests.helpers import make_job, write_job
 
 HEAVY = (
@@ -146,6 +147,18 @@ def test_a_run_loads_no_ray_and_no_jsonschema_without_a_schema(
     assert {"aiohttp", "httpx", "pipeline.fake"} <= set(loaded)
     assert "ray" not in loaded
     assert "jsonschema" not in loaded
+
+
+def test_merge_loads_no_http_stack(tmp_path: Path, reviews: Callable[[int], Path]) -> None:
+    job = write_job(tmp_path, make_job(reviews(4), "fake", tmp_path / "out.parquet"))
+    for index in range(2):
+        assert main(["run", str(job), "--shard", f"{index}/2"]) == 0
+
+    code, loaded = _loaded(tmp_path, "merge", str(job))
+
+    assert code == 0
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 4
+    assert [m for m in loaded if m in HTTP_STACK] == []
 
 
 def test_the_run_program_keeps_unused_modules_out(

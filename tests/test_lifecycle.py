@@ -12,12 +12,7 @@ from structlog.testing import capture_logs
 
 import pipeline
 from pipeline.errors import JobError, OutputError
-from pipeline.lock import LockedError, OutputLock
-from pipeline.manifest import read_history, read_manifest
-from pipeline.records import Ended, RunSummary
-from pipeline.results import PartWriter
-from pipeline.runner import lifecycle
-from pipeline.runner.lifecycle import (
+from pipeline.exits import (
     EXIT_ABORTED,
     EXIT_BUDGET,
     EXIT_BUG,
@@ -26,9 +21,14 @@ from pipeline.runner.lifecycle import (
     EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
     EXIT_WRITE_FAILED,
-    RunOptions,
-    exit_code,
 )
+from pipeline.lock import LockedError, OutputLock
+from pipeline.manifest import read_history, read_manifest
+from pipeline.records import Ended, RunSummary
+from pipeline.results import PartWriter
+from pipeline.runner import lifecycle
+from pipeline.runner.lifecycle import RunOptions
+from pipeline.runner.verdict import exit_code
 from pipeline.spec import load_job, parse_job
 from tests.helpers import FakeFactory, Reviews, make_job, write_job
 

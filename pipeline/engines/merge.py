@@ -24,8 +24,8 @@ from pipeline.lock import OutputLock
 from pipeline.manifest import Manifest, file_sha256, read_manifest, write_manifest
 from pipeline.records import Ended, RunSummary
 from pipeline.results import SEQ, Piece, merge_pieces, shard_counts, shard_output, shards_dir
-from pipeline.runner import new_run_id
-from pipeline.runner.lifecycle import exit_code
+from pipeline.runner.plan import new_run_id
+from pipeline.runner.verdict import exit_code
 from pipeline.spec import JobSpec, load_job
 from pipeline.version import __version__
 

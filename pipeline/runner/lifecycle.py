@@ -46,14 +46,9 @@ from pipeline.cache import cache_path
 from pipeline.client.batches import BatchRoutes
 from pipeline.errors import JobError, OutputError, UserError
 from pipeline.exits import (
-    EXIT_ABORTED,
-    EXIT_BUDGET,
     EXIT_BUG,
-    EXIT_INPUT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_PENDING,
-    EXIT_TERMINATED,
     EXIT_TOO_MANY_ERRORS,
     EXIT_USER_ERROR,
     EXIT_WRITE_FAILED,
@@ -69,7 +64,7 @@ from pipeline.manifest import (
 )
 from pipeline.prices import PriceTable
 from pipeline.progress import ProgressLine
-from pipeline.records import Ended, RunSummary
+from pipeline.records import RunSummary
 from pipeline.redact import Scrubber
 from pipeline.results import NOT_DONE_ERRORS
 from pipeline.runner.plan import (
@@ -81,18 +76,10 @@ from pipeline.runner.plan import (
     shared_limits,
 )
 from pipeline.runner.run import DEFAULT_GRACE_S, LimiterFactory, Runner
+from pipeline.runner.verdict import error_rate_code, exit_code
 from pipeline.sources import Shard
 from pipeline.spec import JobSpec, check_batch_mode, load_job
 from pipeline.version import __version__
-
-_ENDED_CODES = {
-    Ended.INTERRUPTED: EXIT_INTERRUPTED,
-    Ended.TERMINATED: EXIT_TERMINATED,
-    Ended.ABORTED: EXIT_ABORTED,
-    Ended.BUDGET: EXIT_BUDGET,
-    Ended.INPUT_FAILED: EXIT_INPUT_FAILED,
-    Ended.PENDING: EXIT_PENDING,
-}
 
 EndpointOpener = Callable[[JobSpec], AbstractAsyncContextManager[str | None]]
 """Given the job, an async context manager yielding the URL to send to instead of the
@@ -364,7 +351,7 @@ def _already_complete(prepared: PreparedRun, rows_planned: int) -> RunResult | N
         return None  # rows that failed transiently (or on auth) are sent again
     # a finished run with too many errors stays a failure when run again
     rows = sum(earlier.rows_by_status.values())
-    code, reason = _error_rate_code(prepared.job, earlier.rows_by_status.get("error", 0), rows)
+    code, reason = error_rate_code(prepared.job, earlier.rows_by_status.get("error", 0), rows)
     if code == EXIT_OK and earlier.exit_code == EXIT_TOO_MANY_ERRORS:
         code, reason = EXIT_TOO_MANY_ERRORS, earlier.exit_reason
     log.info(
@@ -379,26 +366,6 @@ def _already_complete(prepared: PreparedRun, rows_planned: int) -> RunResult | N
         rows_planned=rows_planned,
         already_complete=True,
     )
-
-
-def exit_code(job: JobSpec, summary: RunSummary) -> tuple[int, str]:
-    """The exit code of a run that got to its end, and the reason in words."""
-    if summary.ended is Ended.INPUT_FAILED and summary.requests_sent == 0:
-        return EXIT_USER_ERROR, summary.reason or summary.ended.value
-    if summary.ended in _ENDED_CODES:
-        return _ENDED_CODES[summary.ended], summary.reason or summary.ended.value
-    return _error_rate_code(job, summary.rows_error, summary.rows_total)
-
-
-def _error_rate_code(job: JobSpec, errors: int, rows: int) -> tuple[int, str]:
-    """Exit 3 when more than ``limits.max_error_rate`` of ``rows`` failed, else 0."""
-    limit = job.limits.max_error_rate
-    if limit is not None and rows and errors / rows > limit:
-        return (
-            EXIT_TOO_MANY_ERRORS,
-            f"{errors / rows:.1%} of rows failed, above limits.max_error_rate {limit:.1%}",
-        )
-    return EXIT_OK, "complete"
 
 
 def build_manifest(
