@@ -5,9 +5,9 @@ and 0.25 s of a one-row run); structlog imports rich for its console tracebacks,
 click, pygments and rich for its command line (6 MB, 0.08 s). A run uses none of them (its
 errors are one line; structlog falls back to plain tracebacks; httpx skips its command
 line), and pyarrow works without numpy and pandas.
-``keep_out`` makes them look absent to every later import. Only ``pipeline run`` as a
-program does this (``cli.main`` without arguments): code that imports the pipeline keeps
-its modules.
+``keep_out`` makes them look absent to every later import. Only the ``pipeline`` program
+does this, for a local run and a merge (``cli.main`` without arguments): code that imports
+the pipeline keeps its modules.
 """
 
 from __future__ import annotations

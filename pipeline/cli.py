@@ -821,6 +821,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return fake.main(args_list[1:])
     args = build_parser().parse_args(args_list)
+    if argv is None and _lean(args):
+        from pipeline.absent import keep_out
+
+        keep_out()  # this process is the command's own: no numpy, no pandas
     try:
         if args.command == "validate":
             return _validate(args)
@@ -834,10 +838,6 @@ def main(argv: list[str] | None = None) -> int:
             return _merge(args)
         if args.command == "batch":
             return _batch(args)
-        if argv is None and args.engine != "ray":
-            from pipeline.absent import keep_out
-
-            keep_out()  # this process is the run's own: no numpy, no pandas
         return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -853,6 +853,12 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         print("error: standard output was closed early (broken pipe)", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _lean(args: argparse.Namespace) -> bool:
+    """Whether the command runs without the modules a run never uses: a local run, a merge."""
+    command: str = args.command
+    return command == "merge" or (command == "run" and args.engine != "ray")
 
 
 def _shards_missing(exc: Exception) -> int:

@@ -154,11 +154,12 @@ def test_merge_loads_no_http_stack(tmp_path: Path, reviews: Callable[[int], Path
     for index in range(2):
         assert main(["run", str(job), "--shard", f"{index}/2"]) == 0
 
-    code, loaded = _loaded(tmp_path, "merge", str(job))
+    code, loaded = _loaded(tmp_path, "merge", str(job), program=True)
 
     assert code == 0
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 4
     assert [m for m in loaded if m in HTTP_STACK] == []
+    assert [m for m in loaded if m in UNUSED_IN_A_RUN] == []
 
 
 def test_the_run_program_keeps_unused_modules_out(
