@@ -7,8 +7,9 @@ repository root and the types of the fake-server fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from aiohttp import web
 
 from pipeline.cli import main
 from pipeline.fake import FakeServer
@@ -119,3 +121,21 @@ def write_jsonl(path: Path, lines: list[dict[str, Any] | str]) -> Path:
     )
     path.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A one-route aiohttp server on a free loopback port; yields its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()

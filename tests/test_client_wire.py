@@ -3,8 +3,7 @@ what goes out (auth, query, headers, body), what is read back, and each failure'
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -24,7 +23,7 @@ from pipeline.errors import (
 )
 from pipeline.records import ChatRequest, RateLimitInfo
 from pipeline.spec import EndpointSpec
-from tests.helpers import FakeFactory
+from tests.helpers import FakeFactory, serving
 
 KEY = "sk-test-0123456789abcdefSECRET"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,22 +48,6 @@ def completion(content: str = "ok") -> bytes:
             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
         }
     )
-
-
-@contextlib.asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[str]:
-    """A one-route aiohttp server on a free loopback port; yields its base URL."""
-    app = web.Application()
-    app.router.add_route("*", "/v1/chat/completions", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
 
 
 async def send_to(handler: Handler, request: ChatRequest | None = None, **endpoint: Any) -> Any:

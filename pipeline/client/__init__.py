@@ -14,20 +14,23 @@ Transport: one ``aiohttp.ClientSession`` sized to the run's concurrency. A plain
 attempt is one aiohttp ``post`` read whole: httpx on top of it cost about twice the
 CPU per request (its ``Headers``, cookie jar and request/response models; see
 ``tests/bench``), and only ``retry-after*`` and ``x-ratelimit-*`` are read of the answer's
-headers. A streamed attempt goes through ``httpx`` (``httpx-sse``) mounted on
-``httpx_aiohttp.AiohttpTransport`` over the same session (one pool). A given
-``transport`` (an ``httpx.MockTransport`` in unit tests, httpcore in a benchmark) takes
-every attempt through httpx instead.
+headers. A streamed attempt is one aiohttp ``post`` read as it arrives, its events cut by
+``stream.EventStream`` (through httpx and ``httpx-sse`` it cost 2.5x the CPU of a plain
+one). A given ``transport`` (an ``httpx.MockTransport`` in unit tests, httpcore in a
+benchmark) takes every attempt through httpx instead, on ``httpx_aiohttp``'s transport
+otherwise unused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ssl
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
@@ -56,7 +59,7 @@ from pipeline.client.parse import (
     server_code,
     server_message,
 )
-from pipeline.client.stream import StreamAssembler
+from pipeline.client.stream import EventStream, StreamAssembler
 from pipeline.errors import (
     AttemptError,
     BadResponse,
@@ -199,6 +202,33 @@ async def _notice_close() -> None:
     the connection goes back to the pool: a half-closed connection is then not reused."""
     for _ in range(2):  # one turn to read the end of the stream, one to close the transport
         await anyio.lowlevel.checkpoint()
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """A streamed answer as it arrives: status, headers, and either its whole body
+    (``read``) or the data of its events (``events``)."""
+
+    status: int
+    headers: Mapping[str, str]
+    read: Callable[[], Awaitable[bytes]]
+    events: AsyncIterator[str]
+
+
+async def _events(body: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The data of each event of an aiohttp body, as its bytes arrive."""
+    events = EventStream()
+    async for chunk in body.iter_any():
+        for data in events.feed(chunk):
+            yield data
+    for data in events.end():
+        yield data
+
+
+async def _sse_events(response: httpx.Response) -> AsyncIterator[str]:
+    """The data of each event of an httpx response (``httpx-sse``)."""
+    async for event in EventSource(response).aiter_sse():
+        yield event.data
 
 
 class ChatClient:
@@ -348,6 +378,26 @@ class ChatClient:
             )
         return answer.status_code, answer.headers, answer.content
 
+    @contextlib.asynccontextmanager
+    async def _open_stream(self, request: ChatRequest) -> AsyncIterator[_Streamed]:
+        """A streamed POST as it arrives: on aiohttp, its events cut by ``EventStream``;
+        through httpx (a given transport), by ``httpx-sse``."""
+        if self._direct:
+            async with self._pool().post(
+                self._wire_url,
+                data=request.body,
+                headers=self._headers(request),
+                allow_redirects=False,
+            ) as response:
+                yield _Streamed(
+                    response.status, response.headers, response.read, _events(response.content)
+                )
+            return
+        async with self._http.stream(
+            "POST", self.url, content=request.body, headers=self._headers(request)
+        ) as answer:
+            yield _Streamed(answer.status_code, answer.headers, answer.aread, _sse_events(answer))
+
     def _status_error(
         self,
         status: int,
@@ -371,32 +421,37 @@ class ChatClient:
         status = 0
         try:
             with anyio.fail_after(self._timeout_s):
-                async with self._http.stream(
-                    "POST", self.url, content=request.body, headers=self._headers(request)
-                ) as response:
-                    status = response.status_code
-                    rate_limits = parse_rate_limits(response.headers)
+                async with self._open_stream(request) as answer:
+                    status = answer.status
+                    rate_limits = parse_rate_limits(answer.headers)
                     if status != 200:
-                        body = await response.aread()
-                        raise self._status_error(status, response.headers, body, rate_limits)
-                    if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                        body = await response.aread()  # a server that answered without streaming
+                        body = await answer.read()
+                        raise self._status_error(status, answer.headers, body, rate_limits)
+                    if not answer.headers.get("content-type", "").startswith("text/event-stream"):
+                        body = await answer.read()  # a server that answered without streaming
                         return self._reply(
                             parse_reply(
                                 body, 200, (time.perf_counter() - started) * 1000.0, rate_limits
                             )
                         )
-                    async for event in EventSource(response).aiter_sse():
+                    async for data in answer.events:
                         try:
-                            assembler.feed(event.data)
+                            assembler.feed(data)
                         except AttemptError as failure:
                             failure.message = self._scrub(failure.message)
                             failure.args = (failure.message,)
                             raise
                     await _notice_close()
-        except httpx.DecodingError as exc:
-            raise BadResponse(f"response body could not be decoded: {exc}"[:MAX_MESSAGE]) from None
-        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
+        except (
+            httpx.TransportError,
+            httpx.DecodingError,
+            aiohttp.ClientError,
+            TimeoutError,
+        ) as exc:
+            if _undecodable(exc):
+                raise BadResponse(
+                    f"response body could not be decoded: {exc}"[:MAX_MESSAGE]
+                ) from None
             elapsed = time.perf_counter() - started if status == 0 else float("inf")
             error = _transport_error(exc, elapsed, reused[0])
             if status == 200 and isinstance(error, ConnectionFailed):

@@ -1,7 +1,8 @@
 """A streamed answer (server-sent events) folded back into one ``chat.completion``.
 
-Events are decoded by ``httpx-sse`` (a maintained SSE parser over httpx's response
-stream); each ``data:`` is a ``chat.completion.chunk``, merged here per choice index:
+``EventStream`` cuts the body's bytes into events as they arrive (on aiohttp; through
+httpx with an injected transport, ``httpx-sse`` does); each event's data is a
+``chat.completion.chunk``, merged here per choice index:
 content pieces are joined, tool-call pieces are joined per call index, the last
 ``finish_reason`` wins, and the ``usage`` chunk (``stream_options.include_usage``)
 gives the token counts. ``data: [DONE]`` ends the answer; a stream that stops before
@@ -12,6 +13,7 @@ it is an answer that never arrived in full (``ConnectionFailed``, retried).
 
 from __future__ import annotations
 
+import codecs
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,56 @@ import orjson
 from pipeline.errors import BadResponse, ServerError
 
 DONE = "[DONE]"
+
+
+class EventStream:
+    """The data of each server-sent event in a body fed as it arrives (WHATWG rules).
+
+    Lines end in CRLF, LF or CR (a CR at the end of a chunk waits for the next one, which
+    may start with its LF); a blank line ends an event; its ``data:`` lines join with a
+    newline (one space after the colon dropped); a line starting with ``:`` is a comment;
+    other fields (``event``, ``id``, ``retry``) say nothing an answer needs. An event
+    without data (a heartbeat such as ``event: ping``) is not handed over, nor is one the
+    body ends inside.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._rest = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The data of every event ``chunk`` completes, in order."""
+        text = self._rest + self._decoder.decode(chunk)
+        held = ""
+        if text.endswith("\r"):
+            text, held = text[:-1], "\r"
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        *lines, rest = text.split("\n")
+        self._rest = rest + held
+        return self._events(lines)
+
+    def end(self) -> list[str]:
+        """The data of an event the body's last CR completes (the body has ended)."""
+        if not self._rest.endswith("\r"):
+            return []
+        rest, self._rest = self._rest[:-1], ""
+        return self._events([rest])
+
+    def _events(self, lines: list[str]) -> list[str]:
+        """The data of every event ``lines`` complete."""
+        events: list[str] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append("\n".join(self._data))
+                    self._data = []
+            elif line.startswith("data"):
+                name, _, value = line.partition(":")
+                if name == "data":
+                    self._data.append(value[1:] if value.startswith(" ") else value)
+        return events
 
 
 @dataclass
