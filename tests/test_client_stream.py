@@ -171,6 +171,14 @@ async def test_stream_is_assembled_with_usage_and_ttft() -> None:
 
 
 @pytest.mark.anyio
+async def test_heartbeats_and_comments_between_events_are_skipped() -> None:
+    beats = [b": keep-alive\n\n", b"event: ping\n\n", b"event: ping\ndata:\n\n"]
+    reply = await send(sse(beats[0], *TEXT_STREAM[:3], beats[1], beats[2], *TEXT_STREAM[3:]))
+    assert reply.content == "Hello!"
+    assert reply.usage.total_tokens == 13
+
+
+@pytest.mark.anyio
 async def test_stream_with_several_choices_and_a_tool_call() -> None:
     call = {
         "index": 0,

@@ -118,7 +118,7 @@ class StreamAssembler:
     def feed(self, data: str) -> None:
         """Merge one event's data; raises ``BadResponse`` (not JSON) or ``ServerError`` (an
         error event)."""
-        if self.done:
+        if self.done or not data:  # empty: a heartbeat (httpx-sse hands those over too)
             return
         if data == DONE:
             self.done = True
