@@ -237,6 +237,17 @@ async def test_connection_dropped_mid_stream_is_retryable_and_says_so() -> None:
 
 
 @pytest.mark.anyio
+async def test_an_undecodable_stream_is_a_bad_response() -> None:
+    def handler(_: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(b"this is not gzip"))
+
+    error = await send_error(handler)
+    assert isinstance(error, BadResponse)
+    assert "could not be decoded" in error.message
+
+
+@pytest.mark.anyio
 async def test_bad_events() -> None:
     error = await send_error(sse(TEXT_STREAM[0], b"data: {not json\n\n", b"data: [DONE]\n\n"))
     assert isinstance(error, BadResponse)
