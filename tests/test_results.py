@@ -415,3 +415,22 @@ def test_finalize_puts_the_output_on_disk_before_it_takes_its_name(
     assert temp in synced
     assert str(writer.output.parent) in synced[synced.index(temp) :]
     assert pq.read_table(writer.output).num_rows == 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files by /proc")
+def test_a_part_file_and_its_name_reach_the_disk(
+    writer: PartWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    writer.write_part([outcome(0)])
+
+    (part,) = writer.own_parts()
+    assert synced == [str(part.with_suffix(".tmp")), str(part.parent)]

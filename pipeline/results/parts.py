@@ -16,7 +16,6 @@ user deletes it.
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError
 from pipeline.records import USAGE_COLUMNS, Outcome
@@ -207,19 +205,15 @@ class PartWriter:
         return table
 
     def write_part(self, outcomes: Sequence[Outcome]) -> None:
-        """One part file, written under a temp name, fsynced, renamed (blocking: run in a thread)."""
+        """One part file, written durably (temp name, fsync, rename, folder fsync: the rows
+        in it are paid for; blocking: run in a thread)."""
         if not outcomes:
             return
         table = self.table(outcomes)
         self._parts += 1
         final = self.parts_dir / Span(self.run_number, self._parts, self._parts).name()
-        temp = final.with_suffix(".tmp")
         try:
-            with temp.open("wb") as handle:
-                pq.write_table(table, handle, compression="zstd")
-                handle.flush()
-                os.fsync(handle.fileno())
-            temp.replace(final)
+            write_durably(final, table.schema, [table])
         except OSError as exc:
             raise OutputError(f"{final}: cannot write results: {exc.strerror or exc}") from None
         with self._lock:
