@@ -19,12 +19,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.results.merge import Piece, merge_pieces
+from pipeline.results.merge import WINDOW_BYTES, Piece, merge_pieces, window_rows
 
 COMPACT_FIRST = 64
 """Parts as written that are compacted into one."""
 COMPACT_NEXT = 16
 """Compacted files of one level that are compacted again into one (the next level)."""
+COMPACT_WINDOW_BYTES = WINDOW_BYTES // 2
+"""Rows merged at a time by a compaction: it runs beside the run's own work, and its
+files' row groups are read back only by later merges (the output keeps larger ones)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -93,7 +96,8 @@ def compact(files: list[Path], schema: pa.Schema) -> Path:
         Span(spans[0].run, min(s.lo for s in spans), max(s.hi for s in spans)).name()
     )
     pieces = [piece for path in files for piece in part_pieces(path)]
-    write_durably(target, schema, merge_pieces(pieces, schema))
+    window = window_rows(pieces, COMPACT_WINDOW_BYTES)
+    write_durably(target, schema, merge_pieces(pieces, schema, window))
     for path in files:
         path.unlink(missing_ok=True)
     return target
