@@ -105,7 +105,10 @@ def _kill_one_worker(shards: Path, killed: list[int]) -> None:
 
 def test_a_killed_worker_is_retried_and_every_row_is_written_once(tmp_path: Path) -> None:
     rows, concurrency = 300, 8
-    with serve_in_thread(FakeConfig(latency_s=0.05)) as server:
+    # each shard sends 150 rows 8 at a time for about 2.8 s: its first part file (written
+    # after a second) is there well before it ends (at 50 ms, shards ended at about the
+    # first second and the killer missed them now and then)
+    with serve_in_thread(FakeConfig(latency_s=0.15)) as server:
         source = _input(tmp_path / "in.parquet", rows)
         out = tmp_path / "out.parquet"
         job = make_job(source, server.base_url, out, limits={"concurrency": concurrency})

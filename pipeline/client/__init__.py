@@ -15,10 +15,9 @@ attempt is one aiohttp ``post`` read whole: httpx on top of it cost about twice 
 CPU per request (its ``Headers``, cookie jar and request/response models; see
 ``tests/bench``), and only ``retry-after*`` and ``x-ratelimit-*`` are read of the answer's
 headers. A streamed attempt is one aiohttp ``post`` read as it arrives, its events cut by
-``stream.EventStream`` (through httpx and ``httpx-sse`` it cost 2.5x the CPU of a plain
+``stream.EventStream`` (through httpx and ``httpx-sse`` it cost 2.4x the CPU of a plain
 one). A given ``transport`` (an ``httpx.MockTransport`` in unit tests, httpcore in a
-benchmark) takes every attempt through httpx instead, on ``httpx_aiohttp``'s transport
-otherwise unused.
+benchmark) takes every attempt through httpx instead.
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
-from httpx_aiohttp import AiohttpTransport
 from httpx_sse import EventSource
 
 from pipeline.client.parse import (
@@ -266,34 +264,28 @@ class ChatClient:
         }
         self._default_headers.update(auth_headers(endpoint.auth, api_key))
         self._session: aiohttp.ClientSession | None = None
-        self._direct = transport is None
-        """Plain attempts straight on aiohttp (else through httpx on the given transport)."""
-        self._tls: ssl.SSLContext | None = None
-        if transport is None:  # streamed attempts: httpx over the same aiohttp session
-            self._tls = httpx.create_ssl_context()
-            transport = AiohttpTransport(
-                verify=self._tls,  # unused with a session given, but built if not passed
-                limits=httpx.Limits(
-                    max_connections=max_connections, max_keepalive_connections=max_connections
-                ),
-                client=self._pool,
+        self._http: httpx.AsyncClient | None = None
+        """httpx on the given transport, which then takes every attempt (else: aiohttp)."""
+        if transport is not None:
+            self._http = httpx.AsyncClient(
+                transport=transport,
+                headers=self._default_headers,
+                params=endpoint.query or None,
+                timeout=httpx.Timeout(endpoint.timeout_s),
+                follow_redirects=False,
             )
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            headers=self._default_headers,
-            params=endpoint.query or None,
-            timeout=httpx.Timeout(endpoint.timeout_s),
-            follow_redirects=False,
-        )
-        # the URL httpx would send (query merged in), for aiohttp; encoded once
-        self._wire_url = yarl.URL(str(self._http.build_request("POST", self.url).url), encoded=True)
+        # the URL with the endpoint's query merged in, for aiohttp; encoded once
+        merged = httpx.Request("POST", self.url, params=endpoint.query or None).url
+        self._wire_url = yarl.URL(str(merged), encoded=True)
 
     def _pool(self) -> aiohttp.ClientSession:
         """The aiohttp session, opened on first use (inside the event loop)."""
         if self._session is None:
-            tls = self._tls or httpx.create_ssl_context()
             self._session = _open_session(
-                self._max_connections, self._timeout_s, self._default_headers, tls
+                self._max_connections,
+                self._timeout_s,
+                self._default_headers,
+                httpx.create_ssl_context(),
             )
         return self._session
 
@@ -306,7 +298,8 @@ class ChatClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
         if self._session is not None:
             await self._session.close()
 
@@ -364,7 +357,7 @@ class ChatClient:
     async def _post(self, request: ChatRequest) -> tuple[int, Mapping[str, str], bytes]:
         """Status, headers and body of one POST: on aiohttp (its ``total`` timeout is
         ``endpoint.timeout_s``), or through httpx's transport within the same deadline."""
-        if self._direct:
+        if self._http is None:
             async with self._pool().post(
                 self._wire_url,
                 data=request.body,
@@ -382,7 +375,7 @@ class ChatClient:
     async def _open_stream(self, request: ChatRequest) -> AsyncIterator[_Streamed]:
         """A streamed POST as it arrives: on aiohttp, its events cut by ``EventStream``;
         through httpx (a given transport), by ``httpx-sse``."""
-        if self._direct:
+        if self._http is None:
             async with self._pool().post(
                 self._wire_url,
                 data=request.body,
