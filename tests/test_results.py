@@ -393,20 +393,27 @@ def test_plain_output_has_no_optional_columns() -> None:
         output_schema(KEEP, ["cost_usd"])
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files by /proc")
-def test_finalize_puts_the_output_on_disk_before_it_takes_its_name(
-    writer: PartWriter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # the parts are deleted once the output is there: a power cut must not find a name
-    # whose data never reached the disk
-    synced: list[str] = []
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths fsynced from now on, in order (named through /proc)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("names open files by /proc")
+    paths: list[str] = []
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    return paths
+
+
+def test_finalize_puts_the_output_on_disk_before_it_takes_its_name(
+    writer: PartWriter, synced: list[str]
+) -> None:
+    # the parts are deleted once the output is there: a power cut must not find a name
+    # whose data never reached the disk
     writer.write_part([outcome(0), outcome(1)])
 
     writer.finalize()
@@ -417,19 +424,7 @@ def test_finalize_puts_the_output_on_disk_before_it_takes_its_name(
     assert pq.read_table(writer.output).num_rows == 2
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files by /proc")
-def test_a_part_file_and_its_name_reach_the_disk(
-    writer: PartWriter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-
+def test_a_part_file_and_its_name_reach_the_disk(writer: PartWriter, synced: list[str]) -> None:
     writer.write_part([outcome(0)])
 
     (part,) = writer.own_parts()

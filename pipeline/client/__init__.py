@@ -174,6 +174,18 @@ def _undecodable(exc: BaseException) -> bool:
     )
 
 
+WIRE_ERRORS = (httpx.TransportError, httpx.DecodingError, aiohttp.ClientError, TimeoutError)
+"""What sending over httpx or aiohttp raises when no (whole) answer came back."""
+
+
+def _attempt_failure(exc: BaseException, elapsed_s: float, reused: bool) -> AttemptError:
+    """A chat attempt's failure: an undecodable body (``BadResponse``), else as
+    ``_transport_error`` says."""
+    if _undecodable(exc):
+        return BadResponse(f"response body could not be decoded: {exc}"[:MAX_MESSAGE])
+    return _transport_error(exc, elapsed_s, reused)
+
+
 def _transport_error(
     exc: BaseException, elapsed_s: float = float("inf"), reused: bool = False
 ) -> AttemptError:
@@ -336,17 +348,8 @@ class ChatClient:
         started = time.perf_counter()
         try:
             status, headers, body = await self._post(request)
-        except (
-            httpx.TransportError,
-            httpx.DecodingError,
-            aiohttp.ClientError,
-            TimeoutError,
-        ) as exc:
-            if _undecodable(exc):
-                raise BadResponse(
-                    f"response body could not be decoded: {exc}"[:MAX_MESSAGE]
-                ) from None
-            error = _transport_error(exc, time.perf_counter() - started, reused[0])
+        except WIRE_ERRORS as exc:
+            error = _attempt_failure(exc, time.perf_counter() - started, reused[0])
             raise type(error)(self._scrub(error.message)) from None
         latency_ms = (time.perf_counter() - started) * 1000.0
         rate_limits = parse_rate_limits(headers)
@@ -354,16 +357,21 @@ class ChatClient:
             raise self._status_error(status, headers, body, rate_limits)
         return self._reply(parse_reply(body, 200, latency_ms, rate_limits))
 
+    def _aiohttp_post(self, request: ChatRequest) -> aiohttp.client._RequestContextManager:
+        """The request on the run's aiohttp session (its ``total`` timeout is
+        ``endpoint.timeout_s``): enter it to get the response."""
+        return self._pool().post(
+            self._wire_url,
+            data=request.body,
+            headers=self._headers(request),
+            allow_redirects=False,
+        )
+
     async def _post(self, request: ChatRequest) -> tuple[int, Mapping[str, str], bytes]:
         """Status, headers and body of one POST: on aiohttp (its ``total`` timeout is
         ``endpoint.timeout_s``), or through httpx's transport within the same deadline."""
         if self._http is None:
-            async with self._pool().post(
-                self._wire_url,
-                data=request.body,
-                headers=self._headers(request),
-                allow_redirects=False,
-            ) as response:
+            async with self._aiohttp_post(request) as response:
                 return response.status, response.headers, await response.read()
         with anyio.fail_after(self._timeout_s):
             answer = await self._http.post(
@@ -376,12 +384,7 @@ class ChatClient:
         """A streamed POST as it arrives: on aiohttp, its events cut by ``EventStream``;
         through httpx (a given transport), by ``httpx-sse``."""
         if self._http is None:
-            async with self._pool().post(
-                self._wire_url,
-                data=request.body,
-                headers=self._headers(request),
-                allow_redirects=False,
-            ) as response:
+            async with self._aiohttp_post(request) as response:
                 yield _Streamed(
                     response.status, response.headers, response.read, _events(response.content)
                 )
@@ -435,18 +438,9 @@ class ChatClient:
                             failure.args = (failure.message,)
                             raise
                     await _notice_close()
-        except (
-            httpx.TransportError,
-            httpx.DecodingError,
-            aiohttp.ClientError,
-            TimeoutError,
-        ) as exc:
-            if _undecodable(exc):
-                raise BadResponse(
-                    f"response body could not be decoded: {exc}"[:MAX_MESSAGE]
-                ) from None
+        except WIRE_ERRORS as exc:
             elapsed = time.perf_counter() - started if status == 0 else float("inf")
-            error = _transport_error(exc, elapsed, reused[0])
+            error = _attempt_failure(exc, elapsed, reused[0])
             if status == 200 and isinstance(error, ConnectionFailed):
                 error = ConnectionFailed(
                     f"stream ended early after {assembler.events} events: {error.message}"

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 import anyio
 import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from pipeline.client import _transport_error, auth_headers
+from pipeline.client import WIRE_ERRORS, _transport_error, auth_headers
 from pipeline.client.parse import (
     MAX_MESSAGE,
     error_for_status,
@@ -190,12 +189,7 @@ class BatchClient:
                 response = await self._http.request(
                     method, url, params=params, json=json, files=files, data=data
                 )
-        except (
-            httpx.TransportError,
-            httpx.DecodingError,
-            aiohttp.ClientError,
-            TimeoutError,
-        ) as exc:
+        except WIRE_ERRORS as exc:
             error = _transport_error(exc)
             raise type(error)(self._scrub(f"{method} {path}: {error.message}")) from None
         if not 200 <= response.status_code < 300:

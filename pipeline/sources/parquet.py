@@ -99,10 +99,11 @@ class ParquetSource(Source):
                 yield f"row {first + offset}", value
 
     def batches(self, limit: int | None = None) -> Iterator[list[PromptRow]]:
-        size = self.rows_per_batch(self._bytes_per_row(self._wanted()))
+        wanted = self._wanted()
+        size = self.rows_per_batch(self._bytes_per_row(wanted))
         pending: list[PromptRow] = []  # batches of ``size`` across row groups
         try:
-            for rows in self._row_lists(limit, size):
+            for rows in self._row_lists(limit, wanted, size):
                 pending.extend(rows)
                 while len(pending) >= size:
                     yield pending[:size]
@@ -133,9 +134,11 @@ class ParquetSource(Source):
             return 0.0  # a corrupt group: reading it says so, with its rows
         return batch.nbytes / batch.num_rows if batch is not None and batch.num_rows else 0.0
 
-    def _row_lists(self, limit: int | None, size: int) -> Iterator[list[PromptRow]]:
-        """The rows of each record batch (``size`` rows), stopping after ``limit``."""
-        wanted = self._wanted()
+    def _row_lists(
+        self, limit: int | None, wanted: list[str], size: int
+    ) -> Iterator[list[PromptRow]]:
+        """The rows of each record batch (``size`` rows of the ``wanted`` columns),
+        stopping after ``limit``."""
         share = self.share
         count = 0
         for first, batch in self._selected(wanted, size):
